@@ -1,0 +1,204 @@
+//! The seam between the engine and the operator runtime.
+//!
+//! This crate owns the Rust mirror of the `spade:operator` WIT contract (`wit/operator.wit`):
+//! the frozen [`TaskRequest`] a task receives and the [`Outcome`] it returns, plus the two
+//! traits that connect the layers without either knowing the other:
+//!
+//! * [`OperatorHost`] is implemented by the wasm runtime and called by the engine;
+//! * [`TaskServices`] is implemented by the engine (or the CLI) and called by the runtime
+//!   when a plugin uses a host capability (print, secrets, load a workflow, start an attempt).
+//!
+//! It must never depend on wasmtime, the store or the `.dig` parser.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// A JSON object with its key order preserved (Digdag configs are ordered).
+pub type Object = Map<String, Value>;
+
+/// The version of the WIT package the host implements.
+pub const WIT_VERSION: &str = "0.1.0";
+
+/// What a task receives. Built once per task run, persisted, and re-used for every poll.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskRequest {
+    /// Operator name without `>`.
+    pub operator: String,
+    pub task_name: String,
+    pub project_name: String,
+    pub workflow_name: String,
+    pub attempt_id: i64,
+    pub session_id: i64,
+    pub session_uuid: String,
+    /// ISO 8601 with offset, in `timezone`.
+    pub session_time: String,
+    pub timezone: String,
+    pub retry_attempt_name: Option<String>,
+    /// The `op>` argument; `Value::Null` when absent.
+    pub command: Value,
+    /// Every param the task sees, evaluated.
+    pub params: Object,
+    /// Only the task's own keys, evaluated.
+    pub local_params: Object,
+    /// Unevaluated subtrees (`_do`, `_else_do`) that are present.
+    pub raw: Object,
+    /// State handed back by the previous poll of this task run.
+    pub state: Option<Value>,
+    pub retry_count: u32,
+}
+
+/// A successful call.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Done {
+    pub store_params: Object,
+    pub reset_store_params: Vec<String>,
+    pub export_params: Object,
+    /// Generated subtasks as a Digdag task config (becomes the `^sub` child).
+    pub subtasks: Option<Object>,
+}
+
+/// What one call of an operator produced.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Outcome {
+    Done(Done),
+    Poll { after_seconds: u32, state: Value },
+    Error { message: String, retryable: bool },
+}
+
+impl Outcome {
+    pub fn error(message: impl Into<String>) -> Self {
+        Outcome::Error { message: message.into(), retryable: false }
+    }
+}
+
+/// What a plugin says about itself (`describe`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginInfo {
+    pub name: String,
+    pub version: String,
+    pub operators: Vec<String>,
+    pub wit_version: String,
+}
+
+/// Resource limits of one task invocation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Wall-clock budget of one call (enforced by epoch interruption).
+    pub cpu_time: Duration,
+    /// Maximum linear memory (and tables) the instance may grow to.
+    pub memory_bytes: usize,
+    /// Maximum bytes of log and stdout/stderr kept per call; the rest is dropped with a note.
+    pub log_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { cpu_time: Duration::from_secs(60), memory_bytes: 256 << 20, log_bytes: 1 << 20 }
+    }
+}
+
+/// Set from outside (e.g. `spade kill`) to interrupt a running call at its next epoch tick.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Severity of a task log line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum LogLevel {
+    Trace,
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Where a required attempt stands (the `engine` capability).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AttemptState {
+    Running,
+    Success,
+    Failure,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub attempt_id: i64,
+    pub session_id: i64,
+    pub state: AttemptState,
+}
+
+/// `require>`'s request to the engine.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StartRequest {
+    pub project_name: Option<String>,
+    pub workflow_name: String,
+    pub session_time: String,
+    pub attempt_name: Option<String>,
+    pub params: Object,
+    /// `none`, `failed` or `all`.
+    pub rerun_on: String,
+}
+
+/// Host capabilities a running task may call. Implemented by the engine side; the runtime
+/// only forwards calls of granted imports.
+pub trait TaskServices: Send + Sync {
+    /// User-facing output (`echo>`): stdout in local mode.
+    fn print(&self, line: &str);
+    /// A task log line (already capped by the runtime).
+    fn log(&self, level: LogLevel, message: &str);
+    /// A granted secret.
+    fn secret(&self, key: &str) -> Option<String>;
+    /// `call>`: load a workflow file of the project as a task config.
+    fn load_workflow(&self, path: &str) -> Result<Object, String>;
+    /// `param_eval>`: render a `${...}` template with `scope` as the variables.
+    fn render_template(&self, template: &str, scope: &Object) -> Result<String, String>;
+    /// `require>`: find or start an attempt.
+    fn start_or_find(&self, req: &StartRequest) -> Result<AttemptRef, String>;
+    /// `require>`: poll an attempt.
+    fn attempt_status(&self, attempt_id: i64) -> Result<AttemptRef, String>;
+}
+
+/// One call of an operator.
+pub struct Invocation<'a> {
+    pub request: &'a TaskRequest,
+    /// The only directory the plugin can see (read-write).
+    pub workspace: &'a Path,
+    pub limits: Limits,
+    pub services: &'a dyn TaskServices,
+    pub cancel: &'a CancelToken,
+}
+
+/// Why an invocation produced no outcome. The engine fails the task with this message.
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("unknown operator '{0}>': no installed plugin provides it")]
+    UnknownOperator(String),
+    #[error("plugin {plugin}: {message}")]
+    Plugin { plugin: String, message: String },
+    #[error("task was killed")]
+    Cancelled,
+}
+
+/// The engine's view of the operator runtime.
+pub trait OperatorHost: Send + Sync {
+    /// Whether some installed plugin provides `operator`.
+    fn has_operator(&self, operator: &str) -> bool;
+    /// Run one call. Plugin faults (trap, limit, malformed outcome) are `Err`, never panics.
+    fn invoke(&self, inv: Invocation<'_>) -> Result<Outcome, InvokeError>;
+}

@@ -1,0 +1,17 @@
+//! The plugin components that ship inside the `spade` binary.
+//!
+//! `build.rs` compiles every crate under `plugins/` (and the test-only crates under
+//! `tests/plugins/`) to a WASI 0.2 component; this crate embeds the former. It knows
+//! nothing of how they are loaded: that is `spade-runtime`'s job.
+
+include!(concat!(env!("OUT_DIR"), "/bundled.rs"));
+
+/// The bytes of the bundled plugin built from crate `name`, if any.
+pub fn plugin(name: &str) -> Option<&'static [u8]> {
+    PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, b)| *b)
+}
+
+/// Path of the test-only plugin built from crate `name` (e.g. `spade-test-hostile`).
+pub fn test_plugin_path(name: &str) -> Option<&'static str> {
+    TEST_PLUGINS.iter().find(|(n, _)| *n == name).map(|(_, p)| *p)
+}

@@ -1,0 +1,1 @@
+//! spade-dig (being written)

@@ -1,0 +1,1 @@
+//! spade-engine (being written)

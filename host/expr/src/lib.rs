@@ -1,0 +1,1 @@
+//! spade-expr (being written)

@@ -1,0 +1,1 @@
+//! spade-runtime (being written)

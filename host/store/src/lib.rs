@@ -1,0 +1,1 @@
+//! spade-store (being written)

@@ -1,0 +1,1 @@
+//! spade-sdk (being written)
