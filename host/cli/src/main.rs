@@ -1,1 +1,65 @@
-fn main() {}
+//! `spade`: run Digdag workflows whose operators are sandboxed WebAssembly components.
+//!
+//! This binary only parses arguments and wires the layers together; the work happens in
+//! spade-dig (loading), spade-engine (running), spade-store (state) and spade-runtime
+//! (plugins). `echo>` output goes to stdout; everything else spade says goes to stderr.
+
+mod bench;
+mod check;
+mod console;
+mod host;
+mod run;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "spade", version, about = "Run Digdag workflows with sandboxed WebAssembly operators")]
+struct Cli {
+    /// Log level of spade's own messages on stderr (error, warn, info, debug, trace).
+    #[arg(short = 'l', long = "log-level", global = true, default_value = "warn")]
+    log_level: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a workflow of the project in the current directory (like `digdag run`).
+    #[command(visible_alias = "r")]
+    Run(run::RunArgs),
+    /// Validate every workflow of the project and print its task tree (like `digdag check`).
+    #[command(visible_alias = "c")]
+    Check(check::CheckArgs),
+    /// Measure the runtime and engine against the targets; prints the figures.
+    Bench(bench::BenchArgs),
+}
+
+/// The project directory: `--project` or the current directory.
+pub fn project_dir(project: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    Ok(match project {
+        Some(p) => p.clone(),
+        None => std::env::current_dir()?,
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_new(format!("spade={0},spade_engine={0},spade_runtime={0}", cli.log_level))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_target(false).init();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Check(args) => check::check(args),
+        Command::Bench(args) => bench::bench(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,59 @@
+//! `spade check`: load and validate every workflow of the project and print its task tree,
+//! like `digdag check`. Nothing runs.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use spade_dig::TaskNode;
+
+#[derive(clap::Args)]
+pub struct CheckArgs {
+    /// Only show this workflow (file or name); all are still validated.
+    pub workflow: Option<String>,
+    /// Project directory (default: the current directory).
+    #[arg(long)]
+    pub project: Option<PathBuf>,
+}
+
+fn print_node(node: &TaskNode, prefix: &str, depth: usize) {
+    let name = format!("{prefix}{}", node.name);
+    let what = match &node.operator {
+        Some(op) => format!("{op}>"),
+        None if node.children.is_empty() => "(empty group)".into(),
+        None => String::new(),
+    };
+    println!("{}{name}  {what}", "  ".repeat(depth));
+    for c in &node.children {
+        print_node(c, &name, depth + 1);
+    }
+}
+
+pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
+    let root = crate::project_dir(&args.project)?;
+    let project = match spade_dig::load_project(&root) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    let wanted = args.workflow.as_deref().map(|w| w.strip_suffix(".dig").unwrap_or(w));
+    for wf in &project.workflows {
+        if wanted.is_some_and(|w| w != wf.name) {
+            continue;
+        }
+        println!("workflow {} ({}), timezone {}", wf.name, wf.file.display(), wf.timezone.name());
+        if let Some(s) = &wf.schedule {
+            println!("  schedule: {s:?}");
+        }
+        match spade_dig::compile(&format!("+{}", wf.name), &wf.config) {
+            Ok(node) => print_node(&node, "", 1),
+            Err(e) => {
+                eprintln!("{e}");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+    }
+    eprintln!("{} workflow(s) OK", project.workflows.len());
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,821 @@
+//! Runs one attempt: Digdag's task state machine over the [`Tree`].
+//!
+//! One coordinator thread owns the tree, the expression evaluator and the store handle.
+//! Operator calls run inline when they are the only thing to do (sequential workflows pay
+//! no thread hop) and on a small worker pool otherwise (`_parallel`). A task waiting for
+//! a poll or a retry interval holds a timer entry, never a thread. State changes are
+//! collected and committed in one transaction before the next operator calls start, so a
+//! frozen request is durable before its plugin runs.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chrono::DateTime;
+use chrono_tz::Tz;
+use serde_json::{Value, json};
+use spade_api::{
+    AttemptRef, CancelToken, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
+    StartRequest, TaskRequest,
+};
+use spade_dig::{WorkflowDef, compile, deep_merge};
+use spade_expr::{Evaluator, ExprLimits};
+use spade_store::{AttemptRecord, AttemptStatus, Store, TaskChange, TaskState};
+
+use crate::EngineError;
+use crate::params::{self, Identity};
+use crate::services::TaskCtx;
+use crate::tree::{Origin, State, TaskId, Tree};
+
+/// Where user-facing output and task logs go.
+pub trait Console: Send + Sync {
+    /// `echo>`-style output.
+    fn print(&self, line: &str);
+    /// A log line of a task (plugin logs, captured stdout/stderr).
+    fn log(&self, task: &str, level: LogLevel, message: &str);
+    /// A task failed (shown to the user on stderr).
+    fn task_failed(&self, task: &str, message: &str);
+    /// Make everything printed so far visible.
+    fn flush(&self);
+}
+
+/// Starts and watches other attempts, for `require>`.
+pub trait Launcher: Send + Sync {
+    fn start_or_find(&self, req: &StartRequest) -> Result<AttemptRef, String>;
+    fn status(&self, attempt_id: i64) -> Result<AttemptRef, String>;
+}
+
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Upper bound on tasks per attempt, generated ones included.
+    pub max_tasks: usize,
+    /// Operator calls that may run at once.
+    pub workers: usize,
+    pub limits: Limits,
+    pub expr_limits: ExprLimits,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            max_tasks: 100_000,
+            workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
+            limits: Limits::default(),
+            expr_limits: ExprLimits::default(),
+        }
+    }
+}
+
+/// Everything one attempt needs to know about what it runs.
+pub struct AttemptInput<'a> {
+    pub project_name: String,
+    pub project_id: i64,
+    /// The project directory: the workspace of local-mode tasks.
+    pub project_root: PathBuf,
+    pub workflow: &'a WorkflowDef,
+    pub session_time: DateTime<Tz>,
+    pub attempt: AttemptRecord,
+    /// Attempt params (`-p`, `last_session_time`, ...).
+    pub params: Object,
+    pub retry_attempt_name: Option<String>,
+    /// Results of tasks that already succeeded in this session, replayed instead of run.
+    pub saved: HashMap<String, Done>,
+    pub cancel: CancelToken,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct AttemptSummary {
+    pub success: bool,
+    pub killed: bool,
+    /// (task name, error message) of tasks that failed, in the order they failed.
+    pub failed: Vec<(String, String)>,
+    /// Operator calls made.
+    pub invocations: usize,
+    /// Tasks whose saved result was replayed.
+    pub replayed: usize,
+    pub tasks: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Wake {
+    /// Call the operator again (a `poll` outcome).
+    Poll,
+    /// Run the operator again after a failure (`_retry` on an operator task).
+    RetryRun,
+    /// Re-create a group's children / re-run a generator after a child failed.
+    RetryChildren,
+}
+
+struct Job {
+    id: TaskId,
+    generation: u32,
+    request: TaskRequest,
+    ctx: Arc<TaskCtx>,
+}
+
+struct JobResult {
+    id: TaskId,
+    generation: u32,
+    result: Result<Outcome, InvokeError>,
+}
+
+/// `_retry` of a task.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct RetryPolicy {
+    limit: u32,
+    interval: u64,
+    exponential: bool,
+    max_interval: Option<u64>,
+}
+
+impl RetryPolicy {
+    fn delay(&self, retry_count: u32) -> Duration {
+        let secs = if self.exponential {
+            self.interval.saturating_mul(1u64 << retry_count.min(32))
+        } else {
+            self.interval
+        };
+        let secs = self.max_interval.map_or(secs, |m| secs.min(m));
+        Duration::from_secs(secs)
+    }
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64(),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn parse_retry(v: &Value) -> Result<RetryPolicy, String> {
+    let bad = || format!("_retry must be a number or {{limit, interval, interval_type}}, got {v}");
+    match v {
+        Value::Object(o) => {
+            let limit = o.get("limit").and_then(as_u64).ok_or_else(bad)? as u32;
+            let interval = o.get("interval").map(|i| as_u64(i).ok_or_else(bad)).transpose()?.unwrap_or(0);
+            let exponential = match o.get("interval_type").and_then(Value::as_str) {
+                None | Some("constant") => false,
+                Some("exponential") => true,
+                Some(other) => return Err(format!("_retry interval_type must be constant or exponential, got {other}")),
+            };
+            let max_interval = o.get("max_interval").map(|i| as_u64(i).ok_or_else(bad)).transpose()?;
+            Ok(RetryPolicy { limit, interval, exponential, max_interval })
+        }
+        other => Ok(RetryPolicy {
+            limit: as_u64(other).ok_or_else(bad)? as u32,
+            interval: 0,
+            exponential: false,
+            max_interval: None,
+        }),
+    }
+}
+
+/// Run the attempt to its end. Task failures end it with `success: false`; an `Err` means
+/// the attempt could not run (store failure, broken workflow).
+pub fn run_attempt(
+    input: AttemptInput<'_>,
+    host: Arc<dyn OperatorHost>,
+    store: &mut dyn Store,
+    console: Arc<dyn Console>,
+    launcher: Option<Arc<dyn Launcher>>,
+    opts: &EngineOptions,
+) -> Result<AttemptSummary, EngineError> {
+    let wf = input.workflow;
+    let root_name = format!("+{}", wf.name);
+    let root_node = compile(&root_name, &wf.config)
+        .map_err(|e| EngineError::Compile { workflow: wf.name.clone(), message: e.to_string() })?;
+    let mut tree = Tree::default();
+    let root = tree
+        .instantiate(None, &root_node, Origin::Static, opts.max_tasks)
+        .map_err(|e| EngineError::Compile {
+            workflow: wf.name.clone(),
+            message: format!("the workflow has more than {} tasks (raise --max-tasks)", e.limit),
+        })?;
+    let eval = Evaluator::new(wf.timezone, opts.expr_limits.clone()).map_err(|e| EngineError::Expr(e.to_string()))?;
+    let identity = Identity {
+        timezone: wf.timezone,
+        session_time: input.session_time,
+        project_id: input.project_id,
+        session_id: input.attempt.session_id,
+        session_uuid: &input.attempt.session_uuid,
+        attempt_id: input.attempt.attempt_id,
+        retry_attempt_name: input.retry_attempt_name.as_deref(),
+    };
+    let builtins = params::builtins(&identity);
+    let workdir = wf.file.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+
+    let (results_tx, results_rx) = mpsc::channel::<JobResult>();
+    let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
+    let jobs_rx = Arc::new(std::sync::Mutex::new(jobs_rx));
+
+    let mut run = Run {
+        tree,
+        root,
+        input: &input,
+        host,
+        console,
+        launcher,
+        eval,
+        builtins,
+        workdir,
+        opts,
+        ready: VecDeque::new(),
+        timers: BinaryHeap::new(),
+        changes: Vec::new(),
+        jobs: Vec::new(),
+        running: 0,
+        workers: 0,
+        finished: false,
+        summary: AttemptSummary::default(),
+    };
+    let summary = std::thread::scope(|scope| -> Result<AttemptSummary, EngineError> {
+        run.make_ready(root);
+        let result = run.run_loop(store, scope, &jobs_tx, &jobs_rx, &results_tx, &results_rx);
+        drop(jobs_tx);
+        result
+    })?;
+    let status = if summary.killed {
+        AttemptStatus::Killed
+    } else if summary.success {
+        AttemptStatus::Success
+    } else {
+        AttemptStatus::Error
+    };
+    store.finish_attempt(input.attempt.attempt_id, status)?;
+    Ok(summary)
+}
+
+struct Run<'a> {
+    tree: Tree,
+    root: TaskId,
+    input: &'a AttemptInput<'a>,
+    host: Arc<dyn OperatorHost>,
+    console: Arc<dyn Console>,
+    launcher: Option<Arc<dyn Launcher>>,
+    eval: Evaluator,
+    builtins: Object,
+    /// Directory of the workflow file inside the project (for `call>` paths).
+    workdir: String,
+    opts: &'a EngineOptions,
+    ready: VecDeque<TaskId>,
+    timers: BinaryHeap<Reverse<(Instant, TaskId, u32, Wake)>>,
+    changes: Vec<TaskChange>,
+    /// Operator calls prepared in this round, dispatched after the store commit.
+    jobs: Vec<Job>,
+    running: usize,
+    workers: usize,
+    finished: bool,
+    summary: AttemptSummary,
+}
+
+impl<'a> Run<'a> {
+    fn run_loop<'s>(
+        &mut self,
+        store: &mut dyn Store,
+        scope: &'s std::thread::Scope<'s, '_>,
+        jobs_tx: &mpsc::Sender<Job>,
+        jobs_rx: &Arc<std::sync::Mutex<mpsc::Receiver<Job>>>,
+        results_tx: &mpsc::Sender<JobResult>,
+        results_rx: &mpsc::Receiver<JobResult>,
+    ) -> Result<AttemptSummary, EngineError>
+    where
+        'a: 's,
+    {
+        loop {
+            while let Some(id) = self.ready.pop_front() {
+                self.start(id);
+            }
+            store.write(&self.changes)?;
+            self.changes.clear();
+            self.console.flush();
+
+            if self.finished {
+                break;
+            }
+            if self.input.cancel.is_cancelled() && self.running == 0 {
+                self.summary.killed = true;
+                break;
+            }
+
+            if self.jobs.len() == 1 && self.running == 0 {
+                // The common sequential case: no thread hop.
+                let job = self.jobs.pop().unwrap();
+                let result = self.invoke(&job);
+                self.apply(job.id, job.generation, result);
+                continue;
+            }
+            for job in self.jobs.drain(..) {
+                if self.workers < self.opts.workers.max(1) && self.workers <= self.running {
+                    self.workers += 1;
+                    let rx = Arc::clone(jobs_rx);
+                    let tx = results_tx.clone();
+                    let host = Arc::clone(&self.host);
+                    let workspace = self.input.project_root.clone();
+                    let limits = self.opts.limits;
+                    let cancel = self.input.cancel.clone();
+                    scope.spawn(move || {
+                        loop {
+                            let job = match rx.lock().unwrap().recv() {
+                                Ok(job) => job,
+                                Err(_) => return,
+                            };
+                            let result = host.invoke(Invocation {
+                                request: &job.request,
+                                workspace: &workspace,
+                                limits,
+                                services: &*job.ctx,
+                                cancel: &cancel,
+                            });
+                            if tx.send(JobResult { id: job.id, generation: job.generation, result }).is_err() {
+                                return;
+                            }
+                        }
+                    });
+                }
+                self.running += 1;
+                jobs_tx.send(job).expect("workers live as long as the run");
+            }
+
+            if !self.ready.is_empty() {
+                continue;
+            }
+            // Wait for a call to finish or the next timer.
+            let now = Instant::now();
+            let due = self.timers.peek().map(|Reverse((t, ..))| *t);
+            if let Some(due) = due
+                && due <= now
+            {
+                let Reverse((_, id, generation, wake)) = self.timers.pop().unwrap();
+                self.wake(id, generation, wake);
+                continue;
+            }
+            if self.running == 0 && due.is_none() {
+                // Nothing runs, nothing is scheduled, the root is not done: a bug, but
+                // one that must end the attempt rather than hang it.
+                let name = self.tree.get(self.root).name.clone();
+                self.console.task_failed(&name, "internal error: the attempt stalled with unfinished tasks");
+                self.summary.failed.push((name, "attempt stalled".into()));
+                break;
+            }
+            let timeout = due.map(|d| d.saturating_duration_since(now)).unwrap_or(Duration::from_millis(200));
+            match results_rx.recv_timeout(timeout.min(Duration::from_millis(200))) {
+                Ok(r) => {
+                    self.running -= 1;
+                    self.apply(r.id, r.generation, r.result);
+                    while let Ok(r) = results_rx.try_recv() {
+                        self.running -= 1;
+                        self.apply(r.id, r.generation, r.result);
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the coordinator holds a sender"),
+            }
+        }
+        let mut summary = std::mem::take(&mut self.summary);
+        summary.success = !summary.killed && self.tree.get(self.root).state == State::Success;
+        summary.tasks = self.tree.live_count;
+        Ok(summary)
+    }
+
+    fn invoke(&self, job: &Job) -> Result<Outcome, InvokeError> {
+        self.host.invoke(Invocation {
+            request: &job.request,
+            workspace: &self.input.project_root,
+            limits: self.opts.limits,
+            services: &*job.ctx,
+            cancel: &self.input.cancel,
+        })
+    }
+
+    fn change(&mut self, id: TaskId, state: TaskState, with_request: bool) {
+        let t = self.tree.get(id);
+        self.changes.push(TaskChange {
+            attempt_id: self.input.attempt.attempt_id,
+            name: t.name.clone(),
+            state,
+            retry_count: t.retry_count,
+            request: if with_request { t.request.clone() } else { None },
+            result: if state == TaskState::Success { t.result.clone() } else { None },
+            error: if state == TaskState::Error { t.error.clone() } else { None },
+        });
+    }
+
+    fn make_ready(&mut self, id: TaskId) {
+        self.tree.compute_store_upstreams(id);
+        self.tree.get_mut(id).state = State::Ready;
+        self.ready.push_back(id);
+    }
+
+    fn start_children(&mut self, id: TaskId) {
+        let roots: Vec<TaskId> = self
+            .tree
+            .get(id)
+            .children
+            .iter()
+            .copied()
+            .filter(|&c| {
+                let t = self.tree.get(c);
+                t.state == State::Blocked && t.pending_upstreams == 0
+            })
+            .collect();
+        for c in roots {
+            self.make_ready(c);
+        }
+    }
+
+    fn start(&mut self, id: TaskId) {
+        if self.tree.get(id).state != State::Ready {
+            return;
+        }
+        if self.input.cancel.is_cancelled() {
+            self.tree.get_mut(id).error = Some("killed".into());
+            self.finish_error(id);
+            return;
+        }
+        if self.tree.get(id).operator.is_none() {
+            if self.tree.get(id).children.is_empty() {
+                self.finish_success(id);
+            } else {
+                self.tree.get_mut(id).state = State::Planned;
+                self.start_children(id);
+            }
+            return;
+        }
+        self.prepare_run(id);
+    }
+
+    fn prepare_run(&mut self, id: TaskId) {
+        let name = self.tree.get(id).name.clone();
+        if let Some(done) = self.input.saved.get(&name) {
+            self.summary.replayed += 1;
+            let done = done.clone();
+            self.apply_done(id, done);
+            return;
+        }
+        let first_call = self.tree.get(id).request.is_none();
+        if first_call {
+            match self.build_request(id) {
+                Ok(req) => self.tree.get_mut(id).request = Some(req),
+                Err(message) => {
+                    self.operator_failed(id, message, false);
+                    return;
+                }
+            }
+        }
+        let t = self.tree.get_mut(id);
+        let request = t.request.as_mut().unwrap();
+        request.retry_count = t.retry_count;
+        request.state = t.poll_state.clone();
+        t.state = State::Running;
+        self.change(id, TaskState::Running, first_call);
+        self.enqueue_call(id);
+    }
+
+    fn enqueue_call(&mut self, id: TaskId) {
+        let t = self.tree.get(id);
+        let ctx = Arc::new(TaskCtx {
+            console: Arc::clone(&self.console),
+            task_name: t.name.clone(),
+            project_root: self.input.project_root.clone(),
+            workdir: t
+                .request
+                .as_ref()
+                .and_then(|r| r.params.get("_workdir"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .unwrap_or_else(|| self.workdir.clone()),
+            timezone: self.input.workflow.timezone,
+            expr_limits: self.opts.expr_limits.clone(),
+            launcher: self.launcher.clone(),
+        });
+        self.summary.invocations += 1;
+        self.jobs.push(Job { id, generation: t.generation, request: t.request.clone().unwrap(), ctx });
+    }
+
+    fn build_request(&mut self, id: TaskId) -> Result<TaskRequest, String> {
+        let t = self.tree.get(id);
+        let mut scope = params::collect(&self.tree, id, &self.input.params);
+        for (k, v) in &self.builtins {
+            scope.insert(k.clone(), v.clone());
+        }
+        scope.insert("task_name".into(), Value::String(t.name.clone()));
+        let (local, raw) = params::local_config(&t.config, t.operator.as_deref());
+        let mut full = scope.clone();
+        deep_merge(&mut full, &local);
+        let evaluated = self.eval.eval_config(&full, &scope).map_err(|e| e.to_string())?;
+        let command = evaluated.get("_command").cloned().unwrap_or(Value::Null);
+        let local_params: Object =
+            local.keys().filter_map(|k| evaluated.get(k).map(|v| (k.clone(), v.clone()))).collect();
+        let wf = self.input.workflow;
+        Ok(TaskRequest {
+            operator: t.operator.clone().unwrap_or_default(),
+            task_name: t.name.clone(),
+            project_name: self.input.project_name.clone(),
+            workflow_name: wf.name.clone(),
+            attempt_id: self.input.attempt.attempt_id,
+            session_id: self.input.attempt.session_id,
+            session_uuid: self.input.attempt.session_uuid.clone(),
+            session_time: self.builtins["session_time"].as_str().unwrap_or_default().to_string(),
+            timezone: wf.timezone.name().to_string(),
+            retry_attempt_name: self.input.retry_attempt_name.clone(),
+            command,
+            params: evaluated,
+            local_params,
+            raw,
+            state: None,
+            retry_count: t.retry_count,
+        })
+    }
+
+    fn apply(&mut self, id: TaskId, generation: u32, result: Result<Outcome, InvokeError>) {
+        let t = self.tree.get(id);
+        if t.generation != generation || t.state != State::Running {
+            return;
+        }
+        match result {
+            Ok(Outcome::Done(done)) => self.apply_done(id, done),
+            Ok(Outcome::Poll { after_seconds, state }) => {
+                let t = self.tree.get_mut(id);
+                t.poll_state = Some(state);
+                t.state = State::Waiting;
+                let at = Instant::now() + Duration::from_secs(after_seconds as u64);
+                self.timers.push(Reverse((at, id, t.generation, Wake::Poll)));
+                self.change(id, TaskState::Polling, false);
+            }
+            Ok(Outcome::Error { message, retryable }) => self.operator_failed(id, message, retryable),
+            Err(InvokeError::Cancelled) => {
+                self.operator_failed(id, "killed".into(), false);
+            }
+            Err(e) => {
+                let retryable = matches!(e, InvokeError::Plugin { .. });
+                self.operator_failed(id, e.to_string(), retryable)
+            }
+        }
+    }
+
+    fn apply_done(&mut self, id: TaskId, done: Done) {
+        if !done.store_params.is_empty() || !done.reset_store_params.is_empty() {
+            self.tree.mark_store(id);
+        }
+        let subtasks = done.subtasks.clone();
+        self.tree.get_mut(id).result = Some(done);
+        let mut sub_id = None;
+        if let Some(sub) = subtasks {
+            match compile("^sub", &sub) {
+                Ok(node) => match self.tree.instantiate(Some(id), &node, Origin::Sub, self.opts.max_tasks) {
+                    Ok(s) => sub_id = Some(s),
+                    Err(e) => {
+                        let msg = format!(
+                            "generating subtasks would exceed the limit of {} tasks per attempt (raise --max-tasks)",
+                            e.limit
+                        );
+                        self.operator_failed(id, msg, false);
+                        return;
+                    }
+                },
+                Err(e) => {
+                    self.operator_failed(id, format!("the operator generated an invalid subtask config: {e}"), false);
+                    return;
+                }
+            }
+        }
+        let mut added = sub_id.is_some();
+        if let Some(check) = self.tree.get(id).config.get("_check").cloned() {
+            match self.add_handler(id, "^check", &check, Origin::Check) {
+                Ok(check_id) => {
+                    if let Some(s) = sub_id {
+                        self.tree.get_mut(check_id).upstreams.push(s);
+                        self.tree.get_mut(check_id).pending_upstreams += 1;
+                        self.tree.get_mut(s).downstreams.push(check_id);
+                    }
+                    added = true;
+                }
+                Err(msg) => {
+                    self.operator_failed(id, msg, false);
+                    return;
+                }
+            }
+        }
+        if added {
+            self.tree.get_mut(id).state = State::Planned;
+            self.start_children(id);
+        } else {
+            self.finish_success(id);
+        }
+    }
+
+    /// Instantiate an `_error`/`_check` config as a child of `id`.
+    fn add_handler(&mut self, id: TaskId, name: &str, config: &Value, origin: Origin) -> Result<TaskId, String> {
+        let Value::Object(cfg) = config else {
+            return Err(format!("{} must be a task (an object), got {config}", &name[1..]));
+        };
+        let node = compile(name, cfg).map_err(|e| format!("invalid _{} task: {e}", &name[1..]))?;
+        self.tree
+            .instantiate(Some(id), &node, origin, self.opts.max_tasks)
+            .map_err(|e| format!("adding {name} would exceed the limit of {} tasks per attempt", e.limit))
+    }
+
+    fn finish_success(&mut self, id: TaskId) {
+        self.tree.get_mut(id).state = State::Success;
+        self.change(id, TaskState::Success, false);
+        let downstreams = self.tree.get(id).downstreams.clone();
+        for d in downstreams {
+            let dt = self.tree.get_mut(d);
+            dt.pending_upstreams = dt.pending_upstreams.saturating_sub(1);
+            if dt.pending_upstreams == 0 && dt.state == State::Blocked {
+                self.make_ready(d);
+            }
+        }
+        self.notify_parent(id);
+    }
+
+    fn finish_error(&mut self, id: TaskId) {
+        let t = self.tree.get_mut(id);
+        t.state = State::Error;
+        let message = t.error.clone().unwrap_or_else(|| "failed".into());
+        let name = t.name.clone();
+        self.change(id, TaskState::Error, false);
+        // Report where a failure starts, not every group it bubbles up through.
+        let is_source = !self.tree.get(id).children.iter().any(|&c| self.tree.get(c).state == State::Error);
+        if is_source {
+            self.console.task_failed(&name, &message);
+            self.summary.failed.push((name, message));
+        }
+        self.kill_downstreams(id);
+        self.notify_parent(id);
+    }
+
+    fn kill_downstreams(&mut self, id: TaskId) {
+        let downstreams = self.tree.get(id).downstreams.clone();
+        for d in downstreams {
+            if self.tree.get(d).state == State::Blocked {
+                self.tree.get_mut(d).state = State::Dead;
+                if let Some(p) = self.tree.get(d).parent {
+                    self.tree.get_mut(p).settled_children += 1;
+                }
+                self.kill_downstreams(d);
+            }
+        }
+    }
+
+    fn notify_parent(&mut self, id: TaskId) {
+        let Some(p) = self.tree.get(id).parent else {
+            self.finished = true;
+            return;
+        };
+        let pt = self.tree.get_mut(p);
+        pt.settled_children += 1;
+        if pt.settled_children >= pt.children.len() && pt.state == State::Planned {
+            self.children_settled(p);
+        }
+    }
+
+    fn children_settled(&mut self, id: TaskId) {
+        let t = self.tree.get(id);
+        if t.handling_error {
+            self.finish_error(id);
+            return;
+        }
+        let failed_child =
+            t.children.iter().copied().find(|&c| self.tree.get(c).state == State::Error);
+        let Some(failed) = failed_child else {
+            self.finish_success(id);
+            return;
+        };
+        let message = self.tree.get(failed).error.clone().unwrap_or_else(|| "a subtask failed".into());
+        match self.retry_policy(id) {
+            Ok(Some(policy)) if self.tree.get(id).retry_count < policy.limit => {
+                let delay = policy.delay(self.tree.get(id).retry_count);
+                let t = self.tree.get_mut(id);
+                t.retry_count += 1;
+                t.state = State::Waiting;
+                self.timers.push(Reverse((Instant::now() + delay, id, t.generation, Wake::RetryChildren)));
+            }
+            Ok(_) => {
+                let stores = params::subtree_stores(&self.tree, id);
+                self.handle_failure(id, message, stores);
+            }
+            Err(e) => self.handle_failure(id, format!("{message} (and its {e})"), Object::new()),
+        }
+    }
+
+    fn retry_policy(&mut self, id: TaskId) -> Result<Option<RetryPolicy>, String> {
+        let Some(v) = self.tree.get(id).config.get("_retry").cloned() else { return Ok(None) };
+        let v = match &v {
+            Value::String(s) if s.contains("${") => {
+                let scope = params::collect(&self.tree, id, &self.input.params);
+                Value::String(self.eval.render(s, &scope).map_err(|e| format!("_retry: {e}"))?)
+            }
+            _ => v,
+        };
+        parse_retry(&v).map(Some)
+    }
+
+    fn operator_failed(&mut self, id: TaskId, message: String, retryable: bool) {
+        if retryable
+            && let Ok(Some(policy)) = self.retry_policy(id)
+            && self.tree.get(id).retry_count < policy.limit
+        {
+            let delay = policy.delay(self.tree.get(id).retry_count);
+            self.console.log(&self.tree.get(id).name.clone(), LogLevel::Warn, &format!("{message} (retrying)"));
+            let t = self.tree.get_mut(id);
+            t.retry_count += 1;
+            t.poll_state = None;
+            t.state = State::Waiting;
+            self.timers.push(Reverse((Instant::now() + delay, id, t.generation, Wake::RetryRun)));
+            return;
+        }
+        self.handle_failure(id, message, Object::new());
+    }
+
+    /// The task failed for good: run its `_error` handler if it has one, then fail.
+    fn handle_failure(&mut self, id: TaskId, message: String, stores: Object) {
+        self.tree.get_mut(id).error = Some(message.clone());
+        let Some(Value::Object(mut handler)) = self.tree.get(id).config.get("_error").cloned() else {
+            self.finish_error(id);
+            return;
+        };
+        let mut export = stores;
+        deep_merge(&mut export, json!({"error": {"message": message, "stacktrace": ""}}).as_object().unwrap());
+        if let Some(Value::Object(own)) = handler.get("_export") {
+            deep_merge(&mut export, own);
+        }
+        handler.insert("_export".into(), Value::Object(export));
+        match self.add_handler(id, "^error", &Value::Object(handler), Origin::ErrorHandler) {
+            Ok(_) => {
+                let t = self.tree.get_mut(id);
+                t.handling_error = true;
+                t.state = State::Planned;
+                self.start_children(id);
+            }
+            Err(msg) => {
+                let name = self.tree.get(id).name.clone();
+                self.console.log(&name, LogLevel::Error, &msg);
+                self.finish_error(id);
+            }
+        }
+    }
+
+    fn wake(&mut self, id: TaskId, generation: u32, wake: Wake) {
+        let t = self.tree.get(id);
+        if t.generation != generation || t.state != State::Waiting {
+            return;
+        }
+        match wake {
+            Wake::Poll => {
+                let t = self.tree.get_mut(id);
+                let request = t.request.as_mut().expect("a polling task has a frozen request");
+                request.state = t.poll_state.clone();
+                t.state = State::Running;
+                self.enqueue_call(id);
+            }
+            Wake::RetryRun => {
+                self.tree.get_mut(id).state = State::Ready;
+                self.prepare_run(id);
+            }
+            Wake::RetryChildren => {
+                self.tree.remove_children(id);
+                let t = self.tree.get_mut(id);
+                t.error = None;
+                t.result = None;
+                t.poll_state = None;
+                if t.operator.is_some() {
+                    // A generator (if>, for_each>, call> ...) re-runs and regenerates.
+                    t.state = State::Ready;
+                    self.prepare_run(id);
+                } else {
+                    if let Err(e) = self.tree.reinstantiate_children(id, self.opts.max_tasks) {
+                        let msg = format!("retrying would exceed the limit of {} tasks per attempt", e.limit);
+                        self.handle_failure(id, msg, Object::new());
+                        return;
+                    }
+                    self.tree.get_mut(id).state = State::Ready;
+                    self.start(id);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_policy_forms() {
+        assert_eq!(parse_retry(&json!(3)).unwrap().limit, 3);
+        assert_eq!(parse_retry(&json!("2")).unwrap().limit, 2);
+        let p = parse_retry(&json!({"limit": 4, "interval": 10, "interval_type": "exponential"})).unwrap();
+        assert_eq!(p.delay(0), Duration::from_secs(10));
+        assert_eq!(p.delay(2), Duration::from_secs(40));
+        let p = parse_retry(&json!({"limit": 4, "interval": 10, "interval_type": "exponential", "max_interval": 25}))
+            .unwrap();
+        assert_eq!(p.delay(3), Duration::from_secs(25));
+        assert!(parse_retry(&json!({"limit": 1, "interval_type": "sometimes"})).is_err());
+        assert!(parse_retry(&json!("lots")).is_err());
+    }
+}

@@ -1,0 +1,84 @@
+//! End-to-end runs of the `spade` binary: the example workflow the README points at, and
+//! the behaviour a user sees at the edges (load errors before anything runs, check).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn spade(dir: &Path, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(args)
+        .current_dir(dir)
+        .env("TZ", "Asia/Kathmandu")
+        .output()
+        .expect("spade starts")
+}
+
+fn stdout_lines(out: &Output) -> Vec<String> {
+    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        if e.file_type().unwrap().is_file() {
+            std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+        }
+    }
+}
+
+fn example() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello")
+}
+
+#[test]
+fn example_workflow_runs_and_reports_its_deliberate_failure() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_dir(&example(), tmp.path());
+    let out = spade(tmp.path(), &["run", "hello.dig", "--session", "2024-01-01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stdout_lines(&out),
+        vec![
+            "Hello from spade! Session 2024-01-01, task +hello+hello",
+            "apple has 5 letters",
+            "banana has 6 letters",
+            "cherry has 6 letters",
+            "_error handler saw: this task fails on purpose, to show how a failure looks",
+        ],
+        "stderr: {stderr}"
+    );
+    assert!(!out.status.success());
+    assert!(stderr.contains("+hello+fails_on_purpose failed: this task fails on purpose"), "{stderr}");
+
+    // Same session again: what succeeded is replayed silently, the failure runs again.
+    let again = spade(tmp.path(), &["run", "hello.dig"]);
+    assert_eq!(
+        stdout_lines(&again),
+        vec!["_error handler saw: this task fails on purpose, to show how a failure looks"],
+        "stderr: {}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+}
+
+#[test]
+fn load_errors_name_the_place_and_nothing_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("ok.dig"), "+a:\n  echo>: should not print\n").unwrap();
+    std::fs::write(tmp.path().join("broken.dig"), "+a:\n  echo>: x\n  sh>: y\n").unwrap();
+    let out = spade(tmp.path(), &["run", "ok.dig", "--session", "2024-01-01"]);
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("broken.dig:"), "{stderr}");
+    assert!(stderr.contains("+a"), "{stderr}");
+}
+
+#[test]
+fn check_prints_the_task_tree() {
+    let out = spade(&example(), &["check"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("+hello+each_fruit"), "{text}");
+    assert!(text.contains("for_each>"), "{text}");
+}
