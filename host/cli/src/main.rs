@@ -8,6 +8,7 @@ mod bench;
 mod check;
 mod console;
 mod host;
+mod launcher;
 mod run;
 
 use std::path::PathBuf;

@@ -15,6 +15,8 @@ use spade_api::{CancelToken, Limits, Object};
 use spade_engine::{AttemptInput, EngineOptions, run_attempt};
 use spade_store::{NewAttempt, SqliteStore, Store};
 
+use crate::launcher::LocalLauncher;
+
 use crate::console::{StdConsole, level_from_str};
 
 #[derive(clap::Args)]
@@ -88,6 +90,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    let project = Arc::new(project);
     let wanted = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow);
     let wanted = wanted.strip_prefix("./").unwrap_or(wanted);
     let workflow = project.workflows.iter().find(|w| w.name == wanted).ok_or_else(|| {
@@ -97,12 +100,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tz: Tz = workflow.timezone;
     let project_name = project_root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or("default".into());
 
-    let mut store: Box<dyn Store> = if args.no_save {
-        Box::new(SqliteStore::in_memory()?)
-    } else {
-        let path = args.state.clone().unwrap_or_else(|| project_root.join(".spade/state.db"));
-        Box::new(SqliteStore::open(&path)?)
+    // --no-save keeps state in a temporary database that disappears with the run
+    // (require>'d attempts still need a shared store to find each other).
+    let temp_state = if args.no_save { Some(tempfile::tempdir()?) } else { None };
+    let store_path = match (&temp_state, &args.state) {
+        (Some(dir), _) => dir.path().join("state.db"),
+        (None, Some(path)) => path.clone(),
+        (None, None) => project_root.join(".spade/state.db"),
     };
+    let mut store = if args.no_save { SqliteStore::open_scratch(&store_path)? } else { SqliteStore::open(&store_path)? };
 
     let now = Utc::now();
     let session_time: DateTime<Tz> = if args.session == "last" {
@@ -119,10 +125,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut params = parse_params(&args.params)?;
     if let Some(schedule) = &workflow.schedule {
         // Like Digdag's AttemptBuilder: schedule slots around the session, as attempt params.
-        let last = schedule.last_session_time(session_time);
-        let next = schedule.next_session_time(session_time);
-        spade_engine::params::time_vars("last_session", &last, &mut params);
-        spade_engine::params::time_vars("next_session", &next, &mut params);
+        if let Some(last) = schedule.last_session_time(session_time) {
+            spade_engine::params::time_vars("last_session", &last, &mut params);
+        }
+        if let Some(next) = schedule.next_session_time(session_time) {
+            spade_engine::params::time_vars("next_session", &next, &mut params);
+        }
     }
 
     let session_str = session_time.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
@@ -149,6 +157,17 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let host = crate::host::bundled_host()?;
     let console = Arc::new(StdConsole::new(level_from_str(&args.task_log_level)));
+    let cancel = CancelToken::new();
+    let launcher = LocalLauncher::new(
+        project.clone(),
+        project_name.clone(),
+        project_root.clone(),
+        store_path.clone(),
+        host.clone(),
+        console.clone(),
+        opts.clone(),
+        cancel.clone(),
+    );
     tracing::info!(workflow = %workflow.name, session = %session_str, attempt = attempt.attempt_id, "starting");
     let input = AttemptInput {
         project_name,
@@ -160,9 +179,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         params,
         retry_attempt_name: None,
         saved,
-        cancel: CancelToken::new(),
+        cancel,
     };
-    let summary = run_attempt(input, host, store.as_mut(), console.clone(), None, &opts)?;
+    let summary = run_attempt(input, host, &mut store, console.clone(), Some(launcher), &opts)?;
     use spade_engine::Console as _;
     console.flush();
     if summary.success {

@@ -21,7 +21,7 @@ use spade_api::{
     AttemptRef, CancelToken, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
     StartRequest, TaskRequest,
 };
-use spade_dig::{WorkflowDef, compile, deep_merge};
+use spade_dig::{RetryPolicy, WorkflowDef, compile, deep_merge, parse_retry};
 use spade_expr::{Evaluator, ExprLimits};
 use spade_store::{AttemptRecord, AttemptStatus, Store, TaskChange, TaskState};
 
@@ -122,58 +122,6 @@ struct JobResult {
     result: Result<Outcome, InvokeError>,
 }
 
-/// `_retry` of a task.
-#[derive(Clone, Copy, Debug, PartialEq)]
-struct RetryPolicy {
-    limit: u32,
-    interval: u64,
-    exponential: bool,
-    max_interval: Option<u64>,
-}
-
-impl RetryPolicy {
-    fn delay(&self, retry_count: u32) -> Duration {
-        let secs = if self.exponential {
-            self.interval.saturating_mul(1u64 << retry_count.min(32))
-        } else {
-            self.interval
-        };
-        let secs = self.max_interval.map_or(secs, |m| secs.min(m));
-        Duration::from_secs(secs)
-    }
-}
-
-fn as_u64(v: &Value) -> Option<u64> {
-    match v {
-        Value::Number(n) => n.as_u64(),
-        Value::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-}
-
-fn parse_retry(v: &Value) -> Result<RetryPolicy, String> {
-    let bad = || format!("_retry must be a number or {{limit, interval, interval_type}}, got {v}");
-    match v {
-        Value::Object(o) => {
-            let limit = o.get("limit").and_then(as_u64).ok_or_else(bad)? as u32;
-            let interval = o.get("interval").map(|i| as_u64(i).ok_or_else(bad)).transpose()?.unwrap_or(0);
-            let exponential = match o.get("interval_type").and_then(Value::as_str) {
-                None | Some("constant") => false,
-                Some("exponential") => true,
-                Some(other) => return Err(format!("_retry interval_type must be constant or exponential, got {other}")),
-            };
-            let max_interval = o.get("max_interval").map(|i| as_u64(i).ok_or_else(bad)).transpose()?;
-            Ok(RetryPolicy { limit, interval, exponential, max_interval })
-        }
-        other => Ok(RetryPolicy {
-            limit: as_u64(other).ok_or_else(bad)? as u32,
-            interval: 0,
-            exponential: false,
-            max_interval: None,
-        }),
-    }
-}
-
 /// Run the attempt to its end. Task failures end it with `success: false`; an `Err` means
 /// the attempt could not run (store failure, broken workflow).
 pub fn run_attempt(
@@ -185,12 +133,9 @@ pub fn run_attempt(
     opts: &EngineOptions,
 ) -> Result<AttemptSummary, EngineError> {
     let wf = input.workflow;
-    let root_name = format!("+{}", wf.name);
-    let root_node = compile(&root_name, &wf.config)
-        .map_err(|e| EngineError::Compile { workflow: wf.name.clone(), message: e.to_string() })?;
     let mut tree = Tree::default();
     let root = tree
-        .instantiate(None, &root_node, Origin::Static, opts.max_tasks)
+        .instantiate(None, &wf.root, Origin::Static, opts.max_tasks)
         .map_err(|e| EngineError::Compile {
             workflow: wf.name.clone(),
             message: format!("the workflow has more than {} tasks (raise --max-tasks)", e.limit),
@@ -206,7 +151,7 @@ pub fn run_attempt(
         retry_attempt_name: input.retry_attempt_name.as_deref(),
     };
     let builtins = params::builtins(&identity);
-    let workdir = wf.file.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
+    let workdir = wf.workdir();
 
     let (results_tx, results_rx) = mpsc::channel::<JobResult>();
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
@@ -259,7 +204,7 @@ struct Run<'a> {
     eval: Evaluator,
     builtins: Object,
     /// Directory of the workflow file inside the project (for `call>` paths).
-    workdir: String,
+    workdir: Option<String>,
     opts: &'a EngineOptions,
     ready: VecDeque<TaskId>,
     timers: BinaryHeap<Reverse<(Instant, TaskId, u32, Wake)>>,
@@ -487,7 +432,7 @@ impl<'a> Run<'a> {
                 .and_then(|r| r.params.get("_workdir"))
                 .and_then(Value::as_str)
                 .map(str::to_string)
-                .unwrap_or_else(|| self.workdir.clone()),
+                .or_else(|| self.workdir.clone()),
             timezone: self.input.workflow.timezone,
             expr_limits: self.opts.expr_limits.clone(),
             launcher: self.launcher.clone(),
@@ -688,8 +633,8 @@ impl<'a> Run<'a> {
         };
         let message = self.tree.get(failed).error.clone().unwrap_or_else(|| "a subtask failed".into());
         match self.retry_policy(id) {
-            Ok(Some(policy)) if self.tree.get(id).retry_count < policy.limit => {
-                let delay = policy.delay(self.tree.get(id).retry_count);
+            Ok(Some(policy)) if policy.allows(self.tree.get(id).retry_count) => {
+                let delay = Duration::from_secs(policy.interval_for(self.tree.get(id).retry_count));
                 let t = self.tree.get_mut(id);
                 t.retry_count += 1;
                 t.state = State::Waiting;
@@ -718,9 +663,9 @@ impl<'a> Run<'a> {
     fn operator_failed(&mut self, id: TaskId, message: String, retryable: bool) {
         if retryable
             && let Ok(Some(policy)) = self.retry_policy(id)
-            && self.tree.get(id).retry_count < policy.limit
+            && policy.allows(self.tree.get(id).retry_count)
         {
-            let delay = policy.delay(self.tree.get(id).retry_count);
+            let delay = Duration::from_secs(policy.interval_for(self.tree.get(id).retry_count));
             self.console.log(&self.tree.get(id).name.clone(), LogLevel::Warn, &format!("{message} (retrying)"));
             let t = self.tree.get_mut(id);
             t.retry_count += 1;
@@ -798,24 +743,5 @@ impl<'a> Run<'a> {
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_policy_forms() {
-        assert_eq!(parse_retry(&json!(3)).unwrap().limit, 3);
-        assert_eq!(parse_retry(&json!("2")).unwrap().limit, 2);
-        let p = parse_retry(&json!({"limit": 4, "interval": 10, "interval_type": "exponential"})).unwrap();
-        assert_eq!(p.delay(0), Duration::from_secs(10));
-        assert_eq!(p.delay(2), Duration::from_secs(40));
-        let p = parse_retry(&json!({"limit": 4, "interval": 10, "interval_type": "exponential", "max_interval": 25}))
-            .unwrap();
-        assert_eq!(p.delay(3), Duration::from_secs(25));
-        assert!(parse_retry(&json!({"limit": 1, "interval_type": "sometimes"})).is_err());
-        assert!(parse_retry(&json!("lots")).is_err());
     }
 }

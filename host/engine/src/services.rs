@@ -6,11 +6,10 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::path::{Component, Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use chrono_tz::Tz;
-use serde_json::Value;
 use spade_api::{AttemptRef, LogLevel, Object, StartRequest, TaskServices};
 use spade_expr::{Evaluator, ExprLimits};
 
@@ -21,7 +20,7 @@ pub struct TaskCtx {
     pub task_name: String,
     pub project_root: PathBuf,
     /// Directory (relative to the project) of the workflow the task came from.
-    pub workdir: String,
+    pub workdir: Option<String>,
     pub timezone: Tz,
     pub expr_limits: ExprLimits,
     pub launcher: Option<Arc<dyn Launcher>>,
@@ -29,28 +28,6 @@ pub struct TaskCtx {
 
 thread_local! {
     static EVALUATORS: RefCell<HashMap<Tz, Evaluator>> = RefCell::new(HashMap::new());
-}
-
-/// `dir/path` normalised, refusing anything that leaves the project.
-fn join_inside(dir: &str, path: &str) -> Result<PathBuf, String> {
-    let p = Path::new(path);
-    if p.is_absolute() {
-        return Err(format!("{path}: must be a path inside the project, not an absolute path"));
-    }
-    let mut out = PathBuf::new();
-    for c in Path::new(dir).join(p).components() {
-        match c {
-            Component::Normal(s) => out.push(s),
-            Component::CurDir => {}
-            Component::ParentDir => {
-                if !out.pop() {
-                    return Err(format!("{path}: must not leave the project directory"));
-                }
-            }
-            _ => return Err(format!("{path}: must be a path inside the project")),
-        }
-    }
-    Ok(out)
 }
 
 impl TaskServices for TaskCtx {
@@ -68,23 +45,9 @@ impl TaskServices for TaskCtx {
     }
 
     fn load_workflow(&self, path: &str) -> Result<Object, String> {
-        let mut rel = join_inside(&self.workdir, path)?;
-        if rel.extension().is_none_or(|e| e != "dig") {
-            let mut s = rel.into_os_string();
-            s.push(".dig");
-            rel = PathBuf::from(s);
-        }
-        let def = spade_dig::load_workflow_file(&self.project_root, &rel).map_err(|e| e.to_string())?;
-        let mut config = def.config;
-        // A called workflow in a subdirectory resolves its own paths from there.
-        let dir = rel.parent().map(|p| p.to_string_lossy().into_owned()).unwrap_or_default();
-        if dir != self.workdir {
-            let export = config.entry("_export").or_insert_with(|| Value::Object(Object::new()));
-            if let Value::Object(e) = export {
-                e.insert("_workdir".into(), Value::String(dir));
-            }
-        }
-        Ok(config)
+        spade_dig::load_called_workflow(&self.project_root, self.workdir.as_deref(), path)
+            .map(|def| def.task_config())
+            .map_err(|e| e.to_string())
     }
 
     fn render_template(&self, template: &str, scope: &Object) -> Result<String, String> {
@@ -110,18 +73,5 @@ impl TaskServices for TaskCtx {
             Some(l) => l.status(attempt_id),
             None => Err("this host cannot watch other attempts".into()),
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn workflow_paths_stay_inside_the_project() {
-        assert_eq!(join_inside("sub", "x.dig").unwrap(), PathBuf::from("sub/x.dig"));
-        assert_eq!(join_inside("sub", "../x.dig").unwrap(), PathBuf::from("x.dig"));
-        assert!(join_inside("", "../x.dig").is_err());
-        assert!(join_inside("", "/etc/passwd").is_err());
     }
 }

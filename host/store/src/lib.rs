@@ -158,6 +158,9 @@ pub trait Store: Send {
     fn write(&mut self, changes: &[TaskChange]) -> Result<()>;
     fn finish_attempt(&mut self, attempt_id: i64, status: AttemptStatus) -> Result<()>;
     fn attempt(&mut self, attempt_id: i64) -> Result<AttemptRecord>;
+    /// Attempts of the session (project, workflow, session_time), oldest first; empty when
+    /// the session does not exist.
+    fn session_attempts(&mut self, project: &str, workflow: &str, session_time: &str) -> Result<Vec<AttemptRecord>>;
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>>;
     /// Small project-level values (e.g. the last session time of `spade run`).
     fn get_value(&mut self, key: &str) -> Result<Option<String>>;
@@ -226,6 +229,19 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|source| StoreError::Json { what: what.to_string(), source })
 }
 
+/// Maps `SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time`.
+fn attempt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        attempt_id: r.get(0)?,
+        session_id: r.get(1)?,
+        session_uuid: r.get(2)?,
+        name: r.get(3)?,
+        status: AttemptStatus::parse(&r.get::<_, String>(4)?),
+        workflow: r.get(5)?,
+        session_time: r.get(6)?,
+    })
+}
+
 /// The embedded default store: one SQLite file in WAL mode.
 pub struct SqliteStore {
     conn: Connection,
@@ -242,9 +258,19 @@ impl SqliteStore {
         Self::init(conn)
     }
 
-    /// A private in-memory database (tests, `--no-save`).
+    /// A private in-memory database (tests).
     pub fn in_memory() -> Result<Self> {
         Self::init(Connection::open_in_memory()?)
+    }
+
+    /// A scratch database for runs that keep nothing (`--no-save`): a file, so attempts
+    /// started by `require>` can open it too, but without durability (no fsync, no WAL).
+    pub fn open_scratch(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let store = Self::init(conn)?;
+        store.conn.pragma_update(None, "synchronous", "OFF")?;
+        Ok(store)
     }
 
     fn init(conn: Connection) -> Result<Self> {
@@ -424,20 +450,20 @@ impl Store for SqliteStore {
                 "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
                  FROM attempts a JOIN sessions s ON s.id = a.session_id WHERE a.id = ?1",
                 [attempt_id],
-                |r| {
-                    Ok(AttemptRecord {
-                        attempt_id: r.get(0)?,
-                        session_id: r.get(1)?,
-                        session_uuid: r.get(2)?,
-                        name: r.get(3)?,
-                        status: AttemptStatus::parse(&r.get::<_, String>(4)?),
-                        workflow: r.get(5)?,
-                        session_time: r.get(6)?,
-                    })
-                },
+                attempt_from_row,
             )
             .optional()?
             .ok_or(StoreError::NoSuchAttempt(attempt_id))
+    }
+
+    fn session_attempts(&mut self, project: &str, workflow: &str, session_time: &str) -> Result<Vec<AttemptRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
+             FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id
+             WHERE p.name = ?1 AND s.workflow = ?2 AND s.session_time = ?3 ORDER BY a.id",
+        )?;
+        let rows = stmt.query_map(params![project, workflow, session_time], attempt_from_row)?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
