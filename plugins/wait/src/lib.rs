@@ -1,0 +1,167 @@
+//! `wait>: <duration>`: finish once the duration has passed since the task's first call
+//! (Digdag WaitOperatorFactory). Durations use Digdag's syntax: `30s`, `10m`, `1h`, `2d`, or
+//! a combination such as `1h 30m`.
+//!
+//! The first call records the end time in the poll state and returns a poll for the
+//! remaining time (or every `poll_interval`); later calls finish once the wall clock passes
+//! it. Because the end time lives in the persisted state, a host restart does not restart
+//! the wait. `blocking: true` is accepted for compatibility but also polls: a plugin call is
+//! bounded by the host's CPU-time limit, so sleeping inside it is not an option; as in Digdag
+//! it cannot be combined with `poll_interval`. Uses no capability (only the WASI clock).
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use spade_sdk::{Failure, Operator, Outcome, Request, Result, json};
+
+pub struct Wait;
+
+/// The poll state key holding the end of the wait, in Unix milliseconds.
+const END_KEY: &str = "wait_end_time_millis";
+
+impl Operator for Wait {
+    fn run(req: Request) -> Result<Outcome> {
+        let at = |m: String| Failure::new(format!("{}: {m}", req.location()));
+        let duration = parse_duration(&req.command_as::<String>()?).map_err(at)?;
+        let blocking: bool = req.param_or("blocking", false)?;
+        let poll_interval = match req.param::<String>("poll_interval")? {
+            Some(text) => Some(parse_duration(&text).map_err(|m| at(format!("poll_interval: {m}")))?),
+            None => None,
+        };
+        if blocking && poll_interval.is_some() {
+            return Err(at("poll_interval can't be specified with blocking:true".into()));
+        }
+        let end = match req.state.as_ref().and_then(|s| s.get(END_KEY)) {
+            Some(v) => v.as_i64().ok_or_else(|| at(format!("unreadable poll state {v}; re-run the task")))?,
+            None => now_millis().saturating_add(duration.saturating_mul(1000)),
+        };
+        Ok(match decide(now_millis(), end, poll_interval) {
+            None => Outcome::done().into(),
+            Some(after) => Outcome::poll(after, json!({ END_KEY: end })),
+        })
+    }
+}
+
+fn now_millis() -> i64 {
+    let since = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// `None` when the wait is over (strictly after `end`, as Digdag checks), otherwise the
+/// seconds until the next call: the remaining time (at least 1 s) or `poll_interval`
+/// (at least 1 s, so a `0s` interval cannot spin).
+fn decide(now: i64, end: i64, poll_interval: Option<i64>) -> Option<u32> {
+    if now > end {
+        return None;
+    }
+    let secs = match poll_interval {
+        Some(interval) => interval,
+        None => (end - now) / 1000,
+    };
+    Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
+}
+
+/// Digdag's `Durations.parseDuration`: optional `<n>d`, `<n>h`, `<n>m`, `<n>s` parts in
+/// that order, blanks allowed around them, case-insensitive, at least one part. Seconds.
+fn parse_duration(text: &str) -> std::result::Result<i64, String> {
+    let invalid = || format!("invalid duration '{text}' (use e.g. 30s, 10m, 1h, 2d or 1h 30m)");
+    let mut rest = text.trim_start();
+    let mut total: i64 = 0;
+    let mut seen = false;
+    for (unit, secs) in [('d', 86_400i64), ('h', 3_600), ('m', 60), ('s', 1)] {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        if digits == 0 {
+            continue;
+        }
+        let after = rest[digits..].trim_start();
+        if !after.starts_with([unit, unit.to_ascii_uppercase()]) {
+            continue;
+        }
+        let n: i64 = rest[..digits].parse().map_err(|_| invalid())?;
+        total = n.checked_mul(secs).and_then(|v| total.checked_add(v)).ok_or_else(invalid)?;
+        rest = after[1..].trim_start();
+        seen = true;
+    }
+    if !seen || !rest.is_empty() {
+        return Err(invalid());
+    }
+    Ok(total)
+}
+
+spade_sdk::plugin!(Wait, name = "spade-wait", operators = ["wait"]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spade_sdk::Value;
+    use spade_sdk::testing::{MockHost, request};
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Ok(10));
+        assert_eq!(parse_duration("1m"), Ok(60));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert_eq!(parse_duration("2d"), Ok(172_800));
+        assert_eq!(parse_duration(" 1h 30m "), Ok(5400));
+        assert_eq!(parse_duration("1d2h3m4s"), Ok(93_784));
+        assert_eq!(parse_duration("5 M"), Ok(300));
+        assert_eq!(parse_duration("0s"), Ok(0));
+        for bad in ["", "10", "s", "1x", "1s 1m", "1m1m", "-1s", "1.5h", "10 seconds"] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be invalid");
+        }
+    }
+
+    #[test]
+    fn decisions() {
+        assert_eq!(decide(1_000, 11_000, None), Some(10));
+        assert_eq!(decide(10_500, 11_000, None), Some(1));
+        assert_eq!(decide(11_000, 11_000, None), Some(1));
+        assert_eq!(decide(11_001, 11_000, None), None);
+        assert_eq!(decide(1_000, 61_000, Some(5)), Some(5));
+        assert_eq!(decide(1_000, 61_000, Some(0)), Some(1));
+    }
+
+    fn run(req: Request) -> Result<Outcome> {
+        MockHost::default().run::<Wait>(req)
+    }
+
+    #[test]
+    fn first_call_polls_with_the_end_time() {
+        let before = now_millis();
+        let outcome = run(request("wait").command(json!("1h")).build()).unwrap();
+        let Outcome::Poll { after_seconds, state } = outcome else { panic!("expected poll, got {outcome:?}") };
+        assert!((3598..=3600).contains(&after_seconds), "{after_seconds}");
+        let end = state[END_KEY].as_i64().unwrap();
+        assert!(end >= before + 3_600_000 && end <= now_millis() + 3_600_000);
+    }
+
+    #[test]
+    fn later_calls_use_the_saved_end() {
+        let past = json!({ END_KEY: now_millis() - 1 });
+        assert_eq!(run(request("wait").command(json!("1h")).state(past).build()), Ok(Outcome::done().into()));
+        let soon = json!({ END_KEY: now_millis() + 30_000 });
+        let outcome = run(request("wait").command(json!("1h")).state(soon.clone()).build()).unwrap();
+        assert!(matches!(outcome, Outcome::Poll { after_seconds: 28..=30, ref state } if *state == soon));
+        let outcome = run(request("wait").command(json!("1h")).local("poll_interval", json!("5s")).state(soon).build());
+        assert!(matches!(outcome, Ok(Outcome::Poll { after_seconds: 5, .. })));
+    }
+
+    #[test]
+    fn blocking_polls_too_but_rejects_poll_interval() {
+        let outcome = run(request("wait").command(json!("10s")).local("blocking", json!(true)).build());
+        assert!(matches!(outcome, Ok(Outcome::Poll { after_seconds: 9..=10, .. })), "{outcome:?}");
+        let err = run(request("wait")
+            .command(json!("10s"))
+            .local("blocking", json!("true"))
+            .local("poll_interval", json!("1s"))
+            .build())
+        .unwrap_err();
+        assert!(err.message.contains("poll_interval can't be specified with blocking:true"));
+    }
+
+    #[test]
+    fn bad_input() {
+        assert!(run(request("wait").command(json!("soon")).build()).unwrap_err().message.contains("invalid duration 'soon'"));
+        assert!(run(request("wait").command(Value::Null).build()).is_err());
+        assert!(run(request("wait").command(json!("1s")).state(json!({END_KEY: "x"})).build()).is_err());
+    }
+}
