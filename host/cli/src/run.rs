@@ -90,6 +90,9 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::FAILURE);
         }
     };
+    for warning in project.warnings() {
+        eprintln!("warning: {warning}");
+    }
     let project = Arc::new(project);
     let wanted = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow);
     let wanted = wanted.strip_prefix("./").unwrap_or(wanted);

@@ -179,7 +179,10 @@
     } else if (n === 1) {
       var v = year;
       var isDate = false;
-      try { t = getTime.call(v); isDate = true; } catch (e) { isDate = false; }
+      if (typeof v === 'object' && v !== null) {
+        // Only Date objects have a time value; exceptions are costly, so ask only objects.
+        try { t = getTime.call(v); isDate = true; } catch (e) { isDate = false; }
+      }
       if (!isDate) {
         v = toPrimitive(v);
         t = typeof v === 'string' ? parseDateString(v) : +v;

@@ -1,1 +1,511 @@
-//! spade-expr (being written)
+//! spade-expr: Digdag's `${...}` expression language.
+//!
+//! Owns the JS engine (QuickJS through rquickjs) that evaluates `${...}` templates the way
+//! Digdag's ConfigEvalEngine does: JavaScript evaluated `with (params)`, moment.js 2.21.0
+//! loaded, local time in the workflow's time zone (never the process `TZ`), and the
+//! single-pass, order-dependent config walk (§3.3/§3.4 of the Digdag reference). Every
+//! evaluation runs under a time limit and the runtime under a memory and stack limit, so a
+//! tenant's expression can fail its task but never hang or crash the host.
+//!
+//! It knows nothing of tasks, stores or wasm: callers hand it a config and a scope.
+
+mod template;
+mod tz;
+
+pub mod bench;
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use chrono_tz::Tz;
+use rquickjs::{Context, Ctx, Function, Runtime, Value as JsValue};
+use serde_json::Value;
+
+/// A JSON object with its key order preserved (the same type as `spade_api::Object`).
+pub type Object = serde_json::Map<String, Value>;
+
+pub use template::needs_eval;
+
+const MOMENT_JS: &str = include_str!("../js/moment.min.js");
+const DATE_SHIM_JS: &str = include_str!("../js/date_shim.js");
+const RUNTIME_JS: &str = include_str!("../js/runtime.js");
+
+/// Keys whose values are never evaluated, at any depth (Digdag's `NO_EVALUATE_PARAMETERS`):
+/// the branches of `if>` and the bodies of loops are evaluated later, in their own tasks.
+pub const RAW_KEYS: [&str; 2] = ["_do", "_else_do"];
+
+/// Resource limits of one evaluator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ExprLimits {
+    /// Wall-clock budget of one template evaluation.
+    pub time: Duration,
+    /// Heap limit of the evaluator's JS runtime (moment.js itself takes about 2 MiB).
+    pub memory_bytes: usize,
+    /// Native stack the JS code may use below the point where the host calls in. Deep
+    /// recursion fails with a RangeError past it; keep it well under the thread's stack.
+    pub stack_bytes: usize,
+}
+
+impl Default for ExprLimits {
+    fn default() -> Self {
+        ExprLimits { time: Duration::from_secs(1), memory_bytes: 64 << 20, stack_bytes: 512 << 10 }
+    }
+}
+
+/// What kind of failure an [`ExprError`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExprErrorKind {
+    /// The expression threw (ReferenceError, TypeError, SyntaxError, a `throw` ...).
+    Script,
+    /// The evaluation ran past [`ExprLimits::time`].
+    Timeout,
+    /// The runtime ran out of [`ExprLimits::memory_bytes`].
+    Memory,
+    /// The engine itself failed (start-up, an unexpected result): a bug, not the workflow's.
+    Internal,
+}
+
+/// A failed evaluation: where (`path`), what (`template`) and why (`message`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExprError {
+    /// Key path of the value being evaluated, e.g. `_export.d`, `echo>`, `args[1]`;
+    /// empty for [`Evaluator::render`].
+    pub path: String,
+    /// The template text (the whole string value, not only the `${...}` part).
+    pub template: String,
+    pub kind: ExprErrorKind,
+    /// The engine's message, e.g. `ReferenceError: no_such_var is not defined`.
+    pub message: String,
+}
+
+impl ExprError {
+    fn internal(message: impl Into<String>) -> Self {
+        ExprError { path: String::new(), template: String::new(), kind: ExprErrorKind::Internal, message: message.into() }
+    }
+}
+
+impl fmt::Display for ExprError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.path.is_empty() {
+            write!(f, "{}: ", self.path)?;
+        }
+        const SHOWN: usize = 200;
+        let template = match self.template.char_indices().nth(SHOWN) {
+            Some((cut, _)) => format!("{}...", &self.template[..cut]),
+            None => self.template.clone(),
+        };
+        match self.kind {
+            ExprErrorKind::Script => {
+                write!(f, "failed to evaluate {template:?}: {}", self.message)?;
+                if self.message.starts_with("ReferenceError") {
+                    write!(f, " (set it with _export or -p, or test it with `typeof name == 'undefined'`)")?;
+                }
+                Ok(())
+            }
+            ExprErrorKind::Timeout => write!(f, "evaluating {template:?} was stopped: {}", self.message),
+            ExprErrorKind::Memory => write!(f, "evaluating {template:?} was stopped: {}", self.message),
+            ExprErrorKind::Internal if template.is_empty() => write!(f, "expression engine: {}", self.message),
+            ExprErrorKind::Internal => write!(f, "expression engine failed on {template:?}: {}", self.message),
+        }
+    }
+}
+
+impl std::error::Error for ExprError {}
+
+/// The interrupt handler's view of the current evaluation's deadline.
+struct Deadline {
+    origin: Instant,
+    /// Nanoseconds since `origin`; `u64::MAX` while no evaluation runs.
+    at: AtomicU64,
+    fired: AtomicBool,
+}
+
+impl Deadline {
+    fn arm(&self, budget: Duration) {
+        let at = self.origin.elapsed().saturating_add(budget).as_nanos().min(u64::MAX as u128 - 1) as u64;
+        self.fired.store(false, Ordering::Relaxed);
+        self.at.store(at, Ordering::Relaxed);
+    }
+    fn disarm(&self) {
+        self.at.store(u64::MAX, Ordering::Relaxed);
+    }
+    fn check(&self) -> bool {
+        let at = self.at.load(Ordering::Relaxed);
+        if at != u64::MAX && self.origin.elapsed().as_nanos() as u64 > at {
+            self.fired.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
+    }
+}
+
+/// A JS context with moment.js and the workflow-zone `Date` loaded, reused for every
+/// evaluation of one attempt. Create one per attempt: a tenant's change to a JS built-in
+/// lasts as long as the evaluator (new global variables do not: they are removed before
+/// each evaluation). `Send`, and `Sync` through an internal lock.
+pub struct Evaluator {
+    // Field order is drop order: the context goes before its runtime.
+    context: Context,
+    runtime: Runtime,
+    timezone: Tz,
+    limits: ExprLimits,
+    deadline: Arc<Deadline>,
+}
+
+impl fmt::Debug for Evaluator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Evaluator").field("timezone", &self.timezone).field("limits", &self.limits).finish()
+    }
+}
+
+/// Where a value sits in the config, rendered only when an error needs it.
+#[derive(Clone, Copy)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+fn render_path(path: &[Seg<'_>]) -> String {
+    let mut out = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(k);
+            }
+            Seg::Index(i) => {
+                out.push('[');
+                out.push_str(&i.to_string());
+                out.push(']');
+            }
+        }
+    }
+    out
+}
+
+/// Failure of one JS call, before the path is known.
+struct Failure {
+    kind: ExprErrorKind,
+    message: String,
+}
+
+impl Failure {
+    fn at(self, path: String, template: &str) -> ExprError {
+        ExprError { path, template: template.to_string(), kind: self.kind, message: self.message }
+    }
+}
+
+/// Per-call JS state: the parameters are parsed into the context once per
+/// `eval_config`/`render` call (`__spade_begin`).
+struct Session<'js, 'e> {
+    ev: &'e Evaluator,
+    ctx: Ctx<'js>,
+    run: Function<'js>,
+}
+
+/// One object of the config walk, as the JS side knows it (see js/runtime.js).
+struct Level {
+    depth: usize,
+    /// Whether JS already holds this object's evaluated keys (it is told on first use).
+    known_to_js: bool,
+    /// How many of the object's evaluated keys JS has been sent.
+    sent: usize,
+}
+
+impl Level {
+    fn new(depth: usize) -> Self {
+        Level { depth, known_to_js: false, sent: 0 }
+    }
+}
+
+impl<'js> Session<'js, '_> {
+    fn render(&self, template: &str, level: &mut Level, built: &Object) -> Result<String, Failure> {
+        let fresh = !level.known_to_js;
+        let delta = if built.len() > level.sent {
+            let new_keys: Object = built.iter().skip(level.sent).map(|(k, v)| (k.clone(), v.clone())).collect();
+            Some(serde_json::to_string(&new_keys).map_err(|e| Failure {
+                kind: ExprErrorKind::Internal,
+                message: format!("could not serialize the evaluated keys: {e}"),
+            })?)
+        } else {
+            None
+        };
+        self.ev.deadline.arm(self.ev.limits.time);
+        let result: rquickjs::Result<JsValue<'js>> = match &delta {
+            Some(d) => self.run.call((template, level.depth as u32, fresh, d.as_str())),
+            None => self.run.call((template, level.depth as u32, fresh)),
+        };
+        // JS has recorded the level and delta before running anything that can fail.
+        level.known_to_js = true;
+        level.sent = built.len();
+        let outcome = match result {
+            Ok(v) => match v.as_string() {
+                Some(s) => s.to_string().map_err(|e| Failure { kind: ExprErrorKind::Internal, message: e.to_string() }),
+                None => Err(Failure {
+                    kind: ExprErrorKind::Internal,
+                    message: format!("the template returned a {} instead of text", v.type_name()),
+                }),
+            },
+            Err(rquickjs::Error::Exception) => Err(self.describe_exception()),
+            Err(e) => Err(self.classify_engine_error(e)),
+        };
+        self.ev.deadline.disarm();
+        if matches!(&outcome, Err(f) if f.kind == ExprErrorKind::Memory) {
+            self.ev.runtime.run_gc();
+        }
+        outcome
+    }
+
+    fn classify_engine_error(&self, e: rquickjs::Error) -> Failure {
+        match e {
+            rquickjs::Error::Allocation => self.memory_failure(),
+            other if self.ev.deadline.fired.load(Ordering::Relaxed) => {
+                let _ = other;
+                self.timeout_failure()
+            }
+            other => Failure { kind: ExprErrorKind::Internal, message: other.to_string() },
+        }
+    }
+
+    fn timeout_failure(&self) -> Failure {
+        Failure {
+            kind: ExprErrorKind::Timeout,
+            message: format!(
+                "it ran longer than the {} expression time limit (an endless loop?)",
+                format_duration(self.ev.limits.time)
+            ),
+        }
+    }
+
+    fn memory_failure(&self) -> Failure {
+        Failure {
+            kind: ExprErrorKind::Memory,
+            message: format!(
+                "it needed more than the {} MiB expression memory limit",
+                self.ev.limits.memory_bytes >> 20
+            ),
+        }
+    }
+
+    fn describe_exception(&self) -> Failure {
+        let exc = self.ctx.catch();
+        if self.ev.deadline.fired.load(Ordering::Relaxed) {
+            return self.timeout_failure();
+        }
+        let message = exception_message(&exc);
+        if message == "InternalError: out of memory" {
+            return self.memory_failure();
+        }
+        Failure { kind: ExprErrorKind::Script, message }
+    }
+}
+
+/// `Name: message` for Error objects (what Digdag shows), `String(value)` for anything else.
+fn exception_message(exc: &JsValue<'_>) -> String {
+    if let Some(obj) = exc.as_object() {
+        let name: Option<String> = obj.get::<_, Option<String>>("name").ok().flatten();
+        let message: Option<String> = obj.get::<_, Option<String>>("message").ok().flatten();
+        match (name, message) {
+            (Some(n), Some(m)) if !m.is_empty() => return format!("{n}: {m}"),
+            (Some(n), _) => return n,
+            (None, Some(m)) => return m,
+            (None, None) => {}
+        }
+    }
+    match exc.get::<rquickjs::Coerced<String>>() {
+        Ok(s) => s.0,
+        Err(_) => "an exception that cannot be shown as text".to_string(),
+    }
+}
+
+fn format_duration(d: Duration) -> String {
+    if d.subsec_nanos() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+}
+
+fn any_needs_eval(value: &Value) -> bool {
+    match value {
+        Value::String(s) => needs_eval(s),
+        Value::Array(a) => a.iter().any(any_needs_eval),
+        Value::Object(o) => object_needs_eval(o),
+        _ => false,
+    }
+}
+
+fn object_needs_eval(o: &Object) -> bool {
+    o.iter().any(|(k, v)| !RAW_KEYS.contains(&k.as_str()) && any_needs_eval(v))
+}
+
+impl Evaluator {
+    /// A fresh context in `timezone` with moment.js loaded. Takes a few milliseconds.
+    pub fn new(timezone: Tz, limits: ExprLimits) -> Result<Self, ExprError> {
+        let runtime = Runtime::new().map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
+        runtime.set_memory_limit(limits.memory_bytes);
+        runtime.set_max_stack_size(limits.stack_bytes);
+        let deadline = Arc::new(Deadline {
+            origin: Instant::now(),
+            at: AtomicU64::new(u64::MAX),
+            fired: AtomicBool::new(false),
+        });
+        let handler_deadline = Arc::clone(&deadline);
+        runtime.set_interrupt_handler(Some(Box::new(move || handler_deadline.check())));
+        let context = Context::full(&runtime).map_err(|e| ExprError::internal(format!("cannot create a JS context: {e}")))?;
+        let evaluator = Evaluator { context, runtime, timezone, limits, deadline };
+        evaluator.load_libraries()?;
+        Ok(evaluator)
+    }
+
+    fn load_libraries(&self) -> Result<(), ExprError> {
+        let tz = self.timezone;
+        self.deadline.arm(Duration::from_secs(30));
+        let result = self.context.with(|ctx| -> rquickjs::Result<()> {
+            let sloppy = || {
+                let mut o = rquickjs::context::EvalOptions::default();
+                o.strict = false;
+                o
+            };
+            let globals = ctx.globals();
+            let shim: Function = ctx.eval_with_options(DATE_SHIM_JS, sloppy())?;
+            let offset = Function::new(ctx.clone(), move |t: f64| tz::offset_ms(tz, t))?;
+            let to_utc = Function::new(ctx.clone(), move |t: f64| tz::local_to_utc(tz, t))?;
+            let abbr = Function::new(ctx.clone(), move |t: f64| tz::abbreviation(tz, t))?;
+            shim.call::<_, ()>((globals.clone(), offset, to_utc, abbr))?;
+            ctx.eval_with_options::<(), _>(MOMENT_JS, sloppy())?;
+            let runtime: Function = ctx.eval_with_options(RUNTIME_JS, sloppy())?;
+            let compile = Function::new(ctx.clone(), |t: String| template::to_js(&t))?;
+            runtime.call::<_, ()>((globals, compile))?;
+            Ok(())
+        });
+        self.deadline.disarm();
+        result.map_err(|e| {
+            let detail = match e {
+                rquickjs::Error::Exception => {
+                    self.context.with(|ctx| exception_message(&ctx.catch()))
+                }
+                other => other.to_string(),
+            };
+            ExprError::internal(format!(
+                "loading moment.js and the time-zone support failed: {detail} (memory limit {} MiB)",
+                self.limits.memory_bytes >> 20
+            ))
+        })
+    }
+
+    /// The workflow time zone local time is computed in.
+    pub fn timezone(&self) -> Tz {
+        self.timezone
+    }
+
+    pub fn limits(&self) -> ExprLimits {
+        self.limits
+    }
+
+    fn with_session<R>(
+        &self,
+        scope: &Object,
+        f: impl for<'js> FnOnce(&Session<'js, '_>) -> Result<R, ExprError>,
+    ) -> Result<R, ExprError> {
+        let scope_json = serde_json::to_string(scope)
+            .map_err(|e| ExprError::internal(format!("could not serialize the parameters: {e}")))?;
+        self.context.with(|ctx| {
+            let globals = ctx.globals();
+            let (begin, run): (Function, Function) = globals
+                .get("__spade_begin")
+                .and_then(|b| Ok((b, globals.get("__spade_run")?)))
+                .map_err(|e| ExprError::internal(format!("the template runner is missing: {e}")))?;
+            self.deadline.arm(self.limits.time);
+            let begun = begin.call::<_, ()>((scope_json.as_str(),));
+            self.deadline.disarm();
+            if let Err(e) = begun {
+                let detail = match e {
+                    rquickjs::Error::Exception => exception_message(&ctx.catch()),
+                    other => other.to_string(),
+                };
+                return Err(ExprError::internal(format!("could not load the parameters into JS: {detail}")));
+            }
+            let session = Session { ev: self, ctx, run };
+            f(&session)
+        })
+    }
+
+    /// Renders one template with `scope` as its variables. Text without `$` is returned as is
+    /// without touching JS. Used for single values (`_retry: ${n}`, `param_eval>`).
+    pub fn render(&self, template: &str, scope: &Object) -> Result<String, ExprError> {
+        if !needs_eval(template) {
+            return Ok(template.to_string());
+        }
+        self.with_session(scope, |s| {
+            s.render(template, &mut Level::new(0), &Object::new()).map_err(|f| f.at(String::new(), template))
+        })
+    }
+
+    /// Digdag's ConfigEvalEngine walk. Keys are visited in order; `_do`/`_else_do` are copied
+    /// raw; an object is walked recursively with its own, initially empty, set of evaluated
+    /// keys; arrays element by element; a string containing `$` is rendered with `scope`
+    /// overlaid (key by key, no deep merge) with the keys already evaluated earlier in the same
+    /// object; every other value is copied. Results of evaluation are always strings, and are
+    /// never evaluated again.
+    pub fn eval_config(&self, config: &Object, scope: &Object) -> Result<Object, ExprError> {
+        if !object_needs_eval(config) {
+            return Ok(config.clone());
+        }
+        self.with_session(scope, |s| {
+            let mut path = Vec::new();
+            walk_object(s, config, 0, &mut path)
+        })
+    }
+}
+
+fn walk_object<'a>(
+    s: &Session<'_, '_>,
+    object: &'a Object,
+    depth: usize,
+    path: &mut Vec<Seg<'a>>,
+) -> Result<Object, ExprError> {
+    let mut built = Object::new();
+    let mut level = Level::new(depth);
+    for (key, value) in object {
+        path.push(Seg::Key(key));
+        let evaluated = if RAW_KEYS.contains(&key.as_str()) {
+            value.clone()
+        } else {
+            walk_value(s, &mut level, &built, value, path)?
+        };
+        path.pop();
+        built.insert(key.clone(), evaluated);
+    }
+    Ok(built)
+}
+
+/// `built` holds the enclosing object's evaluated keys: arrays (at any depth) share it and
+/// its level, objects start their own.
+fn walk_value<'a>(
+    s: &Session<'_, '_>,
+    level: &mut Level,
+    built: &Object,
+    value: &'a Value,
+    path: &mut Vec<Seg<'a>>,
+) -> Result<Value, ExprError> {
+    Ok(match value {
+        Value::Object(o) => Value::Object(walk_object(s, o, level.depth + 1, path)?),
+        Value::Array(items) => {
+            let mut out = Vec::with_capacity(items.len());
+            for (i, item) in items.iter().enumerate() {
+                path.push(Seg::Index(i));
+                out.push(walk_value(s, level, built, item, path)?);
+                path.pop();
+            }
+            Value::Array(out)
+        }
+        Value::String(text) if needs_eval(text) => {
+            Value::String(s.render(text, level, built).map_err(|f| f.at(render_path(path), text))?)
+        }
+        other => other.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests;

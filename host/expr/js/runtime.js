@@ -1,0 +1,140 @@
+// The host's entry points into the JS context: `__spade_begin(paramsJson)` once per
+// eval_config/render call, then `__spade_run(template, depth, fresh, deltaJson)` per template.
+//
+// Digdag evaluates every template in a fresh JS context with the parameters re-parsed from
+// JSON, overlaid with the keys already evaluated at the same object level. Re-parsing the
+// parameters per template costs more than the rest of an evaluation here, so instead:
+// - the parameters are parsed once per call (`begin`);
+// - each object level of the config walk (`depth`; `fresh` when the walk enters a new object)
+//   keeps the evaluated keys the host has sent so far (`deltaJson`: only keys new since the
+//   last template at that level), on top of the parameters;
+// - each template gets its own scope object inheriting from that level, and object or array
+//   values are deep-copied into the scope on first access, so an expression that mutates a
+//   parameter in place (`${list.reverse()}`) never affects another template.
+// Visible difference: the parameters are inherited, not own, properties of `this`
+// (`Object.keys(this)` lists only what the template assigned or read).
+//
+// Before a template runs, enumerable globals created by an earlier one (`${x = 1}` without a
+// matching param) are deleted and the libraries' own (`moment`) restored. A change to a
+// built-in (`Array.prototype.foo = ...`, `moment.fn.x = ...`) is not undone: it lasts until
+// the evaluator is dropped (the engine uses one evaluator per attempt).
+//
+// Called once per evaluator with the host's template compiler (src/template.rs); installs the
+// two entry points as read-only globals.
+(function (global, compileTemplate) {
+  'use strict';
+  var parse = JSON.parse;
+  var NativeFunction = Function;
+  var keys = Object.keys;
+  var create = Object.create;
+  var defineProperty = Object.defineProperty;
+  var isArray = Array.isArray;
+  var reflectApply = Reflect.apply;
+  var CACHE_LIMIT = 512;
+
+  var baseline = keys(global);
+  var baselineValues = baseline.map(function (k) { return global[k]; });
+  var known = create(null);
+  baseline.forEach(function (k) { known[k] = true; });
+  // Set while a template that may have assigned something (or failed midway) was the last.
+  var dirty = false;
+
+  function cleanGlobals() {
+    var now = keys(global);
+    var i;
+    for (i = 0; i < now.length; i++) {
+      if (!known[now[i]]) delete global[now[i]];
+    }
+    for (i = 0; i < baseline.length; i++) {
+      if (global[baseline[i]] !== baselineValues[i]) global[baseline[i]] = baselineValues[i];
+    }
+  }
+
+  var cache = create(null);
+  var cached = 0;
+
+  function compiled(template) {
+    var fn = cache[template];
+    if (fn === undefined) {
+      fn = new NativeFunction(compileTemplate(template));
+      if (cached >= CACHE_LIMIT) {
+        cache = create(null);
+        cached = 0;
+      }
+      cache[template] = fn;
+      cached++;
+    }
+    return fn;
+  }
+
+  function clone(v) {
+    if (v === null || typeof v !== 'object') return v;
+    var i;
+    if (isArray(v)) {
+      var a = new Array(v.length);
+      for (i = 0; i < v.length; i++) a[i] = clone(v[i]);
+      return a;
+    }
+    var o = {};
+    var names = keys(v);
+    for (i = 0; i < names.length; i++) setOwn(o, names[i], clone(v[names[i]]));
+    return o;
+  }
+
+  function setOwn(target, k, v) {
+    defineProperty(target, k, { value: v, writable: true, enumerable: true, configurable: true });
+  }
+
+  // Objects and arrays are copied into the reading scope on first access; scalars are shared.
+  function install(target, k, v) {
+    if (v === null || typeof v !== 'object') {
+      setOwn(target, k, v);
+      return;
+    }
+    defineProperty(target, k, {
+      get: function () {
+        var copy = clone(v);
+        setOwn(this, k, copy);
+        return copy;
+      },
+      set: function (value) { setOwn(this, k, value); },
+      enumerable: true,
+      configurable: true
+    });
+  }
+
+  var params = create(Object.prototype);
+  var levels = [];
+
+  function begin(paramsJson) {
+    var p = parse(paramsJson);
+    var names = keys(p);
+    for (var i = 0; i < names.length; i++) {
+      var v = p[names[i]];
+      if (v !== null && typeof v === 'object') install(p, names[i], v);
+    }
+    params = p;
+    levels = [];
+  }
+
+  function run(template, depth, fresh, deltaJson) {
+    if (dirty) cleanGlobals();
+    dirty = true;
+    var level = levels[depth];
+    if (fresh || level === undefined) {
+      level = create(params);
+      levels[depth] = level;
+    }
+    if (deltaJson !== undefined) {
+      var delta = parse(deltaJson);
+      var names = keys(delta);
+      for (var i = 0; i < names.length; i++) install(level, names[i], delta[names[i]]);
+    }
+    var out = reflectApply(compiled(template), create(level), []);
+    dirty = template.indexOf('=') >= 0;
+    return out;
+  }
+
+  defineProperty(global, '__spade_begin', { value: begin, writable: false, enumerable: false, configurable: false });
+  defineProperty(global, '__spade_run', { value: run, writable: false, enumerable: false, configurable: false });
+})

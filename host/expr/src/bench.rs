@@ -1,0 +1,124 @@
+//! Timing figures for the evaluator, for `cargo bench -p spade-expr` and for reports. Not a
+//! test: nothing here asserts on time.
+
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use crate::{Evaluator, ExprLimits, Object};
+
+/// Mean time of each operation over the iterations of [`run`].
+#[derive(Clone, Debug)]
+pub struct BenchReport {
+    pub iterations: u32,
+    /// `Evaluator::new` (runtime, context, Date shim, moment.js).
+    pub create: Duration,
+    /// `eval_config` of a typical task (3 templated params, 1 plain) with 25 params in scope.
+    pub eval_task: Duration,
+    /// `eval_config` of a task whose params contain no `$` (no JS at all).
+    pub eval_plain_task: Duration,
+    /// `render` of `${moment(session_time).add(1, 'days').format('YYYY-MM-DD')}`.
+    pub render_moment: Duration,
+}
+
+impl fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "spade-expr, mean of {} iterations:", self.iterations)?;
+        writeln!(f, "  Evaluator::new (with moment.js)      {:>10.1?}", self.create)?;
+        writeln!(f, "  eval_config, typical task            {:>10.1?}", self.eval_task)?;
+        writeln!(f, "  eval_config, task without ${{}}        {:>10.1?}", self.eval_plain_task)?;
+        write!(f, "  render, moment add/format            {:>10.1?}", self.render_moment)
+    }
+}
+
+/// A scope shaped like the engine's: built-ins plus a few exports.
+pub fn sample_scope() -> Object {
+    let v = json!({
+        "timezone": "America/Los_Angeles",
+        "project_id": 1,
+        "project_name": "demo",
+        "workflow_name": "wf",
+        "session_uuid": "9f3e5a40-1111-2222-3333-444455556666",
+        "session_id": 42,
+        "session_time": "2023-02-14T00:00:00-08:00",
+        "session_date": "2023-02-14",
+        "session_date_compact": "20230214",
+        "session_local_time": "2023-02-14 00:00:00",
+        "session_tz_offset": "-0800",
+        "session_unixtime": 1676361600,
+        "last_session_time": "2023-02-13T00:00:00-08:00",
+        "last_session_date": "2023-02-13",
+        "next_session_time": "2023-02-15T00:00:00-08:00",
+        "next_session_date": "2023-02-15",
+        "last_executed_session_time": "",
+        "task_name": "+wf+group+task",
+        "attempt_id": 7,
+        "retry_attempt_name": null,
+        "target": "world",
+        "greeting": "hello ${target}",
+        "db": {"host": "localhost", "port": 5432, "name": "analytics"},
+        "tags": ["blue", "green"],
+        "count": "3",
+    });
+    v.as_object().cloned().unwrap_or_default()
+}
+
+fn sample_task() -> Object {
+    json!({
+        "echo>": "${greeting} on ${session_date}",
+        "table": "events_${session_date_compact}",
+        "url": "postgres://${db.host}:${db.port}/${db.name}",
+        "retry": 3,
+    })
+    .as_object()
+    .cloned()
+    .unwrap_or_default()
+}
+
+fn mean(total: Duration, n: u32) -> Duration {
+    total / n.max(1)
+}
+
+/// Runs each operation `iterations` times (creation `iterations / 10 + 1` times) and returns
+/// the mean durations. Panics only if the evaluator cannot be created or evaluation fails,
+/// which `cargo test` would have caught.
+pub fn run(iterations: u32) -> BenchReport {
+    let tz: chrono_tz::Tz = chrono_tz::America::Los_Angeles;
+    let creations = iterations / 10 + 1;
+    let start = Instant::now();
+    for _ in 0..creations {
+        let ev = Evaluator::new(tz, ExprLimits::default()).expect("evaluator");
+        std::hint::black_box(&ev);
+    }
+    let create = mean(start.elapsed(), creations);
+
+    let ev = Evaluator::new(tz, ExprLimits::default()).expect("evaluator");
+    let scope = sample_scope();
+    let task = sample_task();
+    let plain: Object = json!({"sh>": "echo hi", "retry": 3}).as_object().cloned().unwrap_or_default();
+    // Warm-up: template compilation is cached per evaluator.
+    ev.eval_config(&task, &scope).expect("eval");
+
+    let start = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(ev.eval_config(&task, &scope).expect("eval"));
+    }
+    let eval_task = mean(start.elapsed(), iterations);
+
+    let start = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(ev.eval_config(&plain, &scope).expect("eval"));
+    }
+    let eval_plain_task = mean(start.elapsed(), iterations);
+
+    let moment = "${moment(session_time).add(1, 'days').format('YYYY-MM-DD')}";
+    ev.render(moment, &scope).expect("render");
+    let start = Instant::now();
+    for _ in 0..iterations {
+        std::hint::black_box(ev.render(moment, &scope).expect("render"));
+    }
+    let render_moment = mean(start.elapsed(), iterations);
+
+    BenchReport { iterations, create, eval_task, eval_plain_task, render_moment }
+}

@@ -1,0 +1,198 @@
+//! The host side of the `spade:operator` world: generated bindings, the per-call store
+//! data (`HostState`) and the capability imports, which forward to `TaskServices`.
+//!
+//! Capability checks happen twice: at install time a plugin that imports an interface it
+//! was not granted is refused (see `Runtime::install`), and here `secrets.get` only answers
+//! keys the plugin's grants name.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+use spade_api::{AttemptState, LogLevel, Object, StartRequest, TaskServices};
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::sandbox::{LineBudget, Limiter};
+
+wasmtime::component::bindgen!({
+    path: "../../wit",
+    world: "plugin",
+});
+
+pub(crate) use spade::operator::{engine as wit_engine, log as wit_log, types as wit_types};
+
+/// Largest JSON text a plugin may hand to a capability (template scope, start params).
+const MAX_CAPABILITY_INPUT: usize = 16 << 20;
+
+/// What the plugin was granted, as the host functions need it.
+pub(crate) struct PluginCtx {
+    pub name: String,
+    /// Granted secret keys: exact keys, `prefix.*`, or `*` for every key.
+    pub secrets: Vec<String>,
+}
+
+impl PluginCtx {
+    fn may_read_secret(&self, key: &str) -> bool {
+        self.secrets.iter().any(|g| {
+            g == "*" || g == key || g.strip_suffix('*').is_some_and(|prefix| !prefix.is_empty() && key.starts_with(prefix))
+        })
+    }
+}
+
+/// Why an epoch callback stopped the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Interrupt {
+    Cancelled,
+    Deadline,
+}
+
+/// Data of one `Store`: lives exactly as long as one invocation (or one `describe`).
+pub(crate) struct HostState {
+    pub wasi: WasiCtx,
+    pub table: ResourceTable,
+    pub limiter: Limiter,
+    pub plugin: Arc<PluginCtx>,
+    /// `None` while describing a plugin at install time.
+    pub services: Option<&'static dyn TaskServices>,
+    pub log: LineBudget,
+    pub print: LineBudget,
+    pub interrupted: Option<Interrupt>,
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl HostState {
+    /// Forwards a log line within the budget.
+    pub fn log_line(&mut self, level: LogLevel, line: &str) {
+        if let Some(line) = self.log.admit(line) {
+            match self.services {
+                Some(s) => s.log(level, &line),
+                None => tracing::debug!(plugin = %self.plugin.name, "describe log: {line}"),
+            }
+        }
+    }
+}
+
+fn services_missing(what: &str) -> String {
+    format!("{what} is not available while the plugin is being described")
+}
+
+impl wit_types::Host for HostState {}
+
+impl wit_log::Host for HostState {
+    fn write(&mut self, level: wit_log::Level, message: String) {
+        let level = match level {
+            wit_log::Level::Trace => LogLevel::Trace,
+            wit_log::Level::Debug => LogLevel::Debug,
+            wit_log::Level::Info => LogLevel::Info,
+            wit_log::Level::Warn => LogLevel::Warn,
+            wit_log::Level::Error => LogLevel::Error,
+        };
+        self.log_line(level, &message);
+    }
+}
+
+impl spade::operator::output::Host for HostState {
+    fn print(&mut self, line: String) {
+        if let Some(line) = self.print.admit(&line) {
+            match self.services {
+                Some(s) => s.print(&line),
+                None => tracing::debug!(plugin = %self.plugin.name, "describe output: {line}"),
+            }
+        }
+    }
+}
+
+impl spade::operator::secrets::Host for HostState {
+    fn get(&mut self, key: String) -> Option<String> {
+        if !self.plugin.may_read_secret(&key) {
+            return None;
+        }
+        self.services?.secret(&key)
+    }
+}
+
+impl spade::operator::workflows::Host for HostState {
+    fn load(&mut self, path: String) -> Result<String, String> {
+        let services = self.services.ok_or_else(|| services_missing("workflows.load"))?;
+        let config = services.load_workflow(&path)?;
+        serde_json::to_string(&config).map_err(|e| format!("cannot encode workflow {path}: {e}"))
+    }
+}
+
+fn parse_object(what: &str, text: &str) -> Result<Object, String> {
+    if text.len() > MAX_CAPABILITY_INPUT {
+        return Err(format!("{what} is {} bytes; the limit is {} bytes", text.len(), MAX_CAPABILITY_INPUT));
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(format!("{what} must be a JSON object")),
+        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
+    }
+}
+
+impl spade::operator::expressions::Host for HostState {
+    fn render(&mut self, template: String, scope: String) -> Result<String, String> {
+        let services = self.services.ok_or_else(|| services_missing("expressions.render"))?;
+        if template.len() > MAX_CAPABILITY_INPUT {
+            return Err(format!("template is {} bytes; the limit is {} bytes", template.len(), MAX_CAPABILITY_INPUT));
+        }
+        let scope = parse_object("scope", &scope)?;
+        services.render_template(&template, &scope)
+    }
+}
+
+fn attempt_ref(r: spade_api::AttemptRef) -> wit_engine::AttemptRef {
+    wit_engine::AttemptRef {
+        attempt_id: r.attempt_id,
+        session_id: r.session_id,
+        state: match r.state {
+            AttemptState::Running => wit_engine::AttemptState::Running,
+            AttemptState::Success => wit_engine::AttemptState::Success,
+            AttemptState::Failure => wit_engine::AttemptState::Failure,
+        },
+    }
+}
+
+impl wit_engine::Host for HostState {
+    fn start_or_find(&mut self, req: wit_engine::StartRequest) -> Result<wit_engine::AttemptRef, String> {
+        let services = self.services.ok_or_else(|| services_missing("engine.start-or-find"))?;
+        let params = parse_object("start-request.params", &req.params)?;
+        let req = StartRequest {
+            project_name: req.project_name,
+            workflow_name: req.workflow_name,
+            session_time: req.session_time,
+            attempt_name: req.attempt_name,
+            params,
+            rerun_on: req.rerun_on,
+        };
+        services.start_or_find(&req).map(attempt_ref)
+    }
+
+    fn status(&mut self, attempt_id: i64) -> Result<wit_engine::AttemptRef, String> {
+        let services = self.services.ok_or_else(|| services_missing("engine.status"))?;
+        services.attempt_status(attempt_id).map(attempt_ref)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_grants() {
+        let p = PluginCtx { name: "p".into(), secrets: vec!["a".into(), "slack.*".into()] };
+        assert!(p.may_read_secret("a"));
+        assert!(!p.may_read_secret("ab"));
+        assert!(p.may_read_secret("slack.token"));
+        assert!(!p.may_read_secret("slackx"));
+        let none = PluginCtx { name: "p".into(), secrets: vec!["*x".into(), "".into()] };
+        assert!(!none.may_read_secret("y"));
+        let all = PluginCtx { name: "p".into(), secrets: vec!["*".into()] };
+        assert!(all.may_read_secret("anything"));
+    }
+}
