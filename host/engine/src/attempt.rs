@@ -21,7 +21,7 @@ use spade_api::{
     AttemptRef, CancelToken, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
     StartRequest, TaskRequest,
 };
-use spade_dig::{RetryPolicy, WorkflowDef, compile, deep_merge, parse_retry};
+use spade_dig::{RetryPolicy, WorkflowDef, compile_under, deep_merge, parse_retry};
 use spade_expr::{Evaluator, ExprLimits};
 use spade_store::{AttemptRecord, AttemptStatus, Store, TaskChange, TaskState};
 
@@ -510,7 +510,7 @@ impl<'a> Run<'a> {
         self.tree.get_mut(id).result = Some(done);
         let mut sub_id = None;
         if let Some(sub) = subtasks {
-            match compile("^sub", &sub) {
+            match compile_under(&self.tree.get(id).name.clone(), "^sub", &sub) {
                 Ok(node) => match self.tree.instantiate(Some(id), &node, Origin::Sub, self.opts.max_tasks) {
                     Ok(s) => sub_id = Some(s),
                     Err(e) => {
@@ -558,7 +558,7 @@ impl<'a> Run<'a> {
         let Value::Object(cfg) = config else {
             return Err(format!("{} must be a task (an object), got {config}", &name[1..]));
         };
-        let node = compile(name, cfg).map_err(|e| format!("invalid _{} task: {e}", &name[1..]))?;
+        let node = compile_under(&self.tree.get(id).name.clone(), name, cfg).map_err(|e| format!("invalid _{} task: {e}", &name[1..]))?;
         self.tree
             .instantiate(Some(id), &node, origin, self.opts.max_tasks)
             .map_err(|e| format!("adding {name} would exceed the limit of {} tasks per attempt", e.limit))
