@@ -1,18 +1,25 @@
 //! The host side of the `spade:operator` world: generated bindings, the per-call store
 //! data (`HostState`) and the capability imports, which forward to `TaskServices`.
 //!
+//! It also replaces wasmtime-wasi's clock subscriptions so that a guest sleeping in
+//! `wasi:io/poll` (where epoch interruption cannot reach it) still stops on kill/deadline.
+//!
 //! Capability checks happen twice: at install time a plugin that imports an interface it
 //! was not granted is refused (see `Runtime::install`), and here `secrets.get` only answers
 //! keys the plugin's grants name.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use spade_api::{AttemptState, LogLevel, Object, StartRequest, TaskServices};
-use wasmtime::component::ResourceTable;
+use spade_api::{AttemptState, CancelToken, LogLevel, Object, StartRequest, TaskServices};
+use wasmtime::StoreContextMut;
+use wasmtime::component::{Linker, Resource, ResourceTable};
+use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use crate::sandbox::{LineBudget, Limiter};
+use crate::sandbox::{Limiter, LineBudget};
 
 wasmtime::component::bindgen!({
     path: "../../wit",
@@ -34,16 +41,164 @@ pub(crate) struct PluginCtx {
 impl PluginCtx {
     fn may_read_secret(&self, key: &str) -> bool {
         self.secrets.iter().any(|g| {
-            g == "*" || g == key || g.strip_suffix('*').is_some_and(|prefix| !prefix.is_empty() && key.starts_with(prefix))
+            g == "*"
+                || g == key
+                || g.strip_suffix('*')
+                    .is_some_and(|prefix| !prefix.is_empty() && key.starts_with(prefix))
         })
     }
 }
 
-/// Why an epoch callback stopped the guest.
+/// Why a call was stopped.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Interrupt {
     Cancelled,
     Deadline,
+}
+
+/// When a call must stop: shared by the epoch callback (guest code running) and the
+/// guest's sleeps (host blocked in `wasi:io/poll`), which epochs cannot interrupt.
+pub(crate) struct Stop {
+    cancel: Option<CancelToken>,
+    deadline: Instant,
+    /// 0: running; otherwise the `Interrupt` that fired (1 cancelled, 2 deadline).
+    fired: AtomicU8,
+}
+
+impl Stop {
+    pub fn new(cancel: Option<CancelToken>, deadline: Instant) -> Arc<Stop> {
+        Arc::new(Stop {
+            cancel,
+            deadline,
+            fired: AtomicU8::new(0),
+        })
+    }
+
+    /// Whether the call must stop now; remembers why.
+    pub fn check(&self) -> Option<Interrupt> {
+        let why = if self.cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
+            Interrupt::Cancelled
+        } else if Instant::now() >= self.deadline {
+            Interrupt::Deadline
+        } else {
+            return None;
+        };
+        let code = if why == Interrupt::Cancelled { 1 } else { 2 };
+        let _ = self
+            .fired
+            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        Some(why)
+    }
+
+    /// The interrupt that fired during the call, if any.
+    pub fn fired(&self) -> Option<Interrupt> {
+        match self.fired.load(Ordering::SeqCst) {
+            1 => Some(Interrupt::Cancelled),
+            2 => Some(Interrupt::Deadline),
+            _ => None,
+        }
+    }
+}
+
+/// The guest's monotonic clock: nanoseconds since the store was created (like
+/// wasmtime-wasi's own), with its origin known to our `subscribe-instant`.
+pub(crate) struct Clock(pub Instant);
+
+impl wasmtime_wasi::HostMonotonicClock for Clock {
+    fn resolution(&self) -> u64 {
+        1
+    }
+    fn now(&self) -> u64 {
+        u64::try_from(self.0.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// A guest sleep (`subscribe-duration`/`-instant` + `poll`) that also ends when the call
+/// is killed or runs out of time, checking every [`SLEEP_SLICE`].
+struct Sleep {
+    until: Option<tokio::time::Instant>,
+    stop: Arc<Stop>,
+    yielded: bool,
+}
+
+const SLEEP_SLICE: Duration = Duration::from_millis(20);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Sleep {
+    async fn ready(&mut self) {
+        loop {
+            if self.stop.check().is_some() {
+                return;
+            }
+            let now = tokio::time::Instant::now();
+            if self.until.is_some_and(|u| now >= u) {
+                if !self.yielded {
+                    // Like wasmtime-wasi: a zero timeout still yields once to the runtime.
+                    self.yielded = true;
+                    tokio::task::yield_now().await;
+                }
+                return;
+            }
+            let slice = now + SLEEP_SLICE;
+            tokio::time::sleep_until(self.until.map_or(slice, |u| u.min(slice))).await;
+        }
+    }
+}
+
+/// The WASI 0.2 version wasmtime-wasi 48 defines; components importing any 0.2.x resolve
+/// to it. `shadow_sleeps` fails loudly if a wasmtime-wasi upgrade moves it.
+const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
+
+fn subscribe_sleep(
+    data: &mut HostState,
+    duration: Duration,
+) -> wasmtime::Result<Resource<DynPollable>> {
+    let until = tokio::time::Instant::now().checked_add(duration);
+    let sleep = data.table.push(Sleep {
+        until,
+        stop: data.stop.clone(),
+        yielded: false,
+    })?;
+    subscribe(&mut data.table, sleep)
+}
+
+/// Replaces wasmtime-wasi's clock subscriptions with interruptible ones (see [`Sleep`]).
+pub(crate) fn shadow_sleeps(linker: &mut Linker<HostState>) -> Result<(), String> {
+    let probe = linker.instance(WASI_CLOCKS).and_then(|mut i| {
+        i.func_wrap(
+            "subscribe-duration",
+            |_: StoreContextMut<'_, HostState>, (_,): (u64,)| -> wasmtime::Result<(u64,)> {
+                Ok((0,))
+            },
+        )
+    });
+    if probe.is_ok() {
+        return Err(format!(
+            "internal: wasmtime-wasi no longer defines {WASI_CLOCKS}; update WASI_CLOCKS in spade-runtime"
+        ));
+    }
+    linker.allow_shadowing(true);
+    let result = linker.instance(WASI_CLOCKS).and_then(|mut i| {
+        i.func_wrap(
+            "subscribe-duration",
+            |mut cx: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+                Ok((subscribe_sleep(cx.data_mut(), Duration::from_nanos(nanos))?,))
+            },
+        )?;
+        i.func_wrap(
+            "subscribe-instant",
+            |mut cx: StoreContextMut<'_, HostState>, (when,): (u64,)| {
+                let data = cx.data_mut();
+                let now = u64::try_from(data.clock_origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                Ok((subscribe_sleep(
+                    data,
+                    Duration::from_nanos(when.saturating_sub(now)),
+                )?,))
+            },
+        )
+    });
+    linker.allow_shadowing(false);
+    result.map_err(|e| format!("cannot define {WASI_CLOCKS}: {e:#}"))
 }
 
 /// Data of one `Store`: lives exactly as long as one invocation (or one `describe`).
@@ -56,12 +211,17 @@ pub(crate) struct HostState {
     pub services: Option<&'static dyn TaskServices>,
     pub log: LineBudget,
     pub print: LineBudget,
-    pub interrupted: Option<Interrupt>,
+    pub stop: Arc<Stop>,
+    /// Origin of the guest's monotonic clock ([`Clock`]).
+    pub clock_origin: Instant,
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
     }
 }
 
@@ -118,7 +278,9 @@ impl spade::operator::secrets::Host for HostState {
 
 impl spade::operator::workflows::Host for HostState {
     fn load(&mut self, path: String) -> Result<String, String> {
-        let services = self.services.ok_or_else(|| services_missing("workflows.load"))?;
+        let services = self
+            .services
+            .ok_or_else(|| services_missing("workflows.load"))?;
         let config = services.load_workflow(&path)?;
         serde_json::to_string(&config).map_err(|e| format!("cannot encode workflow {path}: {e}"))
     }
@@ -126,7 +288,11 @@ impl spade::operator::workflows::Host for HostState {
 
 fn parse_object(what: &str, text: &str) -> Result<Object, String> {
     if text.len() > MAX_CAPABILITY_INPUT {
-        return Err(format!("{what} is {} bytes; the limit is {} bytes", text.len(), MAX_CAPABILITY_INPUT));
+        return Err(format!(
+            "{what} is {} bytes; the limit is {} bytes",
+            text.len(),
+            MAX_CAPABILITY_INPUT
+        ));
     }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
@@ -137,9 +303,15 @@ fn parse_object(what: &str, text: &str) -> Result<Object, String> {
 
 impl spade::operator::expressions::Host for HostState {
     fn render(&mut self, template: String, scope: String) -> Result<String, String> {
-        let services = self.services.ok_or_else(|| services_missing("expressions.render"))?;
+        let services = self
+            .services
+            .ok_or_else(|| services_missing("expressions.render"))?;
         if template.len() > MAX_CAPABILITY_INPUT {
-            return Err(format!("template is {} bytes; the limit is {} bytes", template.len(), MAX_CAPABILITY_INPUT));
+            return Err(format!(
+                "template is {} bytes; the limit is {} bytes",
+                template.len(),
+                MAX_CAPABILITY_INPUT
+            ));
         }
         let scope = parse_object("scope", &scope)?;
         services.render_template(&template, &scope)
@@ -159,8 +331,13 @@ fn attempt_ref(r: spade_api::AttemptRef) -> wit_engine::AttemptRef {
 }
 
 impl wit_engine::Host for HostState {
-    fn start_or_find(&mut self, req: wit_engine::StartRequest) -> Result<wit_engine::AttemptRef, String> {
-        let services = self.services.ok_or_else(|| services_missing("engine.start-or-find"))?;
+    fn start_or_find(
+        &mut self,
+        req: wit_engine::StartRequest,
+    ) -> Result<wit_engine::AttemptRef, String> {
+        let services = self
+            .services
+            .ok_or_else(|| services_missing("engine.start-or-find"))?;
         let params = parse_object("start-request.params", &req.params)?;
         let req = StartRequest {
             project_name: req.project_name,
@@ -174,7 +351,9 @@ impl wit_engine::Host for HostState {
     }
 
     fn status(&mut self, attempt_id: i64) -> Result<wit_engine::AttemptRef, String> {
-        let services = self.services.ok_or_else(|| services_missing("engine.status"))?;
+        let services = self
+            .services
+            .ok_or_else(|| services_missing("engine.status"))?;
         services.attempt_status(attempt_id).map(attempt_ref)
     }
 }
@@ -185,14 +364,23 @@ mod tests {
 
     #[test]
     fn secret_grants() {
-        let p = PluginCtx { name: "p".into(), secrets: vec!["a".into(), "slack.*".into()] };
+        let p = PluginCtx {
+            name: "p".into(),
+            secrets: vec!["a".into(), "slack.*".into()],
+        };
         assert!(p.may_read_secret("a"));
         assert!(!p.may_read_secret("ab"));
         assert!(p.may_read_secret("slack.token"));
         assert!(!p.may_read_secret("slackx"));
-        let none = PluginCtx { name: "p".into(), secrets: vec!["*x".into(), "".into()] };
+        let none = PluginCtx {
+            name: "p".into(),
+            secrets: vec!["*x".into(), "".into()],
+        };
         assert!(!none.may_read_secret("y"));
-        let all = PluginCtx { name: "p".into(), secrets: vec!["*".into()] };
+        let all = PluginCtx {
+            name: "p".into(),
+            secrets: vec!["*".into()],
+        };
         assert!(all.may_read_secret("anything"));
     }
 }

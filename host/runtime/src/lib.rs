@@ -8,14 +8,16 @@
 //! per plugin an `InstancePre`. Built per call: `WasiCtx` + `Store` + instance.
 //!
 //! Sandbox of one call: the invocation's workspace is the only preopened directory,
-//! read-write, mounted at `/` (the guest's cwd), so relative and absolute paths both resolve
-//! inside it and `..`/symlink escapes are refused by wasmtime-wasi (cap-std). No env vars,
-//! no args, no stdin; stdout/stderr are captured (capped) and written to the task log after
-//! the call. Network: `wasi:sockets` is linked (so components whose libc pulls it in still
-//! load) but every use is denied: TCP, UDP and name lookups are disabled and the address
-//! check refuses every address. Limits: wall-clock deadline and `spade kill` via epoch
-//! callbacks, memory and tables via a `ResourceLimiter`, byte/line caps on everything the
-//! guest can make the host buffer (log, output, outcome).
+//! read-write, mounted at `/` (also the guest's cwd), so relative and absolute paths both
+//! resolve inside it and `..`/symlink escapes are refused by wasmtime-wasi (cap-std). No env
+//! vars, no args, empty stdin; stdout/stderr are captured (capped at `log_bytes`) and written
+//! to the task log when the call ends (stdout as info, stderr as warn lines). Network:
+//! `wasi:sockets` is linked (so components whose libc pulls it in still load) but every use
+//! is denied: TCP, UDP and name lookups are disabled and the address check refuses every
+//! address. Limits: wall-clock deadline and `spade kill` via epoch callbacks, and for a guest
+//! blocked in a sleep, via interruptible clock subscriptions; memory and tables via a
+//! `ResourceLimiter`; byte/line caps on everything the guest can make the host buffer (log,
+//! output, outcome).
 
 mod cache;
 mod decode;
@@ -30,16 +32,19 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use spade_api::{
-    CancelToken, InvokeError, Invocation, Limits, LogLevel, OperatorHost, Outcome, PluginInfo, TaskServices,
-    WIT_VERSION,
+    CancelToken, Invocation, InvokeError, Limits, LogLevel, OperatorHost, Outcome, PluginInfo,
+    TaskServices, WIT_VERSION,
 };
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline};
+use wasmtime::{
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::cache::{Cache, sha256_hex};
-use crate::host::{HostState, Interrupt, Plugin, PluginCtx, PluginPre};
-use crate::sandbox::{Capture, LineBudget, Limiter};
+use crate::host::{HostState, Interrupt, Plugin, PluginCtx, PluginPre, Stop};
+use crate::sandbox::{Capture, Limiter, LineBudget};
 
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
 pub use crate::sandbox::{MAX_LINE_BYTES, MAX_LINE_CALLS};
@@ -82,7 +87,10 @@ impl Default for RuntimeConfig {
 
 impl RuntimeConfig {
     pub fn with_cache_dir(dir: impl Into<PathBuf>) -> Self {
-        RuntimeConfig { cache_dir: Some(dir.into()), ..Self::default() }
+        RuntimeConfig {
+            cache_dir: Some(dir.into()),
+            ..Self::default()
+        }
     }
 }
 
@@ -106,7 +114,13 @@ pub struct Grants {
 impl Grants {
     /// Everything (for spade's own bundled plugins).
     pub fn all() -> Self {
-        Grants { secrets: vec!["*".into()], workflows: true, expressions: true, engine: true, limits: None }
+        Grants {
+            secrets: vec!["*".into()],
+            workflows: true,
+            expressions: true,
+            engine: true,
+            limits: None,
+        }
     }
 }
 
@@ -144,31 +158,52 @@ pub enum RuntimeError {
          (cli, clocks, filesystem, io, random, sockets with every use denied) and spade:operator@{WIT_VERSION} \
          (log, output, secrets, workflows, expressions, engine): {message}"
     )]
-    UnsupportedImport { plugin: String, import: String, message: String },
-    #[error(
-        "plugin {plugin}: imports the {} capabilit{} {} but was not granted {}; grant {} when installing it, or rebuild the plugin without {}",
-        if capabilities.len() == 1 { "" } else { "" },
-        if capabilities.len() == 1 { "y" } else { "ies" },
-        quote_list(capabilities),
-        if capabilities.len() == 1 { "it" } else { "them" },
-        if capabilities.len() == 1 { "it" } else { "them" },
-        if capabilities.len() == 1 { "that import" } else { "those imports" }
-    )]
-    NotGranted { plugin: String, capabilities: Vec<String> },
+    UnsupportedImport {
+        plugin: String,
+        import: String,
+        message: String,
+    },
+    #[error("plugin {plugin}: {}", not_granted(capabilities))]
+    NotGranted {
+        plugin: String,
+        capabilities: Vec<String>,
+    },
     #[error("plugin {plugin}: does not export the spade:operator `plugin` world: {message}")]
     MissingExports { plugin: String, message: String },
     #[error("plugin {plugin}: `describe` failed: {message}")]
     Describe { plugin: String, message: String },
     #[error("plugin {plugin}: {message}")]
     BadInfo { plugin: String, message: String },
-    #[error("plugin {plugin}: operator '{operator}>' is already provided by plugin {existing}; uninstall one of them")]
-    DuplicateOperator { plugin: String, operator: String, existing: String },
+    #[error(
+        "plugin {plugin}: operator '{operator}>' is already provided by plugin {existing}; only one plugin may serve an operator, so load only one of them"
+    )]
+    DuplicateOperator {
+        plugin: String,
+        operator: String,
+        existing: String,
+    },
     #[error("plugin {plugin} is already installed (version {existing_version})")]
-    DuplicatePlugin { plugin: String, existing_version: String },
+    DuplicatePlugin {
+        plugin: String,
+        existing_version: String,
+    },
 }
 
-fn quote_list(items: &[String]) -> String {
-    items.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
+fn not_granted(capabilities: &[String]) -> String {
+    let list = capabilities
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    if capabilities.len() == 1 {
+        format!(
+            "imports the capability {list} but was not granted it; grant it when installing the plugin, or rebuild the plugin without that import"
+        )
+    } else {
+        format!(
+            "imports the capabilities {list} but was not granted them; grant them when installing the plugin, or rebuild the plugin without those imports"
+        )
+    }
 }
 
 /// An installed plugin.
@@ -211,7 +246,11 @@ impl Slots {
                 *free -= 1;
                 return Some(SlotGuard(self));
             }
-            free = self.cv.wait_timeout(free, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
+            free = self
+                .cv
+                .wait_timeout(free, Duration::from_millis(50))
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 }
@@ -231,7 +270,12 @@ struct Active<'a>(&'a Ticker);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0.state.0.lock().unwrap_or_else(|e| e.into_inner()).active -= 1;
+        self.0
+            .state
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .active -= 1;
     }
 }
 
@@ -240,33 +284,41 @@ impl Ticker {
         let state: Arc<(Mutex<TickerState>, Condvar)> = Arc::default();
         let weak = engine.weak();
         let st = state.clone();
-        let spawned = std::thread::Builder::new().name("spade-epoch".into()).spawn(move || {
-            loop {
-                {
-                    let mut s = st.0.lock().unwrap_or_else(|e| e.into_inner());
-                    while s.active == 0 && !s.shutdown {
-                        s = st.1.wait(s).unwrap_or_else(|e| e.into_inner());
+        let spawned = std::thread::Builder::new()
+            .name("spade-epoch".into())
+            .spawn(move || {
+                loop {
+                    {
+                        let mut s = st.0.lock().unwrap_or_else(|e| e.into_inner());
+                        while s.active == 0 && !s.shutdown {
+                            s = st.1.wait(s).unwrap_or_else(|e| e.into_inner());
+                        }
+                        if s.shutdown {
+                            return;
+                        }
                     }
-                    if s.shutdown {
-                        return;
+                    std::thread::sleep(EPOCH_TICK);
+                    match weak.upgrade() {
+                        Some(engine) => engine.increment_epoch(),
+                        None => return,
                     }
                 }
-                std::thread::sleep(EPOCH_TICK);
-                match weak.upgrade() {
-                    Some(engine) => engine.increment_epoch(),
-                    None => return,
-                }
-            }
-        });
+            });
         if let Err(e) = spawned {
             // Without the ticker deadlines and kills cannot fire; say so loudly.
-            tracing::error!("cannot start the epoch ticker thread: {e}; CPU limits and kill will not work");
+            tracing::error!(
+                "cannot start the epoch ticker thread: {e}; CPU limits and kill will not work"
+            );
         }
         Ticker { state }
     }
 
     fn enter(&self) -> Active<'_> {
-        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).active += 1;
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .active += 1;
         self.state.1.notify_all();
         Active(self)
     }
@@ -274,7 +326,11 @@ impl Ticker {
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
+        self.state
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .shutdown = true;
         self.state.1.notify_all();
     }
 }
@@ -304,7 +360,7 @@ fn engine_config(config: &RuntimeConfig, pooling: bool) -> Config {
         let mut p = PoolingAllocationConfig::default();
         p.total_component_instances(n)
             .total_core_instances(n * 16)
-            .total_memories(n * 2)
+            .total_memories(n * 4)
             .total_tables(n * 16)
             .total_stacks(n)
             .max_core_instances_per_component(64)
@@ -330,27 +386,45 @@ impl Runtime {
             match Engine::new(&engine_config(&config, true)) {
                 Ok(e) => (e, true),
                 Err(e) => {
-                    tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
-                    (Engine::new(&engine_config(&config, false)).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?, false)
+                    tracing::warn!(
+                        "pooling allocator unavailable ({e:#}); using on-demand allocation"
+                    );
+                    (
+                        Engine::new(&engine_config(&config, false))
+                            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?,
+                        false,
+                    )
                 }
             }
         } else {
-            (Engine::new(&engine_config(&config, false)).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?, false)
+            (
+                Engine::new(&engine_config(&config, false))
+                    .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?,
+                false,
+            )
         };
         let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        let cache = config.cache_dir.as_deref().and_then(|dir| match Cache::open(dir, &engine) {
-            Ok(c) => Some(c),
-            Err(why) => {
-                tracing::warn!("{why}; plugins will be compiled on every start");
-                None
-            }
-        });
+        host::shadow_sleeps(&mut linker).map_err(RuntimeError::Engine)?;
+        let cache = config
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| match Cache::open(dir, &engine) {
+                Ok(c) => Some(c),
+                Err(why) => {
+                    tracing::warn!("{why}; plugins will be compiled on every start");
+                    None
+                }
+            });
         let ticker = Ticker::start(&engine);
         Ok(Runtime {
-            slots: Slots { free: Mutex::new(config.max_instances.max(1)), cv: Condvar::new() },
+            slots: Slots {
+                free: Mutex::new(config.max_instances.max(1)),
+                cv: Condvar::new(),
+            },
             engine,
             linker,
             cache,
@@ -373,24 +447,47 @@ impl Runtime {
 
     /// Installed plugins, in install order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
-        self.registry.read().unwrap_or_else(|e| e.into_inner()).plugins.iter().map(|p| p.info.clone()).collect()
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .plugins
+            .iter()
+            .map(|p| p.info.clone())
+            .collect()
     }
 
     /// The plugin serving `operator`.
     pub fn plugin_for(&self, operator: &str) -> Option<PluginInfo> {
-        self.registry.read().unwrap_or_else(|e| e.into_inner()).operators.get(operator).map(|p| p.info.clone())
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .operators
+            .get(operator)
+            .map(|p| p.info.clone())
     }
 
     /// Compiles (or loads from the cache) and links `bytes`. `label` names the plugin in
     /// errors until `describe` gives its real name (e.g. the file or crate name).
-    fn prepare(&self, label: &str, bytes: &[u8], grants: &Grants) -> Result<(PluginPre<HostState>, InstallReport), RuntimeError> {
+    fn prepare(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        grants: &Grants,
+    ) -> Result<(PluginPre<HostState>, InstallReport), RuntimeError> {
         let started = Instant::now();
-        let invalid = |message: String| RuntimeError::InvalidComponent { plugin: label.to_string(), message };
+        let invalid = |message: String| RuntimeError::InvalidComponent {
+            plugin: label.to_string(),
+            message,
+        };
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(invalid("the file does not start with the WebAssembly magic bytes".into()));
+            return Err(invalid(
+                "the file does not start with the WebAssembly magic bytes".into(),
+            ));
         }
         if Engine::detect_precompiled(bytes).is_some() {
-            return Err(invalid("it is a precompiled .cwasm file; install the .wasm component instead".into()));
+            return Err(invalid(
+                "it is a precompiled .cwasm file; install the .wasm component instead".into(),
+            ));
         }
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(invalid(
@@ -414,7 +511,8 @@ impl Runtime {
         let component = match component {
             Some(c) => c,
             None => {
-                let c = Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+                let c =
+                    Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
                 if let Some(cache) = &self.cache
                     && let Err(why) = cache.store(&digest, &c)
                 {
@@ -425,10 +523,15 @@ impl Runtime {
         };
 
         let ty = component.component_type();
-        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
+        let imports: Vec<String> = ty
+            .imports(&self.engine)
+            .map(|(name, _)| name.to_string())
+            .collect();
         let mut ungranted = Vec::new();
         for name in &imports {
-            let Some(iface) = name.strip_prefix("spade:operator/") else { continue };
+            let Some(iface) = name.strip_prefix("spade:operator/") else {
+                continue;
+            };
             let iface = iface.split('@').next().unwrap_or(iface);
             let granted = match iface {
                 "types" | "log" | "output" => true,
@@ -449,7 +552,10 @@ impl Runtime {
             }
         }
         if !ungranted.is_empty() {
-            return Err(RuntimeError::NotGranted { plugin: label.to_string(), capabilities: ungranted });
+            return Err(RuntimeError::NotGranted {
+                plugin: label.to_string(),
+                capabilities: ungranted,
+            });
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             let message = format!("{e:#}");
@@ -458,12 +564,23 @@ impl Runtime {
                 .find(|i| message.contains(i.as_str()))
                 .map(|i| format!("`{i}`"))
                 .unwrap_or_else(|| "an interface".into());
-            RuntimeError::UnsupportedImport { plugin: label.to_string(), import, message }
+            RuntimeError::UnsupportedImport {
+                plugin: label.to_string(),
+                import,
+                message,
+            }
         })?;
-        let pre = PluginPre::new(pre)
-            .map_err(|e| RuntimeError::MissingExports { plugin: label.to_string(), message: format!("{e:#}") })?;
+        let pre = PluginPre::new(pre).map_err(|e| RuntimeError::MissingExports {
+            plugin: label.to_string(),
+            message: format!("{e:#}"),
+        })?;
         let report = InstallReport {
-            info: PluginInfo { name: label.to_string(), version: String::new(), operators: vec![], wit_version: String::new() },
+            info: PluginInfo {
+                name: label.to_string(),
+                version: String::new(),
+                operators: vec![],
+                wit_version: String::new(),
+            },
             digest,
             load,
             load_time: started.elapsed(),
@@ -479,20 +596,34 @@ impl Runtime {
     /// imports (`secrets`, `workflows`, `expressions`, `engine`) not in `grants`, a plugin
     /// name that is already installed, or an operator another installed plugin already
     /// serves (the first install keeps it; nothing of the refused plugin is registered).
-    pub fn install(&self, label: &str, bytes: &[u8], grants: Grants) -> Result<InstallReport, RuntimeError> {
+    pub fn install(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        grants: Grants,
+    ) -> Result<InstallReport, RuntimeError> {
         let (pre, mut report) = self.prepare(label, bytes, &grants)?;
-        let ctx = Arc::new(PluginCtx { name: label.to_string(), secrets: grants.secrets.clone() });
+        let ctx = Arc::new(PluginCtx {
+            name: label.to_string(),
+            secrets: grants.secrets.clone(),
+        });
         let info = self.describe(label, &pre, &ctx)?;
         validate_info(label, &info)?;
         let loaded = Arc::new(Loaded {
             info: info.clone(),
             pre,
-            ctx: Arc::new(PluginCtx { name: info.name.clone(), secrets: grants.secrets }),
+            ctx: Arc::new(PluginCtx {
+                name: info.name.clone(),
+                secrets: grants.secrets,
+            }),
             limits: grants.limits,
         });
         let mut reg = self.registry.write().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = reg.plugins.iter().find(|p| p.info.name == info.name) {
-            return Err(RuntimeError::DuplicatePlugin { plugin: info.name, existing_version: existing.info.version.clone() });
+            return Err(RuntimeError::DuplicatePlugin {
+                plugin: info.name,
+                existing_version: existing.info.version.clone(),
+            });
         }
         for op in &info.operators {
             if let Some(existing) = reg.operators.get(op) {
@@ -512,14 +643,29 @@ impl Runtime {
         Ok(report)
     }
 
-    fn describe(&self, label: &str, pre: &PluginPre<HostState>, ctx: &Arc<PluginCtx>) -> Result<PluginInfo, RuntimeError> {
+    fn describe(
+        &self,
+        label: &str,
+        pre: &PluginPre<HostState>,
+        ctx: &Arc<PluginCtx>,
+    ) -> Result<PluginInfo, RuntimeError> {
         let limits = self.clamp(self.config.describe_limits);
-        let fail = |message: String| RuntimeError::Describe { plugin: label.to_string(), message };
+        let fail = |message: String| RuntimeError::Describe {
+            plugin: label.to_string(),
+            message,
+        };
         let _slot = self.slots.acquire(None);
         let _active = self.ticker.enter();
-        let (out, call) = self.call(pre, ctx, None, None, &limits, None, |plugin, store| plugin.call_describe(store));
+        let (out, call) = self.call(pre, ctx, None, None, &limits, None, |plugin, store| {
+            plugin.call_describe(store)
+        });
         let info = out.map_err(|e| fail(call.explain(e, &limits)))?;
-        Ok(PluginInfo { name: info.name, version: info.version, operators: info.operators, wit_version: info.wit_version })
+        Ok(PluginInfo {
+            name: info.name,
+            version: info.version,
+            operators: info.operators,
+            wit_version: info.wit_version,
+        })
     }
 
     fn clamp(&self, mut limits: Limits) -> Limits {
@@ -541,7 +687,13 @@ impl Runtime {
     ) -> (Result<R, CallError>, CallReport) {
         let stdout = Capture::new(limits.log_bytes);
         let stderr = Capture::new(limits.log_bytes);
-        let mut report = CallReport { stdout: stdout.clone(), stderr: stderr.clone(), ..CallReport::default() };
+        let clock_origin = Instant::now();
+        let stop = Stop::new(cancel, clock_origin + limits.cpu_time);
+        let mut report = CallReport {
+            stdout: stdout.clone(),
+            stderr: stderr.clone(),
+            ..CallReport::default()
+        };
         let mut b = WasiCtxBuilder::new();
         // Blocking file I/O on this thread instead of hopping through tokio's pool.
         b.allow_blocking_current_thread(true)
@@ -550,17 +702,25 @@ impl Runtime {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }));
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .monotonic_clock(host::Clock(clock_origin));
         if let Some(ws) = workspace {
             b.initial_cwd("/");
             if let Err(e) = b.preopened_dir(ws, "/", FsPerms::ReadWrite) {
-                return (Err(CallError::Workspace(format!("cannot open the task workspace {}: {e:#}", ws.display()))), report);
+                return (
+                    Err(CallError::Workspace(format!(
+                        "cannot open the task workspace {}: {e:#}",
+                        ws.display()
+                    ))),
+                    report,
+                );
             }
         }
         // SAFETY: the reference is stored in the `Store`'s data, and the store is created
         // and dropped within this function, so it never outlives `services`' real lifetime.
-        let services: Option<&'static dyn TaskServices> =
-            services.map(|s| unsafe { std::mem::transmute::<&dyn TaskServices, &'static dyn TaskServices>(s) });
+        let services: Option<&'static dyn TaskServices> = services.map(|s| unsafe {
+            std::mem::transmute::<&dyn TaskServices, &'static dyn TaskServices>(s)
+        });
         let state = HostState {
             wasi: b.build(),
             table: wasmtime::component::ResourceTable::new(),
@@ -569,29 +729,33 @@ impl Runtime {
             services,
             log: LineBudget::new(limits.log_bytes),
             print: LineBudget::new(limits.log_bytes),
-            interrupted: None,
+            stop: stop.clone(),
+            clock_origin,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
-        let deadline = Instant::now() + limits.cpu_time;
         store.set_epoch_deadline(1);
-        store.epoch_deadline_callback(move |mut cx| {
-            let why = if cancel.as_ref().is_some_and(|c| c.is_cancelled()) {
-                Interrupt::Cancelled
-            } else if Instant::now() >= deadline {
-                Interrupt::Deadline
-            } else {
-                return Ok(UpdateDeadline::Continue(1));
-            };
-            cx.data_mut().interrupted = Some(why);
-            Err(wasmtime::format_err!("interrupted: {why:?}"))
+        store.epoch_deadline_callback(move |_| match stop.check() {
+            None => Ok(UpdateDeadline::Continue(1)),
+            Some(why) => Err(wasmtime::format_err!("interrupted: {why:?}")),
         });
-        let result = pre.instantiate(&mut store).and_then(|plugin| f(&plugin, &mut store));
+        let result = pre
+            .instantiate(&mut store)
+            .and_then(|plugin| f(&plugin, &mut store));
         let data = store.into_data();
-        report.interrupted = data.interrupted;
+        // A sleep cut short lets the guest finish early: that result does not count.
+        report.interrupted = data.stop.fired();
+        let result = match (result, report.interrupted) {
+            (Ok(_), Some(why)) => Err(wasmtime::format_err!("interrupted: {why:?}")),
+            (r, _) => r,
+        };
         report.denied_memory = data.limiter.denied_memory;
         report.denied_table = data.limiter.denied_table;
-        report.print_dropped = (data.print.dropped_lines, data.print.dropped_bytes, data.print.limit());
+        report.print_dropped = (
+            data.print.dropped_lines,
+            data.print.dropped_bytes,
+            data.print.limit(),
+        );
         report.log = Some(data.log);
         (result.map_err(CallError::Wasm), report)
     }
@@ -637,7 +801,10 @@ impl CallReport {
         };
         let mut msg = match self.interrupted {
             Some(Interrupt::Deadline) => {
-                format!("exceeded its time limit of {:?} (cpu_time) and was stopped", limits.cpu_time)
+                format!(
+                    "exceeded its time limit of {:?} (cpu_time) and was stopped",
+                    limits.cpu_time
+                )
             }
             Some(Interrupt::Cancelled) => "was killed".to_string(),
             None => {
@@ -653,10 +820,15 @@ impl CallReport {
                         sandbox::MAX_TABLE_ELEMENTS
                     )
                 } else if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                    format!("exited with status {} instead of returning an outcome", exit.0)
+                    format!(
+                        "exited with status {} instead of returning an outcome",
+                        exit.0
+                    )
                 } else if let Some(trap) = err.downcast_ref::<Trap>() {
                     match trap {
-                        Trap::StackOverflow => "overflowed its stack (too deep recursion) and was stopped".to_string(),
+                        Trap::StackOverflow => {
+                            "overflowed its stack (too deep recursion) and was stopped".to_string()
+                        }
                         Trap::UnreachableCodeReached => "crashed (panic or abort)".to_string(),
                         other => format!("crashed: {other}"),
                     }
@@ -668,10 +840,15 @@ impl CallReport {
         // The last lines of stderr usually say why (a Rust panic message, an allocation failure).
         let (err_bytes, _) = self.stderr.peek_tail(2048);
         let tail = String::from_utf8_lossy(&err_bytes);
-        let tail = tail.trim();
+        let tail = tail
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.starts_with("note: run with `RUST_BACKTRACE=1`"))
+            .collect::<Vec<_>>()
+            .join(" / ");
         if !tail.is_empty() && self.interrupted.is_none() {
             msg.push_str("; its stderr ends with: ");
-            msg.push_str(tail);
+            msg.push_str(&tail);
         }
         msg
     }
@@ -679,7 +856,10 @@ impl CallReport {
     /// Writes captured stdout/stderr and the notes about dropped lines to the task log.
     fn flush_logs(&mut self, services: &dyn TaskServices) {
         let mut budget = self.log.take().unwrap_or_else(|| LineBudget::new(0));
-        for (capture, level, name) in [(&self.stdout, LogLevel::Info, "stdout"), (&self.stderr, LogLevel::Warn, "stderr")] {
+        for (capture, level, name) in [
+            (&self.stdout, LogLevel::Info, "stdout"),
+            (&self.stderr, LogLevel::Warn, "stderr"),
+        ] {
             let (bytes, dropped) = capture.take();
             let text = String::from_utf8_lossy(&bytes);
             for line in text.lines() {
@@ -717,7 +897,9 @@ impl CallReport {
 fn valid_operator_name(op: &str) -> bool {
     !op.is_empty()
         && op.len() <= 64
-        && op.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+        && op
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
@@ -728,15 +910,31 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 }
 
 fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
-    let bad = |message: String| RuntimeError::BadInfo { plugin: label.to_string(), message };
-    if info.name.trim().is_empty() || info.name.len() > 128 || info.name.chars().any(|c| c.is_control()) {
-        return Err(bad(format!("`describe` returned an invalid plugin name {:?}", sandbox::truncate(&info.name, 200))));
+    let bad = |message: String| RuntimeError::BadInfo {
+        plugin: label.to_string(),
+        message,
+    };
+    if info.name.trim().is_empty()
+        || info.name.len() > 128
+        || info.name.chars().any(|c| c.is_control())
+    {
+        return Err(bad(format!(
+            "`describe` returned an invalid plugin name {:?}",
+            sandbox::truncate(&info.name, 200)
+        )));
     }
     if info.operators.is_empty() {
-        return Err(bad(format!("plugin {} serves no operators (`describe` returned an empty list)", info.name)));
+        return Err(bad(format!(
+            "plugin {} serves no operators (`describe` returned an empty list)",
+            info.name
+        )));
     }
     if info.operators.len() > 256 {
-        return Err(bad(format!("plugin {} declares {} operators; the limit is 256", info.name, info.operators.len())));
+        return Err(bad(format!(
+            "plugin {} declares {} operators; the limit is 256",
+            info.name,
+            info.operators.len()
+        )));
     }
     if let Some(op) = info.operators.iter().find(|op| !valid_operator_name(op)) {
         return Err(bad(format!(
@@ -753,7 +951,8 @@ fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
             sandbox::truncate(&info.wit_version, 200)
         )));
     };
-    let compatible = plugin.0 == host.0 && (plugin.1 < host.1 || (plugin.1 == host.1 && plugin.2 <= host.2));
+    let compatible =
+        plugin.0 == host.0 && (plugin.1 < host.1 || (plugin.1 == host.1 && plugin.2 <= host.2));
     if !compatible {
         return Err(bad(format!(
             "plugin {} was built against spade:operator@{}, but this spade provides @{WIT_VERSION}; \
@@ -766,7 +965,11 @@ fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
 
 impl OperatorHost for Runtime {
     fn has_operator(&self, operator: &str) -> bool {
-        self.registry.read().unwrap_or_else(|e| e.into_inner()).operators.contains_key(operator)
+        self.registry
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .operators
+            .contains_key(operator)
     }
 
     fn invoke(&self, inv: Invocation<'_>) -> Result<Outcome, InvokeError> {
@@ -788,7 +991,10 @@ impl OperatorHost for Runtime {
         if inv.cancel.is_cancelled() {
             return Err(InvokeError::Cancelled);
         }
-        let _slot = self.slots.acquire(Some(inv.cancel)).ok_or(InvokeError::Cancelled)?;
+        let _slot = self
+            .slots
+            .acquire(Some(inv.cancel))
+            .ok_or(InvokeError::Cancelled)?;
         let _active = self.ticker.enter();
         let request = decode::encode_request(inv.request);
         let plugin_name = loaded.info.name.as_str();
@@ -803,8 +1009,13 @@ impl OperatorHost for Runtime {
         );
         let result = match out {
             Ok(outcome) => decode::decode_outcome(plugin_name, outcome),
-            Err(_) if report.interrupted == Some(Interrupt::Cancelled) => Err(InvokeError::Cancelled),
-            Err(e) => Err(InvokeError::Plugin { plugin: plugin_name.to_string(), message: report.explain(e, &limits) }),
+            Err(_) if report.interrupted == Some(Interrupt::Cancelled) => {
+                Err(InvokeError::Cancelled)
+            }
+            Err(e) => Err(InvokeError::Plugin {
+                plugin: plugin_name.to_string(),
+                message: report.explain(e, &limits),
+            }),
         };
         report.flush_logs(inv.services);
         result

@@ -3,7 +3,7 @@
 //! Operator `hostile>`; the command names the attack (`hostile>: read_parent`). File attacks
 //! report what happened as `store_params.hostile.results` (one entry per attempt, `ok`
 //! telling whether the attempt succeeded) so the host tests can check that every escape was
-//! refused; resource attacks (loop, memory, recursion, exit, panic) never return and must be
+//! refused; resource attacks (loop, sleep, memory, recursion, exit, panic) never return and must be
 //! stopped by the host. `noop` returns at once (used by `spade bench`).
 //!
 //! Params used by some attacks: `outside` (absolute host path of a directory next to the
@@ -49,7 +49,8 @@ impl Report {
             Ok(d) => (true, d),
             Err(e) => (false, e),
         };
-        self.results.push(json!({"op": op, "path": path, "ok": ok, "detail": detail}));
+        self.results
+            .push(json!({"op": op, "path": path, "ok": ok, "detail": detail}));
     }
     fn read(&mut self, path: &str) {
         let r = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -72,13 +73,21 @@ impl Report {
     }
     fn hard_link(&mut self, from: &str, to: &str) {
         let r = std::fs::hard_link(from, to).map(|_| "linked".to_string());
-        self.push("hard_link", &format!("{from} -> {to}"), r.map_err(|e| e.to_string()));
+        self.push(
+            "hard_link",
+            &format!("{from} -> {to}"),
+            r.map_err(|e| e.to_string()),
+        );
     }
     fn symlink(&mut self, target: &str, link: &str) {
         let (t, l) = (CString::new(target).unwrap(), CString::new(link).unwrap());
         // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
         let rc = unsafe { symlink(t.as_ptr(), l.as_ptr()) };
-        let r = if rc == 0 { Ok("created".to_string()) } else { Err(std::io::Error::last_os_error().to_string()) };
+        let r = if rc == 0 {
+            Ok("created".to_string())
+        } else {
+            Err(std::io::Error::last_os_error().to_string())
+        };
         self.push("symlink", &format!("{link} -> {target}"), r);
     }
     fn finish(self) -> Outcome {
@@ -112,12 +121,22 @@ impl Guest for Hostile {
         let command: Value = serde_json::from_str(&request.command).unwrap_or(Value::Null);
         let params: Map<String, Value> = serde_json::from_str(&request.params).unwrap_or_default();
         let attack = command.as_str().unwrap_or("noop").to_string();
-        let outside = params.get("outside").and_then(Value::as_str).unwrap_or("/nonexistent").to_string();
-        let mut rep = Report { attack: attack.clone(), results: vec![] };
+        let outside = params
+            .get("outside")
+            .and_then(Value::as_str)
+            .unwrap_or("/nonexistent")
+            .to_string();
+        let mut rep = Report {
+            attack: attack.clone(),
+            results: vec![],
+        };
         match attack.as_str() {
             "noop" => return done(json!({})),
             "echo_request" => {
-                let state = request.state.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::Null));
+                let state = request
+                    .state
+                    .as_deref()
+                    .map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::Null));
                 return done(json!({"request": {
                     "operator": request.operator, "task_name": request.task_name,
                     "project_name": request.project_name, "workflow_name": request.workflow_name,
@@ -134,14 +153,22 @@ impl Guest for Hostile {
                 // The workspace is "/": relative and absolute paths both land in it.
                 rep.write("rel.txt");
                 rep.write("/abs.txt");
-                rep.push("mkdir", "/sub", std::fs::create_dir_all("/sub/deeper").map(|_| "ok".into()).map_err(|e| e.to_string()));
+                rep.push(
+                    "mkdir",
+                    "/sub",
+                    std::fs::create_dir_all("/sub/deeper")
+                        .map(|_| "ok".into())
+                        .map_err(|e| e.to_string()),
+                );
                 rep.write("sub/deeper/f.txt");
                 rep.read("rel.txt");
                 rep.read("/sub/deeper/f.txt");
                 rep.read("input.txt");
                 rep.list(".");
                 rep.list("/");
-                let cwd = std::env::current_dir().map(|p| p.display().to_string()).map_err(|e| e.to_string());
+                let cwd = std::env::current_dir()
+                    .map(|p| p.display().to_string())
+                    .map_err(|e| e.to_string());
                 rep.push("cwd", "", cwd);
             }
             "read_parent" => {
@@ -153,9 +180,27 @@ impl Guest for Hostile {
             "write_parent" => {
                 rep.write("../planted.txt");
                 rep.write("/../planted.txt");
-                rep.push("mkdir", "../planted_dir", std::fs::create_dir("../planted_dir").map(|_| "ok".into()).map_err(|e| e.to_string()));
-                rep.push("remove", "../secret.txt", std::fs::remove_file("../secret.txt").map(|_| "ok".into()).map_err(|e| e.to_string()));
-                rep.push("rename", "../secret.txt", std::fs::rename("../secret.txt", "moved.txt").map(|_| "ok".into()).map_err(|e| e.to_string()));
+                rep.push(
+                    "mkdir",
+                    "../planted_dir",
+                    std::fs::create_dir("../planted_dir")
+                        .map(|_| "ok".into())
+                        .map_err(|e| e.to_string()),
+                );
+                rep.push(
+                    "remove",
+                    "../secret.txt",
+                    std::fs::remove_file("../secret.txt")
+                        .map(|_| "ok".into())
+                        .map_err(|e| e.to_string()),
+                );
+                rep.push(
+                    "rename",
+                    "../secret.txt",
+                    std::fs::rename("../secret.txt", "moved.txt")
+                        .map(|_| "ok".into())
+                        .map_err(|e| e.to_string()),
+                );
             }
             "read_abs" => {
                 rep.read(&format!("{outside}/secret.txt"));
@@ -202,9 +247,25 @@ impl Guest for Hostile {
                 rep.read("/proc/self/environ");
                 rep.read("/proc/self/cmdline");
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
-                rep.push("env", "", if vars.is_empty() { Err("no variables".into()) } else { Ok(vars.join(";")) });
+                rep.push(
+                    "env",
+                    "",
+                    if vars.is_empty() {
+                        Err("no variables".into())
+                    } else {
+                        Ok(vars.join(";"))
+                    },
+                );
                 let args: Vec<String> = std::env::args().collect();
-                rep.push("args", "", if args.is_empty() { Err("no arguments".into()) } else { Ok(args.join(" ")) });
+                rep.push(
+                    "args",
+                    "",
+                    if args.is_empty() {
+                        Err("no arguments".into())
+                    } else {
+                        Ok(args.join(" "))
+                    },
+                );
             }
             "list_root" => {
                 rep.list("/");
@@ -213,21 +274,33 @@ impl Guest for Hostile {
                 rep.list("/..");
             }
             "net" => {
-                let tcp = std::net::TcpStream::connect("127.0.0.1:9").map(|_| "connected".to_string());
+                let tcp =
+                    std::net::TcpStream::connect("127.0.0.1:9").map(|_| "connected".to_string());
                 rep.push("tcp_connect", "127.0.0.1:9", tcp.map_err(|e| e.to_string()));
                 let udp = std::net::UdpSocket::bind("127.0.0.1:0").map(|_| "bound".to_string());
                 rep.push("udp_bind", "127.0.0.1:0", udp.map_err(|e| e.to_string()));
-                let tcp_l = std::net::TcpListener::bind("127.0.0.1:0").map(|_| "listening".to_string());
-                rep.push("tcp_listen", "127.0.0.1:0", tcp_l.map_err(|e| e.to_string()));
+                let tcp_l =
+                    std::net::TcpListener::bind("127.0.0.1:0").map(|_| "listening".to_string());
+                rep.push(
+                    "tcp_listen",
+                    "127.0.0.1:0",
+                    tcp_l.map_err(|e| e.to_string()),
+                );
                 use std::net::ToSocketAddrs;
-                let dns = "localhost:80".to_socket_addrs().map(|a| format!("{:?}", a.collect::<Vec<_>>()));
+                let dns = "localhost:80"
+                    .to_socket_addrs()
+                    .map(|a| format!("{:?}", a.collect::<Vec<_>>()));
                 rep.push("dns", "localhost", dns.map_err(|e| e.to_string()));
             }
             "secret" => {
                 let keys: Vec<String> = params
                     .get("keys")
                     .and_then(Value::as_array)
-                    .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(String::from))
+                            .collect()
+                    })
                     .unwrap_or_default();
                 for k in keys {
                     let r = secrets::get(&k).ok_or_else(|| "not visible".to_string());
@@ -258,6 +331,13 @@ impl Guest for Hostile {
                 let n = recurse(std::hint::black_box(u64::MAX));
                 rep.push("recursion", "", Ok(n.to_string()));
             }
+            "sleep" => {
+                // Blocks in the host (wasi:io/poll), where epoch interruption cannot reach.
+                let ms = param_u64(&params, "ms", 3_600_000);
+                let t = std::time::Instant::now();
+                std::thread::sleep(std::time::Duration::from_millis(ms));
+                rep.push("sleep", "", Ok(t.elapsed().as_millis().to_string()));
+            }
             "panic" => panic!("hostile plugin panicked on purpose"),
             "exit" => std::process::exit(7),
             "log_flood" => {
@@ -286,8 +366,14 @@ impl Guest for Hostile {
                 return done(json!({ "blob": "z".repeat(size) }));
             }
             "malformed_outcome" => {
-                let field = params.get("field").and_then(Value::as_str).unwrap_or("store_params");
-                let kind = params.get("kind").and_then(Value::as_str).unwrap_or("malformed");
+                let field = params
+                    .get("field")
+                    .and_then(Value::as_str)
+                    .unwrap_or("store_params");
+                let kind = params
+                    .get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("malformed");
                 let bad = match kind {
                     "non_object" => "[1, 2, 3]".to_string(),
                     "deep" => format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
@@ -302,19 +388,33 @@ impl Guest for Hostile {
                 match field {
                     "export_params" => d.export_params = bad,
                     "subtasks" => d.subtasks = Some(bad),
-                    "poll_state" => return Outcome::Poll(Poll { after_seconds: 1, state: bad }),
+                    "poll_state" => {
+                        return Outcome::Poll(Poll {
+                            after_seconds: 1,
+                            state: bad,
+                        });
+                    }
                     _ => d.store_params = bad,
                 }
                 return Outcome::Done(d);
             }
             "poll" => {
-                return Outcome::Poll(Poll { after_seconds: 5, state: json!({"n": 1}).to_string() });
+                return Outcome::Poll(Poll {
+                    after_seconds: 5,
+                    state: json!({"n": 1}).to_string(),
+                });
             }
             "fail" => {
-                return Outcome::Error(Failure { message: "hostile failed on purpose".into(), retryable: true });
+                return Outcome::Error(Failure {
+                    message: "hostile failed on purpose".into(),
+                    retryable: true,
+                });
             }
             other => {
-                return Outcome::Error(Failure { message: format!("unknown attack '{other}'"), retryable: false });
+                return Outcome::Error(Failure {
+                    message: format!("unknown attack '{other}'"),
+                    retryable: false,
+                });
             }
         }
         rep.finish()
