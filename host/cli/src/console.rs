@@ -11,7 +11,10 @@ pub struct StdConsole {
     out: Mutex<BufWriter<Stdout>>,
     /// Task log lines at or above this level are shown on stderr.
     show: LogLevel,
+    /// stderr is a terminal: colours and a progress line.
     color: bool,
+    /// A progress line is on screen and must be cleared before other stderr output.
+    progress_shown: std::sync::atomic::AtomicBool,
 }
 
 impl StdConsole {
@@ -20,6 +23,7 @@ impl StdConsole {
             out: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
             show,
             color: std::io::stderr().is_terminal(),
+            progress_shown: std::sync::atomic::AtomicBool::new(false),
         }
     }
 }
@@ -44,6 +48,7 @@ impl Console for StdConsole {
 
     fn log(&self, task: &str, level: LogLevel, message: &str) {
         if level >= self.show {
+            self.clear_progress();
             for line in message.lines() {
                 eprintln!("{task}: {line}");
             }
@@ -53,6 +58,7 @@ impl Console for StdConsole {
     fn task_failed(&self, task: &str, message: &str) {
         // Keep stdout and stderr in a readable order on a terminal.
         self.flush();
+        self.clear_progress();
         if self.color {
             eprintln!("\x1b[31merror:\x1b[0m task {task} failed: {message}");
         } else {
@@ -62,5 +68,26 @@ impl Console for StdConsole {
 
     fn flush(&self) {
         let _ = self.out.lock().unwrap().flush();
+    }
+
+    fn progress(&self, finished: usize, total: usize) {
+        if self.color {
+            eprint!("\r\x1b[2K{finished}/{total} tasks done");
+            self.progress_shown.store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+impl StdConsole {
+    fn clear_progress(&self) {
+        if self.progress_shown.swap(false, std::sync::atomic::Ordering::Relaxed) {
+            eprint!("\r\x1b[2K");
+        }
+    }
+
+    /// Remove the progress line at the end of a run.
+    pub fn finish(&self) {
+        self.flush();
+        self.clear_progress();
     }
 }

@@ -185,8 +185,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         cancel,
     };
     let summary = run_attempt(input, host, &mut store, console.clone(), Some(launcher), &opts)?;
-    use spade_engine::Console as _;
-    console.flush();
+    console.finish();
     if summary.success {
         eprintln!(
             "Success. {} tasks, {} operator calls, {} replayed from earlier runs of session {session_str}.",

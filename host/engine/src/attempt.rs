@@ -21,7 +21,7 @@ use spade_api::{
     AttemptRef, CancelToken, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
     StartRequest, TaskRequest,
 };
-use spade_dig::{RetryPolicy, WorkflowDef, compile_under, deep_merge, parse_retry};
+use spade_dig::{RetryPolicy, WorkflowDef, compile_under, deep_merge, is_deferred, parallel_mode, parse_retry};
 use spade_expr::{Evaluator, ExprLimits};
 use spade_store::{AttemptRecord, AttemptStatus, Store, TaskChange, TaskState};
 
@@ -40,6 +40,8 @@ pub trait Console: Send + Sync {
     fn task_failed(&self, task: &str, message: &str);
     /// Make everything printed so far visible.
     fn flush(&self);
+    /// Called about every quarter second during a run: `finished` of `total` tasks are done.
+    fn progress(&self, _finished: usize, _total: usize) {}
 }
 
 /// Starts and watches other attempts, for `require>`.
@@ -176,6 +178,8 @@ pub fn run_attempt(
         workers: 0,
         finished: false,
         summary: AttemptSummary::default(),
+        settled: 0,
+        last_progress: Instant::now(),
     };
     let summary = std::thread::scope(|scope| -> Result<AttemptSummary, EngineError> {
         run.make_ready(root);
@@ -215,6 +219,9 @@ struct Run<'a> {
     workers: usize,
     finished: bool,
     summary: AttemptSummary,
+    /// Tasks that reached success or error (for progress reports).
+    settled: usize,
+    last_progress: Instant,
 }
 
 impl<'a> Run<'a> {
@@ -237,6 +244,10 @@ impl<'a> Run<'a> {
             store.write(&self.changes)?;
             self.changes.clear();
             self.console.flush();
+            if self.last_progress.elapsed() >= Duration::from_millis(250) {
+                self.last_progress = Instant::now();
+                self.console.progress(self.settled, self.tree.live_count);
+            }
 
             if self.finished {
                 break;
@@ -340,6 +351,7 @@ impl<'a> Run<'a> {
         let t = self.tree.get(id);
         self.changes.push(TaskChange {
             attempt_id: self.input.attempt.attempt_id,
+            index: id as u32,
             name: t.name.clone(),
             state,
             retry_count: t.retry_count,
@@ -382,6 +394,12 @@ impl<'a> Run<'a> {
             return;
         }
         if self.tree.get(id).operator.is_none() {
+            if let Some(raw) = self.tree.get(id).config.get("_parallel").filter(|v| is_deferred(v)).cloned()
+                && let Err(message) = self.resolve_parallel(id, raw)
+            {
+                self.handle_failure(id, message, Object::new());
+                return;
+            }
             if self.tree.get(id).children.is_empty() {
                 self.finish_success(id);
             } else {
@@ -391,6 +409,20 @@ impl<'a> Run<'a> {
             return;
         }
         self.prepare_run(id);
+    }
+
+    /// `_parallel: ${...}` on a group: evaluate it in the group's context and re-link its
+    /// children (they were compiled as sequential).
+    fn resolve_parallel(&mut self, id: TaskId, raw: Value) -> Result<(), String> {
+        let mut scope = params::collect(&self.tree, id, &self.input.params);
+        for (k, v) in &self.builtins {
+            scope.insert(k.clone(), v.clone());
+        }
+        let mut config = Object::new();
+        config.insert("_parallel".into(), raw);
+        let evaluated = self.eval.eval_config(&config, &scope).map_err(|e| e.to_string())?;
+        let mode = parallel_mode(evaluated.get("_parallel")).map_err(|e| format!("_parallel: {e}"))?;
+        self.tree.relink_children(id, &mode).map_err(|e| format!("_parallel: {e}"))
     }
 
     fn prepare_run(&mut self, id: TaskId) {
@@ -565,6 +597,7 @@ impl<'a> Run<'a> {
     }
 
     fn finish_success(&mut self, id: TaskId) {
+        self.settled += 1;
         self.tree.get_mut(id).state = State::Success;
         self.change(id, TaskState::Success, false);
         let downstreams = self.tree.get(id).downstreams.clone();
@@ -579,6 +612,7 @@ impl<'a> Run<'a> {
     }
 
     fn finish_error(&mut self, id: TaskId) {
+        self.settled += 1;
         let t = self.tree.get_mut(id);
         t.state = State::Error;
         let message = t.error.clone().unwrap_or_else(|| "failed".into());

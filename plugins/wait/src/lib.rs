@@ -46,16 +46,17 @@ fn now_millis() -> i64 {
     i64::try_from(since.as_millis()).unwrap_or(i64::MAX)
 }
 
-/// `None` when the wait is over (strictly after `end`, as Digdag checks), otherwise the
-/// seconds until the next call: the remaining time (at least 1 s) or `poll_interval`
-/// (at least 1 s, so a `0s` interval cannot spin).
+/// `None` when the wait is over (`end` reached; Digdag checks "after end" with
+/// millisecond clocks, where an exact tie would cost a whole extra poll), otherwise the
+/// seconds until the next call: the remaining time rounded up (at least 1 s) or
+/// `poll_interval` (at least 1 s, so a `0s` interval cannot spin).
 fn decide(now: i64, end: i64, poll_interval: Option<i64>) -> Option<u32> {
-    if now > end {
+    if now >= end {
         return None;
     }
     let secs = match poll_interval {
         Some(interval) => interval,
-        None => (end - now) / 1000,
+        None => (end - now + 999) / 1000,
     };
     Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
 }
@@ -114,7 +115,8 @@ mod tests {
     fn decisions() {
         assert_eq!(decide(1_000, 11_000, None), Some(10));
         assert_eq!(decide(10_500, 11_000, None), Some(1));
-        assert_eq!(decide(11_000, 11_000, None), Some(1));
+        assert_eq!(decide(9_500, 11_000, None), Some(2));
+        assert_eq!(decide(11_000, 11_000, None), None);
         assert_eq!(decide(11_001, 11_000, None), None);
         assert_eq!(decide(1_000, 61_000, Some(5)), Some(5));
         assert_eq!(decide(1_000, 61_000, Some(0)), Some(1));
