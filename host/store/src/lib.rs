@@ -122,10 +122,13 @@ pub struct AttemptRecord {
     pub session_time: String,
 }
 
-/// One change to a task row, identified by (attempt, full task name).
+/// One change to a task row, identified by (attempt, task index).
 #[derive(Clone, Debug)]
 pub struct TaskChange {
     pub attempt_id: i64,
+    /// The engine's index of the task within the attempt (stable for the attempt's life;
+    /// a retried copy of a task gets a new index, so earlier copies stay on record).
+    pub index: u32,
     pub name: String,
     pub state: TaskState,
     pub retry_count: u32,
@@ -147,6 +150,59 @@ pub struct TaskRecord {
     pub updated_at_ms: i64,
 }
 
+/// How many tasks of an attempt are in each state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskCounts {
+    pub running: u64,
+    pub polling: u64,
+    pub success: u64,
+    pub error: u64,
+    pub canceled: u64,
+}
+
+impl TaskCounts {
+    pub fn total(&self) -> u64 {
+        self.running + self.polling + self.success + self.error + self.canceled
+    }
+    fn add(&mut self, state: TaskState, n: u64) {
+        match state {
+            TaskState::Running => self.running += n,
+            TaskState::Polling => self.polling += n,
+            TaskState::Success => self.success += n,
+            TaskState::Error => self.error += n,
+            TaskState::Canceled => self.canceled += n,
+        }
+    }
+}
+
+/// An attempt with what inspection commands show about it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AttemptInfo {
+    pub attempt: AttemptRecord,
+    pub project: String,
+    pub timezone: String,
+    pub params: Object,
+    pub created_at_ms: i64,
+    /// None while the attempt runs, or when its process died before finishing it.
+    pub finished_at_ms: Option<i64>,
+    pub tasks: TaskCounts,
+}
+
+/// A session as listed by inspection commands.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SessionRecord {
+    pub session_id: i64,
+    pub session_uuid: String,
+    pub project: String,
+    pub workflow: String,
+    pub session_time: String,
+    pub attempt_count: u64,
+    pub last_attempt_id: Option<i64>,
+    pub last_status: Option<AttemptStatus>,
+    /// When its latest attempt was created.
+    pub last_attempt_at_ms: Option<i64>,
+}
+
 /// Persistence the engine needs. Implementations commit each `write` atomically.
 pub trait Store: Send {
     /// Find or create the session and create a new attempt in it.
@@ -162,6 +218,11 @@ pub trait Store: Send {
     /// the session does not exist.
     fn session_attempts(&mut self, project: &str, workflow: &str, session_time: &str) -> Result<Vec<AttemptRecord>>;
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>>;
+    /// Sessions, newest first; only those of `workflow` when given.
+    fn list_sessions(&mut self, workflow: Option<&str>) -> Result<Vec<SessionRecord>>;
+    /// Attempts, newest first; only those of `session_id` when given.
+    fn list_attempts(&mut self, session_id: Option<i64>) -> Result<Vec<AttemptInfo>>;
+    fn attempt_info(&mut self, attempt_id: i64) -> Result<AttemptInfo>;
     /// Small project-level values (e.g. the last session time of `spade run`).
     fn get_value(&mut self, key: &str) -> Result<Option<String>>;
     fn set_value(&mut self, key: &str, value: &str) -> Result<()>;
@@ -198,6 +259,9 @@ const MIGRATIONS: &[&str] = &[
         finished_at INTEGER,
         UNIQUE (session_id, name)
     );
+    -- id = attempt_id << 32 | the engine's task index: rows of an attempt are one
+    -- contiguous, append-mostly range of the table b-tree, and no secondary index has to
+    -- be updated on every state change (each change is a commit on the hot path).
     CREATE TABLE tasks (
         id INTEGER PRIMARY KEY,
         attempt_id INTEGER NOT NULL REFERENCES attempts(id),
@@ -207,8 +271,7 @@ const MIGRATIONS: &[&str] = &[
         request TEXT,
         result TEXT,
         error TEXT,
-        updated_at INTEGER NOT NULL,
-        UNIQUE (attempt_id, name)
+        updated_at INTEGER NOT NULL
     );
     CREATE TABLE kv (
         key TEXT PRIMARY KEY,
@@ -216,6 +279,11 @@ const MIGRATIONS: &[&str] = &[
     );
     "#,
 ];
+
+/// Row id of a task: its attempt in the high bits, the engine's index in the low 32.
+fn task_row_id(attempt_id: i64, index: u32) -> i64 {
+    (attempt_id << 32) | index as i64
+}
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -239,6 +307,31 @@ fn attempt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
         status: AttemptStatus::parse(&r.get::<_, String>(4)?),
         workflow: r.get(5)?,
         session_time: r.get(6)?,
+    })
+}
+
+const ATTEMPT_INFO_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time,
+        p.name, a.timezone, a.params, a.created_at, a.finished_at
+     FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id";
+
+/// A row of [`ATTEMPT_INFO_SELECT`], before its params are parsed and its tasks counted.
+struct RawAttemptInfo {
+    attempt: AttemptRecord,
+    project: String,
+    timezone: String,
+    params: String,
+    created_at_ms: i64,
+    finished_at_ms: Option<i64>,
+}
+
+fn attempt_info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAttemptInfo> {
+    Ok(RawAttemptInfo {
+        attempt: attempt_from_row(r)?,
+        project: r.get(7)?,
+        timezone: r.get(8)?,
+        params: r.get(9)?,
+        created_at_ms: r.get(10)?,
+        finished_at_ms: r.get(11)?,
     })
 }
 
@@ -299,6 +392,22 @@ impl SqliteStore {
             tx.commit()?;
         }
         Ok(())
+    }
+
+    /// Parses the params of an attempt row and counts its tasks.
+    fn complete_attempt_info(&self, raw: RawAttemptInfo) -> Result<AttemptInfo> {
+        let RawAttemptInfo { attempt, project, timezone, params, created_at_ms, finished_at_ms } = raw;
+        let params = from_json(&format!("params of attempt {}", attempt.attempt_id), &params)?;
+        let mut tasks = TaskCounts::default();
+        // The row-id range of the attempt (see `task_row_id`): no index on attempt_id.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM tasks WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32) GROUP BY state",
+        )?;
+        let mut rows = stmt.query([attempt.attempt_id])?;
+        while let Some(row) = rows.next()? {
+            tasks.add(TaskState::parse(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64);
+        }
+        Ok(AttemptInfo { attempt, project, timezone, params, created_at_ms, finished_at_ms, tasks })
     }
 
     fn project_id(&self, name: &str) -> Result<i64> {
@@ -385,9 +494,10 @@ impl Store for SqliteStore {
 
     fn saved_results(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, Done>> {
         let mut stmt = self.conn.prepare(
-            "SELECT t.name, t.result FROM tasks t JOIN attempts a ON a.id = t.attempt_id
+            "SELECT t.name, t.result FROM attempts a JOIN tasks t
+                ON t.id >= (a.id << 32) AND t.id < ((a.id + 1) << 32)
              WHERE a.session_id = ?1 AND a.id < ?2 AND t.state = 'success' AND t.result IS NOT NULL
-             ORDER BY t.attempt_id",
+             ORDER BY t.id",
         )?;
         let mut rows = stmt.query(params![session_id, before_attempt])?;
         let mut out = HashMap::new();
@@ -408,9 +518,9 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction()?;
         {
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO tasks (attempt_id, name, state, retry_count, request, result, error, updated_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
-                 ON CONFLICT(attempt_id, name) DO UPDATE SET
+                "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                 ON CONFLICT(id) DO UPDATE SET
                     state = excluded.state,
                     retry_count = excluded.retry_count,
                     request = COALESCE(excluded.request, tasks.request),
@@ -428,6 +538,7 @@ impl Store for SqliteStore {
                     c.result.as_ref().map(to_json),
                     c.error,
                     now,
+                    task_row_id(c.attempt_id, c.index),
                 ])?;
             }
         }
@@ -471,7 +582,7 @@ impl Store for SqliteStore {
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT name, state, retry_count, request, result, error, updated_at FROM tasks
-             WHERE attempt_id = ?1 ORDER BY id",
+             WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32) ORDER BY id",
         )?;
         let rows = stmt.query_map([attempt_id], |r| {
             Ok((
@@ -506,6 +617,51 @@ impl Store for SqliteStore {
             });
         }
         Ok(out)
+    }
+
+    fn list_sessions(&mut self, workflow: Option<&str>) -> Result<Vec<SessionRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.id, s.uuid, p.name, s.workflow, s.session_time,
+                    (SELECT COUNT(*) FROM attempts c WHERE c.session_id = s.id),
+                    s.last_attempt_id, a.status, a.created_at
+             FROM sessions s JOIN projects p ON p.id = s.project_id
+             LEFT JOIN attempts a ON a.id = s.last_attempt_id
+             WHERE ?1 IS NULL OR s.workflow = ?1
+             ORDER BY COALESCE(s.last_attempt_id, 0) DESC, s.id DESC",
+        )?;
+        let rows = stmt.query_map([workflow], |r| {
+            Ok(SessionRecord {
+                session_id: r.get(0)?,
+                session_uuid: r.get(1)?,
+                project: r.get(2)?,
+                workflow: r.get(3)?,
+                session_time: r.get(4)?,
+                attempt_count: r.get::<_, i64>(5)? as u64,
+                last_attempt_id: r.get(6)?,
+                last_status: r.get::<_, Option<String>>(7)?.map(|s| AttemptStatus::parse(&s)),
+                last_attempt_at_ms: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn list_attempts(&mut self, session_id: Option<i64>) -> Result<Vec<AttemptInfo>> {
+        let rows = {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("{ATTEMPT_INFO_SELECT} WHERE ?1 IS NULL OR a.session_id = ?1 ORDER BY a.id DESC"))?;
+            stmt.query_map([session_id], attempt_info_from_row)?.collect::<std::result::Result<Vec<_>, _>>()?
+        };
+        rows.into_iter().map(|row| self.complete_attempt_info(row)).collect()
+    }
+
+    fn attempt_info(&mut self, attempt_id: i64) -> Result<AttemptInfo> {
+        let row = self
+            .conn
+            .query_row(&format!("{ATTEMPT_INFO_SELECT} WHERE a.id = ?1"), [attempt_id], attempt_info_from_row)
+            .optional()?
+            .ok_or(StoreError::NoSuchAttempt(attempt_id))?;
+        self.complete_attempt_info(row)
     }
 
     fn get_value(&mut self, key: &str) -> Result<Option<String>> {
@@ -559,6 +715,7 @@ mod tests {
         s.write(&[
             TaskChange {
                 attempt_id: a.attempt_id,
+                index: 0,
                 name: "+wf+a".into(),
                 state: TaskState::Success,
                 retry_count: 0,
@@ -568,6 +725,7 @@ mod tests {
             },
             TaskChange {
                 attempt_id: a.attempt_id,
+                index: 1,
                 name: "+wf+b".into(),
                 state: TaskState::Error,
                 retry_count: 0,
@@ -595,5 +753,103 @@ mod tests {
         }
         let mut s = SqliteStore::open(&path).unwrap();
         assert_eq!(s.get_value("last_session").unwrap().as_deref(), Some("x"));
+    }
+
+    fn change(attempt_id: i64, index: u32, name: &str, state: TaskState) -> TaskChange {
+        TaskChange {
+            attempt_id,
+            index,
+            name: name.into(),
+            state,
+            retry_count: 0,
+            request: None,
+            result: (state == TaskState::Success).then(Done::default),
+            error: (state == TaskState::Error).then(|| "boom".to_string()),
+        }
+    }
+
+    #[test]
+    fn list_sessions_filters_by_workflow_and_shows_the_latest_attempt() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        assert!(s.list_sessions(None).unwrap().is_empty());
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.finish_attempt(a.attempt_id, AttemptStatus::Error).unwrap();
+        let b = s.begin_attempt(&new_attempt(None)).unwrap();
+        let other = s
+            .begin_attempt(&NewAttempt { workflow: "other".into(), ..new_attempt(None) })
+            .unwrap();
+
+        let all = s.list_sessions(None).unwrap();
+        assert_eq!(all.len(), 2);
+        // Newest activity first.
+        assert_eq!(all[0].workflow, "other");
+        assert_eq!(all[0].session_id, other.session_id);
+
+        let wf = s.list_sessions(Some("wf")).unwrap();
+        assert_eq!(wf.len(), 1);
+        let session = &wf[0];
+        assert_eq!(session.session_id, a.session_id);
+        assert_eq!(session.session_uuid, a.session_uuid);
+        assert_eq!(session.project, "p");
+        assert_eq!(session.session_time, "2024-01-01T00:00:00+00:00");
+        assert_eq!(session.attempt_count, 2);
+        assert_eq!(session.last_attempt_id, Some(b.attempt_id));
+        assert_eq!(session.last_status, Some(AttemptStatus::Running));
+        assert!(session.last_attempt_at_ms.is_some());
+        assert!(s.list_sessions(Some("missing")).unwrap().is_empty());
+    }
+
+    #[test]
+    fn list_attempts_counts_tasks_per_state_and_filters_by_session() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let mut with_params = new_attempt(None);
+        with_params.params.insert("k".into(), "v".into());
+        let a = s.begin_attempt(&with_params).unwrap();
+        s.write(&[
+            change(a.attempt_id, 0, "+wf+a", TaskState::Success),
+            change(a.attempt_id, 1, "+wf+b", TaskState::Success),
+            change(a.attempt_id, 2, "+wf+c", TaskState::Error),
+            change(a.attempt_id, 3, "+wf+d", TaskState::Running),
+        ])
+        .unwrap();
+        s.finish_attempt(a.attempt_id, AttemptStatus::Error).unwrap();
+        let b = s.begin_attempt(&new_attempt(None)).unwrap();
+        let other = s
+            .begin_attempt(&NewAttempt { workflow: "other".into(), ..new_attempt(None) })
+            .unwrap();
+
+        let all = s.list_attempts(None).unwrap();
+        let ids: Vec<i64> = all.iter().map(|i| i.attempt.attempt_id).collect();
+        assert_eq!(ids, vec![other.attempt_id, b.attempt_id, a.attempt_id]);
+
+        let session = s.list_attempts(Some(a.session_id)).unwrap();
+        assert_eq!(session.len(), 2);
+        let first = &session[1];
+        assert_eq!(first.attempt, AttemptRecord { status: AttemptStatus::Error, ..a.clone() });
+        assert_eq!(first.project, "p");
+        assert_eq!(first.timezone, "UTC");
+        assert_eq!(first.params.get("k"), Some(&serde_json::Value::String("v".into())));
+        assert!(first.finished_at_ms.is_some());
+        assert_eq!(
+            first.tasks,
+            TaskCounts { running: 1, polling: 0, success: 2, error: 1, canceled: 0 }
+        );
+        assert_eq!(first.tasks.total(), 4);
+        assert_eq!(session[0].finished_at_ms, None);
+        assert_eq!(session[0].tasks.total(), 0);
+        assert!(s.list_attempts(Some(9999)).unwrap().is_empty());
+    }
+
+    #[test]
+    fn attempt_info_reads_one_attempt_or_names_the_missing_id() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+a", TaskState::Canceled)]).unwrap();
+        let info = s.attempt_info(a.attempt_id).unwrap();
+        assert_eq!(info.attempt, a);
+        assert_eq!(info.tasks.canceled, 1);
+        assert_eq!(info.tasks.total(), 1);
+        let err = s.attempt_info(a.attempt_id + 100).unwrap_err();
+        assert!(matches!(err, StoreError::NoSuchAttempt(id) if id == a.attempt_id + 100), "{err}");
     }
 }
