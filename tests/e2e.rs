@@ -86,3 +86,31 @@ fn check_prints_the_task_tree() {
     assert!(text.contains("+hello+each_fruit"), "{text}");
     assert!(text.contains("for_each>"), "{text}");
 }
+
+/// The user report behind spade: Digdag re-evaluated `retry_attempt_name` on every poll of
+/// `require>` and so started a new attempt each time. Requests are frozen here: one run of
+/// the task starts exactly one attempt, however often it polls.
+#[test]
+fn require_with_random_attempt_name_starts_one_attempt_per_run() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("main.dig"),
+        "+need:\n  require>: dep\n  retry_attempt_name: ${Math.random().toString(36).slice(2)}\n+after:\n  echo>: main done\n",
+    )
+    .unwrap();
+    // The dependency takes a few seconds, so require> polls it several times (1 s, 2 s ...).
+    std::fs::write(tmp.path().join("dep.dig"), "+slow:\n  wait>: 3s\n+say:\n  echo>: dep ran as ${retry_attempt_name.length > 0}\n")
+        .unwrap();
+    let out = spade(tmp.path(), &["run", "main.dig", "--session", "2024-03-01"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout_lines(&out), vec!["dep ran as true", "main done"], "{stderr}");
+
+    // Exactly one attempt of dep exists for that session.
+    use spade_store::Store as _;
+    let mut store = spade_store::SqliteStore::open(&tmp.path().join(".spade/state.db")).unwrap();
+    let project = tmp.path().canonicalize().unwrap().file_name().unwrap().to_string_lossy().into_owned();
+    let attempts = store.session_attempts(&project, "dep", "2024-03-01T00:00:00+00:00").unwrap();
+    assert_eq!(attempts.len(), 1, "{attempts:?}");
+    assert!(!attempts[0].name.is_empty(), "the attempt carries the evaluated random name");
+}
