@@ -126,6 +126,7 @@ impl LocalLauncher {
                     params,
                     retry_attempt_name,
                     saved: Default::default(),
+                    frozen: Default::default(),
                     cancel: me.cancel.clone(),
                 };
                 let launcher: Arc<dyn Launcher> = me.clone();

@@ -8,6 +8,7 @@ mod bench;
 mod check;
 mod console;
 mod host;
+mod inspect;
 mod launcher;
 mod run;
 
@@ -36,6 +37,14 @@ enum Command {
     Check(check::CheckArgs),
     /// Measure the runtime and engine against the targets; prints the figures.
     Bench(bench::BenchArgs),
+    /// List the sessions kept in the state database, newest first (like `digdag sessions`).
+    Sessions(inspect::SessionsArgs),
+    /// List attempts, of one session or of all, newest first (like `digdag attempts`).
+    Attempts(inspect::AttemptsArgs),
+    /// Show the tasks of an attempt and their states (like `digdag tasks`).
+    Tasks(inspect::TasksArgs),
+    /// Show each task's state and error of an attempt. Task logs are not kept yet.
+    Log(inspect::LogArgs),
 }
 
 /// The project directory: `--project` or the current directory.
@@ -55,6 +64,10 @@ fn main() -> ExitCode {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
         Command::Bench(args) => bench::bench(args),
+        Command::Sessions(args) => inspect::sessions(args),
+        Command::Attempts(args) => inspect::attempts(args),
+        Command::Tasks(args) => inspect::tasks(args),
+        Command::Log(args) => inspect::log(args),
     };
     match result {
         Ok(code) => code,

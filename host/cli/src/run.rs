@@ -146,7 +146,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         params: params.clone(),
     })?;
     store.set_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name), &session_str)?;
-    let saved = if args.rerun { Default::default() } else { store.saved_results(attempt.session_id, attempt.attempt_id)? };
+    let (saved, frozen) = if args.rerun {
+        Default::default()
+    } else {
+        (
+            store.saved_results(attempt.session_id, attempt.attempt_id)?,
+            store.unfinished_requests(attempt.session_id, attempt.attempt_id)?,
+        )
+    };
 
     let opts = EngineOptions {
         max_tasks: args.max_tasks,
@@ -182,6 +189,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         params,
         retry_attempt_name: None,
         saved,
+        frozen,
         cancel,
     };
     let summary = run_attempt(input, host, &mut store, console.clone(), Some(launcher), &opts)?;

@@ -85,6 +85,9 @@ pub struct AttemptInput<'a> {
     pub retry_attempt_name: Option<String>,
     /// Results of tasks that already succeeded in this session, replayed instead of run.
     pub saved: HashMap<String, Done>,
+    /// Frozen requests of tasks an earlier attempt left running or polling (crash, kill):
+    /// re-used instead of evaluating the task's params again.
+    pub frozen: HashMap<String, TaskRequest>,
     pub cancel: CancelToken,
 }
 
@@ -180,6 +183,8 @@ pub fn run_attempt(
         summary: AttemptSummary::default(),
         settled: 0,
         last_progress: Instant::now(),
+        must_commit: false,
+        last_commit: Instant::now(),
     };
     let summary = std::thread::scope(|scope| -> Result<AttemptSummary, EngineError> {
         run.make_ready(root);
@@ -222,7 +227,14 @@ struct Run<'a> {
     /// Tasks that reached success or error (for progress reports).
     settled: usize,
     last_progress: Instant,
+    /// Something in `changes` must be committed before the next operator call.
+    must_commit: bool,
+    last_commit: Instant,
 }
+
+/// Most changes held back by group commit, and for how long.
+const COMMIT_BATCH: usize = 1024;
+const COMMIT_INTERVAL: Duration = Duration::from_millis(20);
 
 impl<'a> Run<'a> {
     fn run_loop<'s>(
@@ -241,8 +253,24 @@ impl<'a> Run<'a> {
             while let Some(id) = self.ready.pop_front() {
                 self.start(id);
             }
-            store.write(&self.changes)?;
-            self.changes.clear();
+            // Output first: a line printed but not committed runs again after a crash
+            // (at least once); a task committed before its line left the buffer would lose it.
+            self.console.flush();
+            // Group commit: state changes are batched unless something must be durable
+            // before the next operator call (a volatile frozen request, a poll), the run is
+            // about to wait or end, or the batch is big or old enough.
+            let idle = self.jobs.is_empty() && self.ready.is_empty();
+            if self.must_commit
+                || idle
+                || self.finished
+                || self.changes.len() >= COMMIT_BATCH
+                || self.last_commit.elapsed() >= COMMIT_INTERVAL
+            {
+                store.write(&self.changes)?;
+                self.changes.clear();
+                self.must_commit = false;
+                self.last_commit = Instant::now();
+            }
             self.console.flush();
             if self.last_progress.elapsed() >= Duration::from_millis(250) {
                 self.last_progress = Instant::now();
@@ -331,6 +359,8 @@ impl<'a> Run<'a> {
                 Err(mpsc::RecvTimeoutError::Disconnected) => unreachable!("the coordinator holds a sender"),
             }
         }
+        store.write(&self.changes)?;
+        self.changes.clear();
         let mut summary = std::mem::take(&mut self.summary);
         summary.success = !summary.killed && self.tree.get(self.root).state == State::Success;
         summary.tasks = self.tree.live_count;
@@ -435,11 +465,23 @@ impl<'a> Run<'a> {
         }
         let first_call = self.tree.get(id).request.is_none();
         if first_call {
-            match self.build_request(id) {
-                Ok(req) => self.tree.get_mut(id).request = Some(req),
-                Err(message) => {
-                    self.operator_failed(id, message, false);
-                    return;
+            if let Some(frozen) = self.input.frozen.get(&name) {
+                // Continue where the cut-off attempt was, with the same evaluated request.
+                let t = self.tree.get_mut(id);
+                t.poll_state = frozen.state.clone();
+                t.request = Some(frozen.clone());
+            } else {
+                match self.build_request(id) {
+                    Ok((req, volatile)) => {
+                        self.tree.get_mut(id).request = Some(req);
+                        // A request that depends on the clock or randomness must be on disk
+                        // before its operator runs: a re-run after a crash re-uses it.
+                        self.must_commit |= volatile;
+                    }
+                    Err(message) => {
+                        self.operator_failed(id, message, false);
+                        return;
+                    }
                 }
             }
         }
@@ -473,7 +515,9 @@ impl<'a> Run<'a> {
         self.jobs.push(Job { id, generation: t.generation, request: t.request.clone().unwrap(), ctx });
     }
 
-    fn build_request(&mut self, id: TaskId) -> Result<TaskRequest, String> {
+    /// The evaluated request, and whether evaluating it used the clock or randomness (so that
+    /// evaluating again could give another request).
+    fn build_request(&mut self, id: TaskId) -> Result<(TaskRequest, bool), String> {
         let t = self.tree.get(id);
         let mut scope = params::collect(&self.tree, id, &self.input.params);
         for (k, v) in &self.builtins {
@@ -483,12 +527,12 @@ impl<'a> Run<'a> {
         let (local, raw) = params::local_config(&t.config, t.operator.as_deref());
         let mut full = scope.clone();
         deep_merge(&mut full, &local);
-        let evaluated = self.eval.eval_config(&full, &scope).map_err(|e| e.to_string())?;
+        let (evaluated, volatile) = self.eval.eval_config_tracked(&full, &scope).map_err(|e| e.to_string())?;
         let command = evaluated.get("_command").cloned().unwrap_or(Value::Null);
         let local_params: Object =
             local.keys().filter_map(|k| evaluated.get(k).map(|v| (k.clone(), v.clone()))).collect();
         let wf = self.input.workflow;
-        Ok(TaskRequest {
+        Ok((TaskRequest {
             operator: t.operator.clone().unwrap_or_default(),
             task_name: t.name.clone(),
             project_name: self.input.project_name.clone(),
@@ -505,7 +549,7 @@ impl<'a> Run<'a> {
             raw,
             state: None,
             retry_count: t.retry_count,
-        })
+        }, volatile))
     }
 
     fn apply(&mut self, id: TaskId, generation: u32, result: Result<Outcome, InvokeError>) {
@@ -517,11 +561,17 @@ impl<'a> Run<'a> {
             Ok(Outcome::Done(done)) => self.apply_done(id, done),
             Ok(Outcome::Poll { after_seconds, state }) => {
                 let t = self.tree.get_mut(id);
+                if let Some(r) = t.request.as_mut() {
+                    r.state = Some(state.clone());
+                }
                 t.poll_state = Some(state);
                 t.state = State::Waiting;
                 let at = Instant::now() + Duration::from_secs(after_seconds as u64);
                 self.timers.push(Reverse((at, id, t.generation, Wake::Poll)));
-                self.change(id, TaskState::Polling, false);
+                // The request with its poll state goes to disk: a re-run after a crash
+                // continues polling the same thing.
+                self.change(id, TaskState::Polling, true);
+                self.must_commit = true;
             }
             Ok(Outcome::Error { message, retryable }) => self.operator_failed(id, message, retryable),
             Err(InvokeError::Cancelled) => {

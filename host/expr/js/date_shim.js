@@ -13,6 +13,23 @@
   var nativeParse = NativeDate.parse;
   var nativeUTC = NativeDate.UTC;
   var nativeNow = NativeDate.now;
+
+  // Whether an evaluation read the clock or drew a random number: its result could differ
+  // if evaluated again, so the engine must keep (freeze) it before using it.
+  var volatile = false;
+  function now() {
+    volatile = true;
+    return nativeNow();
+  }
+  var nativeRandom = Math.random;
+  Object.defineProperty(Math, 'random', {
+    value: function random() { volatile = true; return nativeRandom(); },
+    writable: true, configurable: true, enumerable: false
+  });
+  Object.defineProperty(global, '__spade_take_volatile', {
+    value: function () { var v = volatile; volatile = false; return v; },
+    writable: false, configurable: false, enumerable: false
+  });
   var getTime = proto.getTime;
   var setTime = proto.setTime;
   var scratch = new NativeDate(0);
@@ -170,12 +187,12 @@
 
   var ZonedDate = function Date(year, month, date, hours, minutes, seconds, ms) {
     if (new.target === undefined) {
-      return proto.toString.call(new NativeDate(nativeNow()));
+      return proto.toString.call(new NativeDate(now()));
     }
     var n = arguments.length;
     var t;
     if (n === 0) {
-      t = nativeNow();
+      t = now();
     } else if (n === 1) {
       var v = year;
       var isDate = false;
@@ -196,7 +213,7 @@
   };
   ZonedDate.prototype = proto;
   ZonedDate.UTC = nativeUTC;
-  ZonedDate.now = nativeNow;
+  ZonedDate.now = now;
   ZonedDate.parse = function parse(text) { return parseDateString(String(text)); };
   Object.defineProperty(ZonedDate, 'prototype', { writable: false, enumerable: false, configurable: false });
   define('constructor', ZonedDate);

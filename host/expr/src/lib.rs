@@ -431,6 +431,30 @@ impl Evaluator {
         })
     }
 
+    /// Whether JS read the clock or a random number since the last call (and reset it).
+    fn take_volatile(&self) -> bool {
+        self.context.with(|ctx| {
+            ctx.globals()
+                .get::<_, Function>("__spade_take_volatile")
+                .and_then(|f| f.call::<_, bool>(()))
+                .unwrap_or(true)
+        })
+    }
+
+    /// [`eval_config`](Self::eval_config), also telling whether the result depends on the
+    /// clock or randomness (`moment()`, `new Date()`, `Math.random()`), i.e. whether evaluating
+    /// again could give something else. The engine must persist such a result before use.
+    /// Conservative: anything that read the clock counts, even moment's parsing of a full
+    /// date (`moment(session_time)`), whose result does not depend on it.
+    pub fn eval_config_tracked(&self, config: &Object, scope: &Object) -> Result<(Object, bool), ExprError> {
+        if !object_needs_eval(config) {
+            return Ok((config.clone(), false));
+        }
+        self.take_volatile();
+        let evaluated = self.eval_config(config, scope)?;
+        Ok((evaluated, self.take_volatile()))
+    }
+
     /// Renders one template with `scope` as its variables. Text without `$` is returned as is
     /// without touching JS. Used for single values (`_retry: ${n}`, `param_eval>`).
     pub fn render(&self, template: &str, scope: &Object) -> Result<String, ExprError> {
@@ -509,3 +533,30 @@ fn walk_value<'a>(
 
 #[cfg(test)]
 mod tests;
+
+#[cfg(test)]
+mod volatile_tests {
+    use super::*;
+    use serde_json::json;
+
+    fn obj(v: Value) -> Object {
+        v.as_object().unwrap().clone()
+    }
+
+    #[test]
+    fn clock_and_randomness_make_a_result_volatile() {
+        let ev = Evaluator::new(chrono_tz::UTC, ExprLimits::default()).unwrap();
+        let scope = obj(json!({"a": 1, "session_time": "2024-01-01T00:00:00+00:00"}));
+        let tracked = |template: &str| ev.eval_config_tracked(&obj(json!({ "x": template })), &scope).unwrap().1;
+        assert!(!tracked("plain"));
+        assert!(!tracked("${a + 1}"));
+        // Conservative: moment() reads the clock while parsing even a complete date, so
+        // `moment(session_time)` counts as volatile too (a false positive costs one commit).
+        assert!(tracked("${Math.random()}"));
+        assert!(tracked("${moment().format()}"));
+        assert!(tracked("${new Date().getTime()}"));
+        assert!(tracked("${Date.now()}"));
+        // The flag does not leak into the next evaluation.
+        assert!(!tracked("${a}"));
+    }
+}

@@ -210,6 +210,10 @@ pub trait Store: Send {
     /// Results of tasks that succeeded in earlier attempts of `session_id` (latest wins),
     /// keyed by full task name: what `spade run` replays instead of running them again.
     fn saved_results(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, Done>>;
+    /// Frozen requests of tasks that were still running or polling when an earlier attempt of
+    /// `session_id` ended (a crash, a kill): a re-run continues with the same request (and
+    /// poll state) instead of evaluating its params again.
+    fn unfinished_requests(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, TaskRequest>>;
     /// Commit a batch of task changes in one transaction.
     fn write(&mut self, changes: &[TaskChange]) -> Result<()>;
     fn finish_attempt(&mut self, attempt_id: i64, status: AttemptStatus) -> Result<()>;
@@ -506,6 +510,31 @@ impl Store for SqliteStore {
             let result: String = row.get(1)?;
             let done: Done = from_json(&format!("result of task {name}"), &result)?;
             out.insert(name, done);
+        }
+        Ok(out)
+    }
+
+    fn unfinished_requests(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, TaskRequest>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.name, t.state, t.request FROM attempts a JOIN tasks t
+                ON t.id >= (a.id << 32) AND t.id < ((a.id + 1) << 32)
+             WHERE a.session_id = ?1 AND a.id < ?2 ORDER BY t.id",
+        )?;
+        let mut rows = stmt.query(params![session_id, before_attempt])?;
+        let mut out = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let state = TaskState::parse(&row.get::<_, String>(1)?);
+            let request: Option<String> = row.get(2)?;
+            match (state, request) {
+                (TaskState::Running | TaskState::Polling, Some(r)) => {
+                    let req: TaskRequest = from_json(&format!("request of task {name}"), &r)?;
+                    out.insert(name, req);
+                }
+                _ => {
+                    out.remove(&name);
+                }
+            }
         }
         Ok(out)
     }

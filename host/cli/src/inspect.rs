@@ -1,0 +1,307 @@
+//! Read-only inspection of a local project's state database, like Digdag's `sessions`,
+//! `attempts`, `tasks` and `log`: aligned tables on stdout, notes on stderr. Nothing here
+//! writes task state; the database must already exist (made by `spade run`).
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use chrono::{Local, TimeZone};
+use spade_store::{AttemptInfo, SqliteStore, Store, StoreError, TaskRecord, TaskState};
+
+/// Where the state database is: the options every inspection command shares.
+#[derive(clap::Args)]
+pub struct StateArgs {
+    /// Project directory (default: the current directory).
+    #[arg(long)]
+    pub project: Option<PathBuf>,
+    /// State database (default: <project>/.spade/state.db).
+    #[arg(long, value_name = "FILE")]
+    pub state: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+pub struct SessionsArgs {
+    /// Only sessions of this workflow (file or name).
+    pub workflow: Option<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(clap::Args)]
+pub struct AttemptsArgs {
+    /// Only attempts of this session (an id from `spade sessions`).
+    pub session_id: Option<i64>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(clap::Args)]
+pub struct TasksArgs {
+    /// The attempt (an id from `spade attempts`).
+    pub attempt_id: i64,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+#[derive(clap::Args)]
+#[command(after_help = "Task logs are not kept yet: this shows each task's state and, for failed tasks, \
+                        the error message. Live output of a run goes to its terminal.")]
+pub struct LogArgs {
+    /// The attempt (an id from `spade attempts`).
+    pub attempt_id: i64,
+    /// Only tasks whose full name starts with this (e.g. +wf+load).
+    pub task_prefix: Option<String>,
+    #[command(flatten)]
+    pub state: StateArgs,
+}
+
+/// Open an existing state database; inspection must not create an empty one by accident.
+fn open(args: &StateArgs) -> anyhow::Result<SqliteStore> {
+    let path = match &args.state {
+        Some(path) => path.clone(),
+        None => crate::project_dir(&args.project)?.join(".spade/state.db"),
+    };
+    if !path.is_file() {
+        bail!(
+            "no state database at {}: nothing has run here yet (run `spade run <workflow>` first, \
+             or point --project/--state at the project)",
+            path.display()
+        );
+    }
+    SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))
+}
+
+fn attempt_info(store: &mut SqliteStore, attempt_id: i64) -> anyhow::Result<AttemptInfo> {
+    match store.attempt_info(attempt_id) {
+        Err(StoreError::NoSuchAttempt(id)) => {
+            bail!("no attempt with id {id} in this state database; `spade attempts` lists them")
+        }
+        other => Ok(other?),
+    }
+}
+
+fn time(ms: i64) -> String {
+    match Local.timestamp_millis_opt(ms).single() {
+        Some(t) => t.format("%Y-%m-%d %H:%M:%S %:z").to_string(),
+        None => format!("{ms} ms"),
+    }
+}
+
+fn duration(from_ms: i64, to_ms: Option<i64>) -> String {
+    let Some(to_ms) = to_ms else { return "-".into() };
+    let ms = (to_ms - from_ms).max(0);
+    if ms < 60_000 {
+        format!("{:.1}s", ms as f64 / 1000.0)
+    } else {
+        let s = ms / 1000;
+        format!("{}h{:02}m{:02}s", s / 3600, s / 60 % 60, s % 60)
+    }
+}
+
+/// First line of an error, shortened so that a table row stays on one line.
+fn short(message: &str) -> String {
+    let first = message.lines().next().unwrap_or("");
+    let mut out: String = first.chars().take(100).collect();
+    if out.len() < first.len() || message.lines().nth(1).is_some() {
+        out.push_str(" …");
+    }
+    out
+}
+
+/// Rows whose cells are padded to their column's widest cell (the last column is not).
+struct Table {
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(headers: &[&str]) -> Self {
+        Table { rows: vec![headers.iter().map(|h| h.to_string()).collect()] }
+    }
+
+    fn push(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
+    fn widths(&self) -> Vec<usize> {
+        let mut widths = vec![0; self.rows[0].len()];
+        for row in &self.rows {
+            for (w, cell) in widths.iter_mut().zip(row) {
+                *w = (*w).max(cell.chars().count());
+            }
+        }
+        widths
+    }
+
+    fn line(widths: &[usize], row: &[String]) -> String {
+        let mut out = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i + 1 == row.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(cell);
+                out.push_str(&" ".repeat(widths[i] - cell.chars().count() + 2));
+            }
+        }
+        out.trim_end().to_string()
+    }
+
+    fn render(&self) -> String {
+        let widths = self.widths();
+        self.rows.iter().map(|row| Self::line(&widths, row) + "\n").collect()
+    }
+}
+
+/// Write a whole listing to stdout; a reader that stops early (`| head`) is not an error.
+fn emit(text: &str) -> anyhow::Result<()> {
+    match std::io::stdout().lock().write_all(text.as_bytes()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    let mut store = open(&args.state)?;
+    let workflow = args.workflow.as_deref().map(|w| {
+        let w = w.strip_suffix(".dig").unwrap_or(w);
+        w.strip_prefix("./").unwrap_or(w).to_string()
+    });
+    let sessions = store.list_sessions(workflow.as_deref())?;
+    if sessions.is_empty() {
+        match &workflow {
+            Some(w) => eprintln!("no sessions of workflow '{w}'"),
+            None => eprintln!("no sessions yet"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table =
+        Table::new(&["SESSION", "PROJECT", "WORKFLOW", "SESSION TIME", "ATTEMPTS", "LAST ATTEMPT", "STATUS", "STARTED"]);
+    for s in sessions {
+        table.push(vec![
+            s.session_id.to_string(),
+            s.project,
+            s.workflow,
+            s.session_time,
+            s.attempt_count.to_string(),
+            s.last_attempt_id.map(|id| id.to_string()).unwrap_or("-".into()),
+            s.last_status.map(|st| st.as_str().to_string()).unwrap_or("-".into()),
+            s.last_attempt_at_ms.map(time).unwrap_or("-".into()),
+        ]);
+    }
+    emit(&table.render())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn attempts(args: AttemptsArgs) -> anyhow::Result<ExitCode> {
+    let mut store = open(&args.state)?;
+    let attempts = store.list_attempts(args.session_id)?;
+    if attempts.is_empty() {
+        match args.session_id {
+            Some(id) => eprintln!("no attempts of session {id}; `spade sessions` lists the sessions"),
+            None => eprintln!("no attempts yet"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&[
+        "ATTEMPT",
+        "SESSION",
+        "WORKFLOW",
+        "SESSION TIME",
+        "NAME",
+        "STATUS",
+        "TASKS",
+        "SUCCESS",
+        "ERROR",
+        "CREATED",
+        "DURATION",
+    ]);
+    for a in attempts {
+        table.push(vec![
+            a.attempt.attempt_id.to_string(),
+            a.attempt.session_id.to_string(),
+            a.attempt.workflow,
+            a.attempt.session_time,
+            if a.attempt.name.is_empty() { "-".into() } else { a.attempt.name },
+            a.attempt.status.as_str().into(),
+            a.tasks.total().to_string(),
+            a.tasks.success.to_string(),
+            a.tasks.error.to_string(),
+            time(a.created_at_ms),
+            duration(a.created_at_ms, a.finished_at_ms),
+        ]);
+    }
+    emit(&table.render())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn header(info: &AttemptInfo) {
+    let name = if info.attempt.name.is_empty() { String::new() } else { format!(" ({})", info.attempt.name) };
+    eprintln!(
+        "attempt {}{name} of {} session {} (session id {}): {}",
+        info.attempt.attempt_id,
+        info.attempt.workflow,
+        info.attempt.session_time,
+        info.attempt.session_id,
+        info.attempt.status.as_str()
+    );
+}
+
+pub fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
+    let mut store = open(&args.state)?;
+    let info = attempt_info(&mut store, args.attempt_id)?;
+    header(&info);
+    let tasks = store.tasks(args.attempt_id)?;
+    if tasks.is_empty() {
+        eprintln!("no tasks recorded");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut table = Table::new(&["TASK", "OPERATOR", "STATE", "RETRIES", "UPDATED", "ERROR"]);
+    for t in tasks {
+        table.push(vec![
+            t.name,
+            t.request.as_ref().map(|r| format!("{}>", r.operator)).unwrap_or("-".into()),
+            t.state.as_str().into(),
+            t.retry_count.to_string(),
+            time(t.updated_at_ms),
+            t.error.as_deref().map(short).unwrap_or_default(),
+        ]);
+    }
+    emit(&table.render())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
+    let mut store = open(&args.state)?;
+    let info = attempt_info(&mut store, args.attempt_id)?;
+    header(&info);
+    eprintln!("note: task logs are not kept yet; showing each task's state and error");
+    let prefix = args.task_prefix.as_deref().unwrap_or("");
+    let tasks: Vec<TaskRecord> = store.tasks(args.attempt_id)?.into_iter().filter(|t| t.name.starts_with(prefix)).collect();
+    if tasks.is_empty() {
+        if prefix.is_empty() {
+            eprintln!("no tasks recorded");
+            return Ok(ExitCode::SUCCESS);
+        }
+        bail!("no task of attempt {} starts with '{prefix}'; `spade tasks {0}` lists them", args.attempt_id);
+    }
+    let mut table = Table::new(&["TIME", "TASK", "STATE", "ERROR"]);
+    // Where each failed task's full message goes: after its row.
+    let mut messages = Vec::with_capacity(tasks.len());
+    for t in &tasks {
+        let failed = t.state == TaskState::Error;
+        let column = if failed { None } else { t.error.as_deref().map(short) };
+        table.push(vec![time(t.updated_at_ms), t.name.clone(), t.state.as_str().into(), column.unwrap_or_default()]);
+        messages.push(if failed { Some(t.error.clone().unwrap_or_else(|| "(no message recorded)".into())) } else { None });
+    }
+    let widths = table.widths();
+    let mut out = Table::line(&widths, &table.rows[0]) + "\n";
+    for (row, message) in table.rows[1..].iter().zip(messages) {
+        out += &(Table::line(&widths, row) + "\n");
+        for (i, line) in message.iter().flat_map(|m| m.lines()).enumerate() {
+            out += &format!("    {}{line}\n", if i == 0 { "error: " } else { "       " });
+        }
+    }
+    emit(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
