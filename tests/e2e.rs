@@ -114,3 +114,64 @@ fn require_with_random_attempt_name_starts_one_attempt_per_run() {
     assert_eq!(attempts.len(), 1, "{attempts:?}");
     assert!(!attempts[0].name.is_empty(), "the attempt carries the evaluated random name");
 }
+
+#[test]
+fn retry_resume_reruns_only_what_failed_and_all_reruns_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let wf = |b: &str| {
+        format!("+a:\n  echo>: \"a ${{typeof retry_attempt_name == 'undefined' ? 'first' : 'retried'}}\"\n+b:\n  {b}\n+c:\n  echo>: c\n")
+    };
+    std::fs::write(tmp.path().join("wf.dig"), wf("fail>: b broke")).unwrap();
+    let first = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
+    assert!(!first.status.success());
+    assert_eq!(stdout_lines(&first), vec!["a first"]);
+
+    std::fs::write(tmp.path().join("wf.dig"), wf("echo>: b fixed")).unwrap();
+    let missing = spade(tmp.path(), &["retry", "1"]);
+    assert!(!missing.status.success());
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--resume"));
+
+    let resumed = spade(tmp.path(), &["retry", "1", "--resume", "--name", "fix"]);
+    assert!(resumed.status.success(), "{}", String::from_utf8_lossy(&resumed.stderr));
+    assert_eq!(stdout_lines(&resumed), vec!["b fixed", "c"]);
+
+    let dup = spade(tmp.path(), &["retry", "1", "--resume", "--name", "fix"]);
+    assert!(!dup.status.success());
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already has an attempt named 'fix'"));
+
+    let all = spade(tmp.path(), &["retry", "2", "--all"]);
+    assert!(all.status.success(), "{}", String::from_utf8_lossy(&all.stderr));
+    assert_eq!(stdout_lines(&all), vec!["a retried", "b fixed", "c"]);
+}
+
+#[test]
+fn kill_stops_a_running_attempt_and_its_waiting_task() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("k.dig"), "+w:\n  wait>: 60s\n+after:\n  echo>: not printed\n").unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["run", "k.dig", "--session", "2024-01-01"])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until the attempt exists and runs.
+    let started = std::time::Instant::now();
+    loop {
+        let out = spade(tmp.path(), &["attempts"]);
+        if String::from_utf8_lossy(&out.stdout).contains("running") {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 20, "the attempt never started");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let kill = spade(tmp.path(), &["kill", "1"]);
+    assert!(kill.status.success(), "{}", String::from_utf8_lossy(&kill.stderr));
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Killed"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(started.elapsed().as_secs() < 30, "kill did not interrupt the 60 s wait");
+    let again = spade(tmp.path(), &["kill", "1"]);
+    assert!(!again.status.success(), "a finished attempt cannot be killed again");
+}

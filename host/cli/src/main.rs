@@ -4,6 +4,7 @@
 //! spade-dig (loading), spade-engine (running), spade-store (state) and spade-runtime
 //! (plugins). `echo>` output goes to stdout; everything else spade says goes to stderr.
 
+mod attempts;
 mod bench;
 mod check;
 mod console;
@@ -35,6 +36,10 @@ enum Command {
     /// Validate every workflow of the project and print its task tree (like `digdag check`).
     #[command(visible_alias = "c")]
     Check(check::CheckArgs),
+    /// Start a new attempt of a finished attempt's session: --resume or --all (like `digdag retry`).
+    Retry(attempts::RetryArgs),
+    /// Stop a running attempt, interrupting its running operator (like `digdag kill`).
+    Kill(attempts::KillArgs),
     /// Measure the runtime and engine against the targets; prints the figures.
     Bench(bench::BenchArgs),
     /// List the sessions kept in the state database, newest first (like `digdag sessions`).
@@ -63,6 +68,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(args) => run::run(args),
         Command::Check(args) => check::check(args),
+        Command::Retry(args) => attempts::retry(args),
+        Command::Kill(args) => attempts::kill(args),
         Command::Bench(args) => bench::bench(args),
         Command::Sessions(args) => inspect::sessions(args),
         Command::Attempts(args) => inspect::attempts(args),

@@ -11,9 +11,12 @@ use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
 use serde_json::Value;
-use spade_api::{CancelToken, Limits, Object};
+use std::collections::HashMap;
+
+use spade_api::{CancelToken, Done, Limits, Object, TaskRequest};
+use spade_dig::Project;
 use spade_engine::{AttemptInput, EngineOptions, run_attempt};
-use spade_store::{NewAttempt, SqliteStore, Store};
+use spade_store::{AttemptRecord, NewAttempt, SqliteStore, Store};
 
 use crate::launcher::LocalLauncher;
 
@@ -34,15 +37,29 @@ pub struct RunArgs {
     /// Run every task again, ignoring what already succeeded in this session.
     #[arg(short = 'a', long)]
     pub rerun: bool,
+    /// Keep no state: use a scratch database that disappears with the run.
+    #[arg(long)]
+    pub no_save: bool,
+    #[command(flatten)]
+    pub place: ProjectArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+/// Where the project and its state are.
+#[derive(clap::Args, Clone)]
+pub struct ProjectArgs {
     /// Project directory (default: the current directory).
     #[arg(long)]
     pub project: Option<PathBuf>,
     /// State database (default: <project>/.spade/state.db).
     #[arg(long, value_name = "FILE")]
     pub state: Option<PathBuf>,
-    /// Keep no state: run in memory and save nothing.
-    #[arg(long)]
-    pub no_save: bool,
+}
+
+/// How tasks run.
+#[derive(clap::Args, Clone)]
+pub struct ExecArgs {
     /// Maximum number of tasks per attempt, generated ones included.
     #[arg(long, default_value_t = 100_000)]
     pub max_tasks: usize,
@@ -58,6 +75,46 @@ pub struct RunArgs {
     /// Show task log lines at or above this level (trace, debug, info, warn, error).
     #[arg(long, default_value = "info")]
     pub task_log_level: String,
+}
+
+/// A loaded project with its state database open.
+pub struct Opened {
+    pub project: Arc<Project>,
+    pub root: PathBuf,
+    pub name: String,
+    pub store_path: PathBuf,
+    pub store: SqliteStore,
+    /// Keeps a `--no-save` scratch database alive for the run.
+    _scratch: Option<tempfile::TempDir>,
+}
+
+/// Load and validate every workflow of the project and open its state. Load errors are
+/// printed; `None` then means "nothing may run".
+pub fn open_project(place: &ProjectArgs, no_save: bool) -> anyhow::Result<Option<Opened>> {
+    let root = crate::project_dir(&place.project)?;
+    let root = root.canonicalize().with_context(|| format!("project directory {}", root.display()))?;
+    let project = match spade_dig::load_project(&root) {
+        Ok(p) => p,
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("error: the project has errors; nothing was run");
+            return Ok(None);
+        }
+    };
+    for warning in project.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    let name = root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or("default".into());
+    // --no-save keeps state in a scratch database that disappears with the run
+    // (require>'d attempts still need a shared store to find each other).
+    let scratch = if no_save { Some(tempfile::tempdir()?) } else { None };
+    let store_path = match (&scratch, &place.state) {
+        (Some(dir), _) => dir.path().join("state.db"),
+        (None, Some(path)) => path.clone(),
+        (None, None) => root.join(".spade/state.db"),
+    };
+    let store = if no_save { SqliteStore::open_scratch(&store_path)? } else { SqliteStore::open(&store_path)? };
+    Ok(Some(Opened { project: Arc::new(project), root, name, store_path, store, _scratch: scratch }))
 }
 
 const LAST_SESSION_KEY: &str = "last_session_time";
@@ -78,44 +135,20 @@ pub fn parse_params(pairs: &[String]) -> anyhow::Result<Object> {
 }
 
 pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
-    let project_root = crate::project_dir(&args.project)?;
-    let project_root = project_root
-        .canonicalize()
-        .with_context(|| format!("project directory {}", project_root.display()))?;
-    let project = match spade_dig::load_project(&project_root) {
-        Ok(p) => p,
-        Err(errors) => {
-            eprintln!("{errors}");
-            eprintln!("error: the project has errors; nothing was run");
-            return Ok(ExitCode::FAILURE);
-        }
+    let Some(mut opened) = open_project(&args.place, args.no_save)? else {
+        return Ok(ExitCode::FAILURE);
     };
-    for warning in project.warnings() {
-        eprintln!("warning: {warning}");
-    }
-    let project = Arc::new(project);
     let wanted = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow);
     let wanted = wanted.strip_prefix("./").unwrap_or(wanted);
-    let workflow = project.workflows.iter().find(|w| w.name == wanted).ok_or_else(|| {
-        let names: Vec<&str> = project.workflows.iter().map(|w| w.name.as_str()).collect();
-        anyhow!("no workflow '{wanted}' in {} (workflows: {})", project_root.display(), names.join(", "))
+    let index = opened.project.workflows.iter().position(|w| w.name == wanted).ok_or_else(|| {
+        let names: Vec<&str> = opened.project.workflows.iter().map(|w| w.name.as_str()).collect();
+        anyhow!("no workflow '{wanted}' in {} (workflows: {})", opened.root.display(), names.join(", "))
     })?;
+    let workflow = &opened.project.workflows[index];
     let tz: Tz = workflow.timezone;
-    let project_name = project_root.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or("default".into());
-
-    // --no-save keeps state in a temporary database that disappears with the run
-    // (require>'d attempts still need a shared store to find each other).
-    let temp_state = if args.no_save { Some(tempfile::tempdir()?) } else { None };
-    let store_path = match (&temp_state, &args.state) {
-        (Some(dir), _) => dir.path().join("state.db"),
-        (None, Some(path)) => path.clone(),
-        (None, None) => project_root.join(".spade/state.db"),
-    };
-    let mut store = if args.no_save { SqliteStore::open_scratch(&store_path)? } else { SqliteStore::open(&store_path)? };
-
     let now = Utc::now();
     let session_time: DateTime<Tz> = if args.session == "last" {
-        match store.get_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name))? {
+        match opened.store.get_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name))? {
             Some(saved) => DateTime::parse_from_rfc3339(&saved)
                 .with_context(|| format!("saved session time '{saved}' is malformed; pass --session"))?
                 .with_timezone(&tz),
@@ -124,88 +157,154 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         spade_dig::parse_session_time(&args.session, tz, now).map_err(|e| anyhow!("--session: {e}"))?
     };
-
     let mut params = parse_params(&args.params)?;
-    if let Some(schedule) = &workflow.schedule {
-        // Like Digdag's AttemptBuilder: schedule slots around the session, as attempt params.
-        if let Some(last) = schedule.last_session_time(session_time) {
-            spade_engine::params::time_vars("last_session", &last, &mut params);
-        }
-        if let Some(next) = schedule.next_session_time(session_time) {
-            spade_engine::params::time_vars("next_session", &next, &mut params);
-        }
-    }
+    schedule_params(workflow, session_time, &mut params);
 
     let session_str = session_time.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
-    let attempt = store.begin_attempt(&NewAttempt {
-        project: project_name.clone(),
+    let attempt = opened.store.begin_attempt(&NewAttempt {
+        project: opened.name.clone(),
         workflow: workflow.name.clone(),
         session_time: session_str.clone(),
         timezone: tz.name().to_string(),
         name: None,
         params: params.clone(),
     })?;
-    store.set_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name), &session_str)?;
+    opened.store.set_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name), &session_str)?;
     let (saved, frozen) = if args.rerun {
         Default::default()
     } else {
         (
-            store.saved_results(attempt.session_id, attempt.attempt_id)?,
-            store.unfinished_requests(attempt.session_id, attempt.attempt_id)?,
+            opened.store.saved_results(attempt.session_id, attempt.attempt_id)?,
+            opened.store.unfinished_requests(attempt.session_id, attempt.attempt_id)?,
         )
     };
+    // Local runs have no retry name (Digdag's `retry_attempt_name` stays undefined).
+    execute(opened, index, session_time, attempt, None, params, saved, frozen, &args.exec)
+}
 
+/// Like Digdag's AttemptBuilder: the schedule slots around the session, as attempt params.
+pub fn schedule_params(workflow: &spade_dig::WorkflowDef, session_time: DateTime<Tz>, params: &mut Object) {
+    if let Some(schedule) = &workflow.schedule {
+        if let Some(last) = schedule.last_session_time(session_time) {
+            spade_engine::params::time_vars("last_session", &last, params);
+        }
+        if let Some(next) = schedule.next_session_time(session_time) {
+            spade_engine::params::time_vars("next_session", &next, params);
+        }
+    }
+}
+
+/// Run a begun attempt to its end and report it; the exit code says whether it succeeded.
+#[allow(clippy::too_many_arguments)]
+pub fn execute(
+    mut opened: Opened,
+    workflow_index: usize,
+    session_time: DateTime<Tz>,
+    attempt: AttemptRecord,
+    retry_attempt_name: Option<String>,
+    params: Object,
+    saved: HashMap<String, Done>,
+    frozen: HashMap<String, TaskRequest>,
+    exec: &ExecArgs,
+) -> anyhow::Result<ExitCode> {
     let opts = EngineOptions {
-        max_tasks: args.max_tasks,
-        workers: args.max_task_threads.unwrap_or_else(|| EngineOptions::default().workers),
+        max_tasks: exec.max_tasks,
+        workers: exec.max_task_threads.unwrap_or_else(|| EngineOptions::default().workers),
         limits: Limits {
-            cpu_time: Duration::from_secs(args.task_timeout),
-            memory_bytes: args.task_memory << 20,
+            cpu_time: Duration::from_secs(exec.task_timeout),
+            memory_bytes: exec.task_memory << 20,
             ..Limits::default()
         },
         ..EngineOptions::default()
     };
+    opened.store.claim_attempt(attempt.attempt_id, std::process::id())?;
     let host = crate::host::bundled_host()?;
-    let console = Arc::new(StdConsole::new(level_from_str(&args.task_log_level)));
+    let console = Arc::new(StdConsole::new(level_from_str(&exec.task_log_level)));
     let cancel = CancelToken::new();
+    let cancel_for_watcher = cancel.clone();
     let launcher = LocalLauncher::new(
-        project.clone(),
-        project_name.clone(),
-        project_root.clone(),
-        store_path.clone(),
+        opened.project.clone(),
+        opened.name.clone(),
+        opened.root.clone(),
+        opened.store_path.clone(),
         host.clone(),
         console.clone(),
         opts.clone(),
         cancel.clone(),
     );
-    tracing::info!(workflow = %workflow.name, session = %session_str, attempt = attempt.attempt_id, "starting");
+    let project = opened.project.clone();
+    let workflow = &project.workflows[workflow_index];
+    let session_str = attempt.session_time.clone();
+    let attempt_id = attempt.attempt_id;
+    tracing::info!(workflow = %workflow.name, session = %session_str, attempt = attempt_id, "starting");
     let input = AttemptInput {
-        project_name,
+        project_name: opened.name.clone(),
         project_id: 1,
-        project_root: project_root.clone(),
+        project_root: opened.root.clone(),
         workflow,
         session_time,
         attempt,
         params,
-        retry_attempt_name: None,
+        retry_attempt_name,
         saved,
         frozen,
         cancel,
     };
-    let summary = run_attempt(input, host, &mut store, console.clone(), Some(launcher), &opts)?;
+    let watcher = KillWatcher::start(&opened.store_path, attempt_id, cancel_for_watcher);
+    let summary = run_attempt(input, host, &mut opened.store, console.clone(), Some(launcher), &opts);
+    watcher.stop();
+    let summary = summary?;
     console.finish();
-    if summary.success {
+    if summary.killed {
+        eprintln!("Killed: attempt {attempt_id} (session {session_str}) was stopped by `spade kill`.");
+        Ok(ExitCode::FAILURE)
+    } else if summary.success {
         eprintln!(
-            "Success. {} tasks, {} operator calls, {} replayed from earlier runs of session {session_str}.",
+            "Success. Attempt {attempt_id}: {} tasks, {} operator calls, {} replayed from earlier runs of session {session_str}.",
             summary.tasks, summary.invocations, summary.replayed
         );
         Ok(ExitCode::SUCCESS)
     } else {
         let names: Vec<&str> = summary.failed.iter().map(|(n, _)| n.as_str()).collect();
         eprintln!(
-            "Failed: {} (session {session_str}). Fix the cause and run again: tasks that succeeded are skipped; --rerun runs everything.",
+            "Failed: {} (attempt {attempt_id}, session {session_str}). Fix the cause and run again: tasks that \
+             succeeded are skipped (--rerun runs everything), or `spade retry {attempt_id} --resume`.",
             if names.is_empty() { "the attempt".to_string() } else { names.join(", ") }
         );
         Ok(ExitCode::FAILURE)
+    }
+}
+
+/// Watches the state database for `spade kill` of the attempt (from another process) and
+/// cancels it; runs beside the engine so that even a long operator call in progress is
+/// interrupted.
+struct KillWatcher {
+    /// Dropping it wakes the watcher and ends it at once.
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl KillWatcher {
+    fn start(store_path: &std::path::Path, attempt_id: i64, cancel: CancelToken) -> Self {
+        use std::sync::mpsc::RecvTimeoutError;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let path = store_path.to_path_buf();
+        let thread = std::thread::spawn(move || {
+            let Ok(mut store) = SqliteStore::open(&path) else { return };
+            while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(200)) {
+                if store.cancel_requested(attempt_id).unwrap_or(false) {
+                    cancel.cancel();
+                    return;
+                }
+            }
+        });
+        KillWatcher { stop: Some(stop), thread: Some(thread) }
+    }
+
+    fn stop(mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

@@ -227,6 +227,16 @@ pub trait Store: Send {
     /// Attempts, newest first; only those of `session_id` when given.
     fn list_attempts(&mut self, session_id: Option<i64>) -> Result<Vec<AttemptInfo>>;
     fn attempt_info(&mut self, attempt_id: i64) -> Result<AttemptInfo>;
+    /// Results of the tasks that succeeded in `attempt_id` (for `spade retry --resume`).
+    fn attempt_results(&mut self, attempt_id: i64) -> Result<HashMap<String, Done>>;
+    /// Record which process runs the attempt.
+    fn claim_attempt(&mut self, attempt_id: i64, pid: u32) -> Result<()>;
+    /// The process recorded as running the attempt, if any.
+    fn attempt_owner(&mut self, attempt_id: i64) -> Result<Option<u32>>;
+    /// Ask the process running the attempt to stop it (`spade kill`).
+    fn request_cancel(&mut self, attempt_id: i64) -> Result<()>;
+    /// Whether someone asked to stop the attempt.
+    fn cancel_requested(&mut self, attempt_id: i64) -> Result<bool>;
     /// Small project-level values (e.g. the last session time of `spade run`).
     fn get_value(&mut self, key: &str) -> Result<Option<String>>;
     fn set_value(&mut self, key: &str, value: &str) -> Result<()>;
@@ -261,6 +271,10 @@ const MIGRATIONS: &[&str] = &[
         params TEXT NOT NULL,
         created_at INTEGER NOT NULL,
         finished_at INTEGER,
+        -- `spade kill` sets it; the process running the attempt polls it.
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        -- The process running the attempt (local mode), to tell a live run from a dead one.
+        pid INTEGER,
         UNIQUE (session_id, name)
     );
     -- id = attempt_id << 32 | the engine's task index: rows of an attempt are one
@@ -693,6 +707,51 @@ impl Store for SqliteStore {
         self.complete_attempt_info(row)
     }
 
+    fn attempt_results(&mut self, attempt_id: i64) -> Result<HashMap<String, Done>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, result FROM tasks WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32)
+               AND state = 'success' AND result IS NOT NULL ORDER BY id",
+        )?;
+        let mut rows = stmt.query([attempt_id])?;
+        let mut out = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let result: String = row.get(1)?;
+            let done: Done = from_json(&format!("result of task {name}"), &result)?;
+            out.insert(name, done);
+        }
+        Ok(out)
+    }
+
+    fn claim_attempt(&mut self, attempt_id: i64, pid: u32) -> Result<()> {
+        self.conn.execute("UPDATE attempts SET pid = ?1 WHERE id = ?2", params![pid, attempt_id])?;
+        Ok(())
+    }
+
+    fn attempt_owner(&mut self, attempt_id: i64) -> Result<Option<u32>> {
+        self.conn
+            .query_row("SELECT pid FROM attempts WHERE id = ?1", [attempt_id], |r| r.get::<_, Option<u32>>(0))
+            .optional()?
+            .ok_or(StoreError::NoSuchAttempt(attempt_id))
+    }
+
+    fn request_cancel(&mut self, attempt_id: i64) -> Result<()> {
+        let n = self.conn.execute("UPDATE attempts SET cancel_requested = 1 WHERE id = ?1", [attempt_id])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAttempt(attempt_id));
+        }
+        Ok(())
+    }
+
+    fn cancel_requested(&mut self, attempt_id: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT cancel_requested FROM attempts WHERE id = ?1", [attempt_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0)
+            != 0)
+    }
+
     fn get_value(&mut self, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0)).optional()?)
     }
@@ -770,6 +829,29 @@ mod tests {
         assert_eq!(saved["+wf+a"], done);
         // The running attempt's own rows are not "earlier".
         assert!(s.saved_results(a.session_id, a.attempt_id).unwrap().is_empty());
+    }
+
+    #[test]
+    fn kill_requests_and_owners_are_recorded() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        assert_eq!(s.attempt_owner(a.attempt_id).unwrap(), None);
+        s.claim_attempt(a.attempt_id, 4242).unwrap();
+        assert_eq!(s.attempt_owner(a.attempt_id).unwrap(), Some(4242));
+        assert!(!s.cancel_requested(a.attempt_id).unwrap());
+        s.request_cancel(a.attempt_id).unwrap();
+        assert!(s.cancel_requested(a.attempt_id).unwrap());
+        assert!(matches!(s.request_cancel(999), Err(StoreError::NoSuchAttempt(999))));
+    }
+
+    #[test]
+    fn attempt_results_are_that_attempts_successes() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+ok", TaskState::Success), change(a.attempt_id, 1, "+wf+bad", TaskState::Error)])
+            .unwrap();
+        let r = s.attempt_results(a.attempt_id).unwrap();
+        assert_eq!(r.keys().collect::<Vec<_>>(), vec!["+wf+ok"]);
     }
 
     #[test]

@@ -1,0 +1,142 @@
+//! `spade retry` and `spade kill`: new attempts of a session, and stopping a running one.
+//!
+//! `retry --resume` re-runs only what did not succeed in the given attempt (succeeded
+//! tasks replay their stored results, generated tasks are matched by name); `--all` runs
+//! everything again. `kill` asks the process running the attempt to stop (through the
+//! state database, polled by the engine); the running plugin call is interrupted at once.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, anyhow, bail};
+use chrono::DateTime;
+use spade_dig::deep_merge;
+use spade_store::{AttemptStatus, NewAttempt, SqliteStore, Store};
+
+use crate::run::{ExecArgs, ProjectArgs, execute, open_project, parse_params, schedule_params};
+
+#[derive(clap::Args)]
+pub struct RetryArgs {
+    /// The attempt to retry (see `spade attempts`).
+    pub attempt_id: i64,
+    /// Re-run only the tasks that did not succeed; the others replay their results.
+    #[arg(long, conflicts_with = "all")]
+    pub resume: bool,
+    /// Re-run every task.
+    #[arg(long)]
+    pub all: bool,
+    /// Name of the new attempt (default: a random UUID); visible as ${retry_attempt_name}.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Override a parameter of the original attempt: -p KEY=VALUE.
+    #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
+    pub params: Vec<String>,
+    #[command(flatten)]
+    pub place: ProjectArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+#[derive(clap::Args)]
+pub struct KillArgs {
+    /// The attempt to stop (see `spade attempts`).
+    pub attempt_id: i64,
+    #[command(flatten)]
+    pub place: ProjectArgs,
+    /// Seconds to wait for the attempt to stop.
+    #[arg(long, default_value_t = 30)]
+    pub wait: u64,
+}
+
+/// Whether process `pid` is alive (Linux: it has a /proc entry).
+fn process_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
+    if !args.resume && !args.all {
+        bail!("choose what to re-run: --resume (only what did not succeed) or --all");
+    }
+    let Some(mut opened) = open_project(&args.place, false)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let old = opened.store.attempt_info(args.attempt_id)?;
+    if old.attempt.status == AttemptStatus::Running
+        && opened.store.attempt_owner(args.attempt_id)?.is_some_and(process_alive)
+    {
+        bail!("attempt {} is still running; wait for it or stop it with `spade kill {0}`", args.attempt_id);
+    }
+    let index = opened
+        .project
+        .workflows
+        .iter()
+        .position(|w| w.name == old.attempt.workflow)
+        .ok_or_else(|| anyhow!("workflow '{}' of attempt {} is no longer in the project", old.attempt.workflow, args.attempt_id))?;
+    let workflow = &opened.project.workflows[index];
+    let session_time = DateTime::parse_from_rfc3339(&old.attempt.session_time)
+        .with_context(|| format!("attempt {} has a malformed session time", args.attempt_id))?
+        .with_timezone(&workflow.timezone);
+    let mut params = old.params.clone();
+    deep_merge(&mut params, &parse_params(&args.params)?);
+    schedule_params(workflow, session_time, &mut params);
+    let name = args.name.clone().unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let attempt = opened.store.begin_attempt(&NewAttempt {
+        project: opened.name.clone(),
+        workflow: workflow.name.clone(),
+        session_time: old.attempt.session_time.clone(),
+        timezone: workflow.timezone.name().to_string(),
+        name: Some(name.clone()),
+        params: params.clone(),
+    })?;
+    let (saved, frozen) = if args.resume {
+        (
+            opened.store.attempt_results(args.attempt_id)?,
+            opened.store.unfinished_requests(attempt.session_id, attempt.attempt_id)?,
+        )
+    } else {
+        Default::default()
+    };
+    eprintln!(
+        "Retrying attempt {} of {} (session {}) as attempt {} '{name}' ({}).",
+        args.attempt_id,
+        workflow.name,
+        old.attempt.session_time,
+        attempt.attempt_id,
+        if args.resume { "resume" } else { "all tasks" }
+    );
+    execute(opened, index, session_time, attempt, Some(name), params, saved, frozen, &args.exec)
+}
+
+pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
+    let root = crate::project_dir(&args.place.project)?;
+    let path: PathBuf = args.place.state.clone().unwrap_or_else(|| root.join(".spade/state.db"));
+    if !path.exists() {
+        bail!("no state database at {} (run a workflow first, or pass --project/--state)", path.display());
+    }
+    let mut store = SqliteStore::open(&path)?;
+    let attempt = store.attempt(args.attempt_id)?;
+    if attempt.status != AttemptStatus::Running {
+        bail!("attempt {} already finished ({}); nothing to kill", args.attempt_id, attempt.status.as_str());
+    }
+    store.request_cancel(args.attempt_id)?;
+    let owner = store.attempt_owner(args.attempt_id)?;
+    if !owner.is_some_and(process_alive) {
+        // Nobody runs it any more (the process was killed or crashed): record the end.
+        store.finish_attempt(args.attempt_id, spade_store::AttemptStatus::Killed)?;
+        eprintln!("Attempt {} had no live process; marked killed.", args.attempt_id);
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!("Kill requested for attempt {}; waiting for it to stop...", args.attempt_id);
+    let deadline = Instant::now() + Duration::from_secs(args.wait);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = store.attempt(args.attempt_id)?;
+        if now.status != AttemptStatus::Running {
+            eprintln!("Attempt {} stopped ({}).", args.attempt_id, now.status.as_str());
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
+    eprintln!("Attempt {} has not stopped yet; it will stop at its next step.", args.attempt_id);
+    Ok(ExitCode::FAILURE)
+}
