@@ -22,6 +22,9 @@ pub struct BenchArgs {
     /// Skip the runtime micro-benchmarks.
     #[arg(long)]
     pub skip_runtime: bool,
+    /// Skip the 1,000-waiting-tasks measurement.
+    #[arg(long)]
+    pub skip_waiting: bool,
 }
 
 fn write_for_each_project(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
@@ -55,12 +58,64 @@ fn time_run(dir: &std::path::Path, n: usize, persist: bool) -> anyhow::Result<Du
     Ok(elapsed)
 }
 
+/// Peak RSS (VmHWM, KiB) and thread count of a running process, from /proc.
+fn proc_status(pid: u32) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    Some((field("VmHWM:")?, field("Threads:")?))
+}
+
+/// 1,000 tasks waiting at once (`wait>` under `_parallel`): peak memory and threads.
+fn waiting_tasks(n: usize) -> anyhow::Result<(u64, u64, Duration)> {
+    let dir = tempfile::tempdir()?;
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let dig = format!(
+        "+wait_all:\n  for_each>:\n    item: [{}]\n  _parallel: true\n  _do:\n    wait>: 3s\n",
+        items.join(",")
+    );
+    std::fs::write(dir.path().join("wait.dig"), dig)?;
+    let exe = std::env::current_exe()?;
+    let t = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["run", "wait.dig", "--session", "2024-01-01", "--max-tasks"])
+        .arg((n * 2 + 10).to_string())
+        .current_dir(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let (mut peak_kib, mut peak_threads) = (0, 0);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            if !status.success() {
+                bail!("the waiting-tasks run failed");
+            }
+            break;
+        }
+        if let Some((kib, threads)) = proc_status(child.id()) {
+            peak_kib = peak_kib.max(kib);
+            peak_threads = peak_threads.max(threads);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((peak_kib, peak_threads, t.elapsed()))
+}
+
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if !args.skip_runtime {
         let echo = spade_bundled::plugin("spade-plugin-echo").context("the echo plugin is not bundled")?;
         let report = spade_runtime::bench::measure(echo, "echo", None, &spade_runtime::bench::BenchOptions::default())?;
         println!("== runtime: echo> (target: warm call median <= 40 us, cache load <= 2 ms)");
         println!("{report}");
+    }
+    if !args.skip_waiting {
+        let (kib, threads, took) = waiting_tasks(1000)?;
+        println!("== engine: 1,000 tasks waiting at once (wait>: 3s under _parallel) (target: <= 100 MB RSS, no thread per task)");
+        println!("peak RSS {:.1} MB, peak threads {threads}, wall {:.2} s", kib as f64 / 1024.0, took.as_secs_f64());
     }
     println!("== engine: spade run of one for_each> over N items with an echo> body (target: 10,000 in <= 1.0 s)");
     for &n in &args.items {
