@@ -254,9 +254,6 @@ impl<'js> Session<'js, '_> {
             Err(e) => Err(self.classify_engine_error(e)),
         };
         self.ev.deadline.disarm();
-        if matches!(&outcome, Err(f) if f.kind == ExprErrorKind::Memory) {
-            self.ev.runtime.run_gc();
-        }
         outcome
     }
 
@@ -410,7 +407,7 @@ impl Evaluator {
     ) -> Result<R, ExprError> {
         let scope_json = serde_json::to_string(scope)
             .map_err(|e| ExprError::internal(format!("could not serialize the parameters: {e}")))?;
-        self.context.with(|ctx| {
+        let result = self.context.with(|ctx| {
             let globals = ctx.globals();
             let (begin, run): (Function, Function) = globals
                 .get("__spade_begin")
@@ -428,7 +425,13 @@ impl Evaluator {
             }
             let session = Session { ev: self, ctx, run };
             f(&session)
-        })
+        });
+        // Give back what a memory bomb took. Only here, outside `with`: the runtime is
+        // locked inside it, and collecting from there would deadlock.
+        if matches!(&result, Err(e) if e.kind == ExprErrorKind::Memory) {
+            self.runtime.run_gc();
+        }
+        result
     }
 
     /// Whether JS read the clock or a random number since the last call (and reset it).
