@@ -3,7 +3,7 @@
 //! This crate owns the guest side of the `spade:operator` WIT contract (`wit/operator.wit`):
 //! it hides the generated bindings behind a typed [`Request`], [`Outcome`] builders, host
 //! capabilities as plain functions ([`log`], [`output`], [`secrets`], [`workflows`],
-//! [`expressions`], [`engine`]) and the [`plugin!`] macro that exports an [`Operator`].
+//! [`expressions`], [`engine`], [`http`]) and the [`plugin!`] macro that exports an [`Operator`].
 //! It knows nothing of any particular operator; see `sdk/README.md` for a full example.
 //!
 //! ```ignore
@@ -28,6 +28,7 @@ extern crate self as spade_sdk;
 
 pub mod control;
 mod host;
+pub mod http;
 pub mod lenient;
 mod outcome;
 mod request;
@@ -47,7 +48,7 @@ pub type Result<T, E = Failure> = std::result::Result<T, E>;
 
 /// The version of the WIT package (`spade:operator`) this SDK was built against; reported
 /// by every plugin in `describe`.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// One operator (or a family of operators sharing one implementation).
 ///
@@ -62,7 +63,11 @@ pub trait Operator {
 pub mod bindings {
     wit_bindgen::generate!({
         path: "../wit",
-        world: "plugin",
+        // `plugin` plus `wasi:http/outgoing-handler`; a component imports only what it
+        // calls, so plugins that never use `crate::http` do not import wasi:http.
+        world: "http-plugin",
+        // The wasi:http/io/clocks bindings `crate::http` uses.
+        generate_all,
         pub_export_macro: true,
         export_macro_name: "__export_plugin",
         default_bindings_module: "spade_sdk::bindings",

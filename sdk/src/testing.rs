@@ -41,6 +41,7 @@ pub enum EngineCall {
 
 type Renderer = Box<dyn FnMut(&str, &Object) -> Result<String, String>>;
 type Engine = Box<dyn FnMut(&EngineCall) -> Result<AttemptRef, String>>;
+type Http = Box<dyn FnMut(&crate::http::Request) -> Result<crate::http::Response, crate::http::Error>>;
 
 /// A stand-in host for native tests. Fill the answer fields, call [`MockHost::run`], then
 /// inspect the record fields.
@@ -60,6 +61,10 @@ pub struct MockHost {
     pub renderer: Option<Renderer>,
     /// Answers for `engine::start_or_find` and `engine::status`.
     pub engine: Option<Engine>,
+    /// Answers for `http::send`, one call per request (redirect hops included).
+    pub http: Option<Http>,
+    /// Record: every request `http::send` made, hop by hop.
+    pub http_requests: Vec<crate::http::Request>,
 }
 
 thread_local! {

@@ -10,13 +10,15 @@ use std::process::Command;
 
 use wasmparser::{Parser, Payload};
 
-/// Every bundled plugin crate and the `spade:operator` capabilities it may import.
+/// Every bundled plugin crate and the capabilities it may import (`spade:operator`
+/// interfaces, and `http` for `wasi:http`).
 const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-call", &["workflows"]),
     ("spade-plugin-echo", &["output"]),
     ("spade-plugin-fail", &[]),
     ("spade-plugin-for-each", &[]),
     ("spade-plugin-for-range", &[]),
+    ("spade-plugin-http", &["http", "secrets"]),
     ("spade-plugin-if", &[]),
     ("spade-plugin-loop", &[]),
     ("spade-plugin-param-eval", &["expressions"]),
@@ -56,6 +58,10 @@ fn capability_imports(wasm: &[u8]) -> Vec<String> {
             Payload::ComponentImportSection(reader) if depth == 1 => {
                 for import in reader {
                     let name = import.expect("a valid import").name.name;
+                    // `wasi:http/*` is the `http` capability (granted like the others).
+                    if name.starts_with("wasi:http/") && !found.iter().any(|f| f == "http") {
+                        found.push("http".to_string());
+                    }
                     if let Some(rest) = name.strip_prefix("spade:operator/") {
                         let iface = rest.split('@').next().unwrap().to_string();
                         if iface != "types" {

@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 pub type Object = Map<String, Value>;
 
 /// The version of the WIT package the host implements.
-pub const WIT_VERSION: &str = "0.1.0";
+pub const WIT_VERSION: &str = "0.2.0";
 
 /// What a task receives. Built once per task run, persisted, and re-used for every poll.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -29,6 +29,12 @@ fn grants_for(crate_name: &str) -> Grants {
         "spade-plugin-call" => g.workflows = true,
         "spade-plugin-param-eval" => g.expressions = true,
         "spade-plugin-require" => g.engine = true,
+        // http> may link wasi:http, but with an empty allowlist every request is refused
+        // until a project grants hosts (grant configuration is not wired yet: see README).
+        "spade-plugin-http" => {
+            g.http = Some(Vec::new());
+            g.secrets = vec!["http.*".into()];
+        }
         _ => {}
     }
     g
@@ -38,13 +44,25 @@ pub fn bundled_runtime() -> anyhow::Result<Runtime> {
     let config = RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() };
     let runtime = Runtime::new(config).context("starting the plugin runtime")?;
     for (name, bytes) in spade_bundled::PLUGINS {
-        runtime
-            .install(name, bytes, grants_for(name))
-            .with_context(|| format!("installing bundled plugin {name}"))?;
+        // One broken plugin must not take the others down: its operators are then unknown
+        // and the tasks using them fail with that message.
+        if let Err(e) = runtime.install(name, bytes, grants_for(name)) {
+            eprintln!("warning: bundled plugin {name} is not available: {e}");
+        }
     }
     Ok(runtime)
 }
 
-pub fn bundled_host() -> anyhow::Result<Arc<dyn OperatorHost>> {
-    Ok(Arc::new(bundled_runtime()?))
+/// The bundled plugins plus user plugins given on the command line (no extra grants).
+pub fn host_with(plugins: &[PathBuf]) -> anyhow::Result<Arc<dyn OperatorHost>> {
+    let runtime = bundled_runtime()?;
+    for path in plugins {
+        let bytes = std::fs::read(path).with_context(|| format!("--plugin {}", path.display()))?;
+        let label = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+        let report = runtime
+            .install(&label, &bytes, Grants::default())
+            .with_context(|| format!("--plugin {}", path.display()))?;
+        tracing::info!(plugin = %report.info.name, version = %report.info.version, operators = ?report.info.operators, "loaded");
+    }
+    Ok(Arc::new(runtime))
 }

@@ -75,6 +75,11 @@ pub struct ExecArgs {
     /// Show task log lines at or above this level (trace, debug, info, warn, error).
     #[arg(long, default_value = "info")]
     pub task_log_level: String,
+    /// Also load this operator plugin (a WASI 0.2 component built from sdk/ or
+    /// sdk/templates). Repeatable. It gets no capability beyond log and output; a plugin
+    /// that imports more is refused.
+    #[arg(long = "plugin", value_name = "FILE.wasm")]
+    pub plugins: Vec<PathBuf>,
 }
 
 /// A loaded project with its state database open.
@@ -218,7 +223,7 @@ pub fn execute(
         ..EngineOptions::default()
     };
     opened.store.claim_attempt(attempt.attempt_id, std::process::id())?;
-    let host = crate::host::bundled_host()?;
+    let host = crate::host::host_with(&exec.plugins)?;
     let console = Arc::new(StdConsole::new(level_from_str(&exec.task_log_level)));
     let cancel = CancelToken::new();
     let cancel_for_watcher = cancel.clone();

@@ -8,19 +8,33 @@
 //! tenant's expression can fail its task but never hang or crash the host.
 //!
 //! It knows nothing of tasks, stores or wasm: callers hand it a config and a scope.
+//!
+//! Known differences from Digdag (GraalJS in ES5 mode, a fresh JS context per template):
+//! - QuickJS accepts ES2023 syntax (arrow functions, template literals, `let`), Digdag ES5.
+//! - One context serves an evaluator (an attempt). Each template still gets freshly copied
+//!   parameters and globals it created are removed before the next one, but a change to a
+//!   built-in (`Array.prototype.x = ...`, `moment.defaultFormat = ...`) lasts until the
+//!   evaluator is dropped.
+//! - Inside a template the parameters are inherited, not own, properties of `this`
+//!   (`Object.keys(this)` does not list them); digdag.js's internals (`__p`, `print`) are
+//!   not visible.
+//! - `Date.prototype.toString` ends with the zone abbreviation, as Nashorn does
+//!   (`GMT-0800 (PST)`); `toLocaleString` is QuickJS's fixed `MM/DD/YYYY, hh:mm:ss AM`.
+//! - Each template has a time limit and the evaluator a memory and stack limit.
 
+mod bytecode;
 mod template;
 mod tz;
 
 pub mod bench;
 
 use std::fmt;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono_tz::Tz;
-use rquickjs::{Context, Ctx, Function, Runtime, Value as JsValue};
+use rquickjs::{Context, Ctx, FromJs, Function, Runtime, Value as JsValue};
 use serde_json::Value;
 
 /// A JSON object with its key order preserved (the same type as `spade_api::Object`).
@@ -41,7 +55,7 @@ pub const RAW_KEYS: [&str; 2] = ["_do", "_else_do"];
 pub struct ExprLimits {
     /// Wall-clock budget of one template evaluation.
     pub time: Duration,
-    /// Heap limit of the evaluator's JS runtime (moment.js itself takes about 2 MiB).
+    /// Heap limit of the evaluator's JS runtime (a fresh one uses about 0.5 MiB).
     pub memory_bytes: usize,
     /// Native stack the JS code may use below the point where the host calls in. Deep
     /// recursion fails with a RangeError past it; keep it well under the thread's stack.
@@ -50,7 +64,11 @@ pub struct ExprLimits {
 
 impl Default for ExprLimits {
     fn default() -> Self {
-        ExprLimits { time: Duration::from_secs(1), memory_bytes: 64 << 20, stack_bytes: 512 << 10 }
+        ExprLimits {
+            time: Duration::from_secs(1),
+            memory_bytes: 64 << 20,
+            stack_bytes: 512 << 10,
+        }
     }
 }
 
@@ -82,7 +100,12 @@ pub struct ExprError {
 
 impl ExprError {
     fn internal(message: impl Into<String>) -> Self {
-        ExprError { path: String::new(), template: String::new(), kind: ExprErrorKind::Internal, message: message.into() }
+        ExprError {
+            path: String::new(),
+            template: String::new(),
+            kind: ExprErrorKind::Internal,
+            message: message.into(),
+        }
     }
 }
 
@@ -100,14 +123,27 @@ impl fmt::Display for ExprError {
             ExprErrorKind::Script => {
                 write!(f, "failed to evaluate {template:?}: {}", self.message)?;
                 if self.message.starts_with("ReferenceError") {
-                    write!(f, " (set it with _export or -p, or test it with `typeof name == 'undefined'`)")?;
+                    write!(
+                        f,
+                        " (set it with _export or -p, or test it with `typeof name == 'undefined'`)"
+                    )?;
                 }
                 Ok(())
             }
-            ExprErrorKind::Timeout => write!(f, "evaluating {template:?} was stopped: {}", self.message),
-            ExprErrorKind::Memory => write!(f, "evaluating {template:?} was stopped: {}", self.message),
-            ExprErrorKind::Internal if template.is_empty() => write!(f, "expression engine: {}", self.message),
-            ExprErrorKind::Internal => write!(f, "expression engine failed on {template:?}: {}", self.message),
+            ExprErrorKind::Timeout => {
+                write!(f, "evaluating {template:?} was stopped: {}", self.message)
+            }
+            ExprErrorKind::Memory => {
+                write!(f, "evaluating {template:?} was stopped: {}", self.message)
+            }
+            ExprErrorKind::Internal if template.is_empty() => {
+                write!(f, "expression engine: {}", self.message)
+            }
+            ExprErrorKind::Internal => write!(
+                f,
+                "expression engine failed on {template:?}: {}",
+                self.message
+            ),
         }
     }
 }
@@ -124,7 +160,12 @@ struct Deadline {
 
 impl Deadline {
     fn arm(&self, budget: Duration) {
-        let at = self.origin.elapsed().saturating_add(budget).as_nanos().min(u64::MAX as u128 - 1) as u64;
+        let at = self
+            .origin
+            .elapsed()
+            .saturating_add(budget)
+            .as_nanos()
+            .min(u64::MAX as u128 - 1) as u64;
         self.fired.store(false, Ordering::Relaxed);
         self.at.store(at, Ordering::Relaxed);
     }
@@ -152,11 +193,47 @@ pub struct Evaluator {
     timezone: Tz,
     limits: ExprLimits,
     deadline: Arc<Deadline>,
+    /// The parameters JS holds from the previous call, if it completed loading them.
+    last_scope: Mutex<Option<Object>>,
+}
+
+/// How the parameters reach JS for one call.
+enum ParamsLoad {
+    Full(String),
+    /// Changed or added keys, removed keys.
+    Update(String, String),
+}
+
+/// A JSON object text of `entries`, without building the object.
+fn object_json<'a>(
+    entries: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> serde_json::Result<String> {
+    let mut out = Vec::with_capacity(64);
+    out.push(b'{');
+    for (i, (k, v)) in entries.enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        serde_json::to_writer(&mut out, k)?;
+        out.push(b':');
+        serde_json::to_writer(&mut out, v)?;
+    }
+    out.push(b'}');
+    // serde_json writes UTF-8 only.
+    Ok(String::from_utf8(out).unwrap_or_default())
+}
+
+fn serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, ExprError> {
+    serde_json::to_string(value)
+        .map_err(|e| ExprError::internal(format!("could not serialize the parameters: {e}")))
 }
 
 impl fmt::Debug for Evaluator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Evaluator").field("timezone", &self.timezone).field("limits", &self.limits).finish()
+        f.debug_struct("Evaluator")
+            .field("timezone", &self.timezone)
+            .field("limits", &self.limits)
+            .finish()
     }
 }
 
@@ -195,7 +272,12 @@ struct Failure {
 
 impl Failure {
     fn at(self, path: String, template: &str) -> ExprError {
-        ExprError { path, template: template.to_string(), kind: self.kind, message: self.message }
+        ExprError {
+            path,
+            template: template.to_string(),
+            kind: self.kind,
+            message: self.message,
+        }
     }
 }
 
@@ -218,7 +300,11 @@ struct Level {
 
 impl Level {
     fn new(depth: usize) -> Self {
-        Level { depth, known_to_js: false, sent: 0 }
+        Level {
+            depth,
+            known_to_js: false,
+            sent: 0,
+        }
     }
 }
 
@@ -226,17 +312,20 @@ impl<'js> Session<'js, '_> {
     fn render(&self, template: &str, level: &mut Level, built: &Object) -> Result<String, Failure> {
         let fresh = !level.known_to_js;
         let delta = if built.len() > level.sent {
-            let new_keys: Object = built.iter().skip(level.sent).map(|(k, v)| (k.clone(), v.clone())).collect();
-            Some(serde_json::to_string(&new_keys).map_err(|e| Failure {
-                kind: ExprErrorKind::Internal,
-                message: format!("could not serialize the evaluated keys: {e}"),
-            })?)
+            Some(
+                object_json(built.iter().skip(level.sent)).map_err(|e| Failure {
+                    kind: ExprErrorKind::Internal,
+                    message: format!("could not serialize the evaluated keys: {e}"),
+                })?,
+            )
         } else {
             None
         };
         self.ev.deadline.arm(self.ev.limits.time);
         let result: rquickjs::Result<JsValue<'js>> = match &delta {
-            Some(d) => self.run.call((template, level.depth as u32, fresh, d.as_str())),
+            Some(d) => self
+                .run
+                .call((template, level.depth as u32, fresh, d.as_str())),
             None => self.run.call((template, level.depth as u32, fresh)),
         };
         // JS has recorded the level and delta before running anything that can fail.
@@ -244,7 +333,10 @@ impl<'js> Session<'js, '_> {
         level.sent = built.len();
         let outcome = match result {
             Ok(v) => match v.as_string() {
-                Some(s) => s.to_string().map_err(|e| Failure { kind: ExprErrorKind::Internal, message: e.to_string() }),
+                Some(s) => s.to_string().map_err(|e| Failure {
+                    kind: ExprErrorKind::Internal,
+                    message: e.to_string(),
+                }),
                 None => Err(Failure {
                     kind: ExprErrorKind::Internal,
                     message: format!("the template returned a {} instead of text", v.type_name()),
@@ -260,11 +352,11 @@ impl<'js> Session<'js, '_> {
     fn classify_engine_error(&self, e: rquickjs::Error) -> Failure {
         match e {
             rquickjs::Error::Allocation => self.memory_failure(),
-            other if self.ev.deadline.fired.load(Ordering::Relaxed) => {
-                let _ = other;
-                self.timeout_failure()
-            }
-            other => Failure { kind: ExprErrorKind::Internal, message: other.to_string() },
+            _ if self.ev.deadline.fired.load(Ordering::Relaxed) => self.timeout_failure(),
+            other => Failure {
+                kind: ExprErrorKind::Internal,
+                message: other.to_string(),
+            },
         }
     }
 
@@ -297,7 +389,10 @@ impl<'js> Session<'js, '_> {
         if message == "InternalError: out of memory" {
             return self.memory_failure();
         }
-        Failure { kind: ExprErrorKind::Script, message }
+        Failure {
+            kind: ExprErrorKind::Script,
+            message,
+        }
     }
 }
 
@@ -320,7 +415,11 @@ fn exception_message(exc: &JsValue<'_>) -> String {
 }
 
 fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
+    if d.subsec_nanos() == 0 {
+        format!("{}s", d.as_secs())
+    } else {
+        format!("{}ms", d.as_millis())
+    }
 }
 
 fn any_needs_eval(value: &Value) -> bool {
@@ -333,13 +432,15 @@ fn any_needs_eval(value: &Value) -> bool {
 }
 
 fn object_needs_eval(o: &Object) -> bool {
-    o.iter().any(|(k, v)| !RAW_KEYS.contains(&k.as_str()) && any_needs_eval(v))
+    o.iter()
+        .any(|(k, v)| !RAW_KEYS.contains(&k.as_str()) && any_needs_eval(v))
 }
 
 impl Evaluator {
     /// A fresh context in `timezone` with moment.js loaded. Takes a few milliseconds.
     pub fn new(timezone: Tz, limits: ExprLimits) -> Result<Self, ExprError> {
-        let runtime = Runtime::new().map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
+        let runtime = Runtime::new()
+            .map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
         runtime.set_memory_limit(limits.memory_bytes);
         runtime.set_max_stack_size(limits.stack_bytes);
         let deadline = Arc::new(Deadline {
@@ -349,29 +450,34 @@ impl Evaluator {
         });
         let handler_deadline = Arc::clone(&deadline);
         runtime.set_interrupt_handler(Some(Box::new(move || handler_deadline.check())));
-        let context = Context::full(&runtime).map_err(|e| ExprError::internal(format!("cannot create a JS context: {e}")))?;
-        let evaluator = Evaluator { context, runtime, timezone, limits, deadline };
+        let context = Context::full(&runtime)
+            .map_err(|e| ExprError::internal(format!("cannot create a JS context: {e}")))?;
+        let evaluator = Evaluator {
+            context,
+            runtime,
+            timezone,
+            limits,
+            deadline,
+            last_scope: Mutex::new(None),
+        };
         evaluator.load_libraries()?;
         Ok(evaluator)
     }
 
     fn load_libraries(&self) -> Result<(), ExprError> {
+        let bundle = bytecode::bundle()
+            .map_err(|e| ExprError::internal(format!("bundled JavaScript: {e}")))?;
         let tz = self.timezone;
         self.deadline.arm(Duration::from_secs(30));
         let result = self.context.with(|ctx| -> rquickjs::Result<()> {
-            let sloppy = || {
-                let mut o = rquickjs::context::EvalOptions::default();
-                o.strict = false;
-                o
-            };
             let globals = ctx.globals();
-            let shim: Function = ctx.eval_with_options(DATE_SHIM_JS, sloppy())?;
+            let shim = Function::from_js(&ctx, bundle.date_shim.eval(&ctx)?)?;
             let offset = Function::new(ctx.clone(), move |t: f64| tz::offset_ms(tz, t))?;
             let to_utc = Function::new(ctx.clone(), move |t: f64| tz::local_to_utc(tz, t))?;
             let abbr = Function::new(ctx.clone(), move |t: f64| tz::abbreviation(tz, t))?;
             shim.call::<_, ()>((globals.clone(), offset, to_utc, abbr))?;
-            ctx.eval_with_options::<(), _>(MOMENT_JS, sloppy())?;
-            let runtime: Function = ctx.eval_with_options(RUNTIME_JS, sloppy())?;
+            bundle.moment.eval(&ctx)?;
+            let runtime = Function::from_js(&ctx, bundle.runtime.eval(&ctx)?)?;
             let compile = Function::new(ctx.clone(), |t: String| template::to_js(&t))?;
             runtime.call::<_, ()>((globals, compile))?;
             Ok(())
@@ -379,9 +485,7 @@ impl Evaluator {
         self.deadline.disarm();
         result.map_err(|e| {
             let detail = match e {
-                rquickjs::Error::Exception => {
-                    self.context.with(|ctx| exception_message(&ctx.catch()))
-                }
+                rquickjs::Error::Exception => self.context.with(|ctx| exception_message(&ctx.catch())),
                 other => other.to_string(),
             };
             ExprError::internal(format!(
@@ -400,29 +504,70 @@ impl Evaluator {
         self.limits
     }
 
+    /// Bytes the JS runtime has allocated (a fresh evaluator, moment.js included, about 0.5 MiB).
+    pub fn memory_used(&self) -> usize {
+        usize::try_from(self.runtime.memory_usage().malloc_size).unwrap_or(usize::MAX)
+    }
+
     fn with_session<R>(
         &self,
         scope: &Object,
         f: impl for<'js> FnOnce(&Session<'js, '_>) -> Result<R, ExprError>,
     ) -> Result<R, ExprError> {
-        let scope_json = serde_json::to_string(scope)
-            .map_err(|e| ExprError::internal(format!("could not serialize the parameters: {e}")))?;
+        // Consecutive tasks share most parameters: send JS only what changed since the last
+        // call when that is less than half of them (see `update` in js/runtime.js).
+        let mut last = self
+            .last_scope
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let load = match last.take() {
+            Some(prev) => {
+                let changed: Object = scope
+                    .iter()
+                    .filter(|(k, v)| prev.get(*k) != Some(*v))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect();
+                let removed: Vec<&String> =
+                    prev.keys().filter(|k| !scope.contains_key(*k)).collect();
+                if (changed.len() + removed.len()) * 2 < scope.len() {
+                    ParamsLoad::Update(serialize(&changed)?, serialize(&removed)?)
+                } else {
+                    ParamsLoad::Full(serialize(scope)?)
+                }
+            }
+            None => ParamsLoad::Full(serialize(scope)?),
+        };
         let result = self.context.with(|ctx| {
             let globals = ctx.globals();
-            let (begin, run): (Function, Function) = globals
+            let (begin, update, run): (Function, Function, Function) = globals
                 .get("__spade_begin")
-                .and_then(|b| Ok((b, globals.get("__spade_run")?)))
+                .and_then(|b| {
+                    Ok((
+                        b,
+                        globals.get("__spade_update")?,
+                        globals.get("__spade_run")?,
+                    ))
+                })
                 .map_err(|e| ExprError::internal(format!("the template runner is missing: {e}")))?;
             self.deadline.arm(self.limits.time);
-            let begun = begin.call::<_, ()>((scope_json.as_str(),));
+            let begun = match &load {
+                ParamsLoad::Full(json) => begin.call::<_, ()>((json.as_str(),)),
+                ParamsLoad::Update(changed, removed) => {
+                    update.call::<_, ()>((changed.as_str(), removed.as_str()))
+                }
+            };
             self.deadline.disarm();
             if let Err(e) = begun {
                 let detail = match e {
                     rquickjs::Error::Exception => exception_message(&ctx.catch()),
                     other => other.to_string(),
                 };
-                return Err(ExprError::internal(format!("could not load the parameters into JS: {detail}")));
+                return Err(ExprError::internal(format!(
+                    "could not load the parameters into JS: {detail}"
+                )));
             }
+            // JS now holds exactly `scope` as its parameters.
+            *last = Some(scope.clone());
             let session = Session { ev: self, ctx, run };
             f(&session)
         });
@@ -449,7 +594,11 @@ impl Evaluator {
     /// again could give something else. The engine must persist such a result before use.
     /// Conservative: anything that read the clock counts, even moment's parsing of a full
     /// date (`moment(session_time)`), whose result does not depend on it.
-    pub fn eval_config_tracked(&self, config: &Object, scope: &Object) -> Result<(Object, bool), ExprError> {
+    pub fn eval_config_tracked(
+        &self,
+        config: &Object,
+        scope: &Object,
+    ) -> Result<(Object, bool), ExprError> {
         if !object_needs_eval(config) {
             return Ok((config.clone(), false));
         }
@@ -465,7 +614,8 @@ impl Evaluator {
             return Ok(template.to_string());
         }
         self.with_session(scope, |s| {
-            s.render(template, &mut Level::new(0), &Object::new()).map_err(|f| f.at(String::new(), template))
+            s.render(template, &mut Level::new(0), &Object::new())
+                .map_err(|f| f.at(String::new(), template))
         })
     }
 
@@ -527,9 +677,10 @@ fn walk_value<'a>(
             }
             Value::Array(out)
         }
-        Value::String(text) if needs_eval(text) => {
-            Value::String(s.render(text, level, built).map_err(|f| f.at(render_path(path), text))?)
-        }
+        Value::String(text) if needs_eval(text) => Value::String(
+            s.render(text, level, built)
+                .map_err(|f| f.at(render_path(path), text))?,
+        ),
         other => other.clone(),
     })
 }
@@ -550,7 +701,11 @@ mod volatile_tests {
     fn clock_and_randomness_make_a_result_volatile() {
         let ev = Evaluator::new(chrono_tz::UTC, ExprLimits::default()).unwrap();
         let scope = obj(json!({"a": 1, "session_time": "2024-01-01T00:00:00+00:00"}));
-        let tracked = |template: &str| ev.eval_config_tracked(&obj(json!({ "x": template })), &scope).unwrap().1;
+        let tracked = |template: &str| {
+            ev.eval_config_tracked(&obj(json!({ "x": template })), &scope)
+                .unwrap()
+                .1
+        };
         assert!(!tracked("plain"));
         assert!(!tracked("${a + 1}"));
         // Conservative: moment() reads the clock while parsing even a complete date, so

@@ -18,7 +18,9 @@ use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
+use crate::http::{HttpAllow, HttpGuard};
 use crate::sandbox::{Limiter, LineBudget};
 
 wasmtime::component::bindgen!({
@@ -27,6 +29,8 @@ wasmtime::component::bindgen!({
 });
 
 pub(crate) use spade::operator::{engine as wit_engine, log as wit_log, types as wit_types};
+pub(crate) use spade::operator::{expressions as wit_expressions, output as wit_output};
+pub(crate) use spade::operator::{secrets as wit_secrets, workflows as wit_workflows};
 
 /// Largest JSON text a plugin may hand to a capability (template scope, start params).
 const MAX_CAPABILITY_INPUT: usize = 16 << 20;
@@ -36,6 +40,8 @@ pub(crate) struct PluginCtx {
     pub name: String,
     /// Granted secret keys: exact keys, `prefix.*`, or `*` for every key.
     pub secrets: Vec<String>,
+    /// Where the plugin may send HTTP requests (checked per request by [`HttpGuard`]).
+    pub http: Arc<Vec<HttpAllow>>,
 }
 
 impl PluginCtx {
@@ -214,6 +220,8 @@ pub(crate) struct HostState {
     pub stop: Arc<Stop>,
     /// Origin of the guest's monotonic clock ([`Clock`]).
     pub clock_origin: Instant,
+    pub http: WasiHttpCtx,
+    pub http_guard: HttpGuard,
 }
 
 impl WasiView for HostState {
@@ -221,6 +229,16 @@ impl WasiView for HostState {
         WasiCtxView {
             ctx: &mut self.wasi,
             table: &mut self.table,
+        }
+    }
+}
+
+impl WasiHttpView for HostState {
+    fn http(&mut self) -> WasiHttpCtxView<'_> {
+        WasiHttpCtxView {
+            ctx: &mut self.http,
+            table: &mut self.table,
+            hooks: &mut self.http_guard,
         }
     }
 }
@@ -367,6 +385,7 @@ mod tests {
         let p = PluginCtx {
             name: "p".into(),
             secrets: vec!["a".into(), "slack.*".into()],
+            http: Arc::default(),
         };
         assert!(p.may_read_secret("a"));
         assert!(!p.may_read_secret("ab"));
@@ -375,11 +394,13 @@ mod tests {
         let none = PluginCtx {
             name: "p".into(),
             secrets: vec!["*x".into(), "".into()],
+            http: Arc::default(),
         };
         assert!(!none.may_read_secret("y"));
         let all = PluginCtx {
             name: "p".into(),
             secrets: vec!["*".into()],
+            http: Arc::default(),
         };
         assert!(all.may_read_secret("anything"));
     }

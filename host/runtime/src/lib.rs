@@ -20,8 +20,10 @@
 //! output, outcome).
 
 mod cache;
+mod contract;
 mod decode;
 mod host;
+mod http;
 mod sandbox;
 
 pub mod bench;
@@ -33,9 +35,9 @@ use std::time::{Duration, Instant};
 
 use spade_api::{
     CancelToken, Invocation, InvokeError, Limits, LogLevel, OperatorHost, Outcome, PluginInfo,
-    TaskServices, WIT_VERSION,
+    TaskServices,
 };
-use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::component::{Component, Linker};
 use wasmtime::{
     Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
     UpdateDeadline,
@@ -43,10 +45,17 @@ use wasmtime::{
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::cache::{Cache, sha256_hex};
-use crate::host::{HostState, Interrupt, Plugin, PluginCtx, PluginPre, Stop};
+use crate::contract::{AnyPlugin, AnyPre, Detected};
+use crate::host::{HostState, Interrupt, PluginCtx, Stop};
+use crate::http::HttpGuard;
 use crate::sandbox::{Capture, Limiter, LineBudget};
 
+pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION};
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
+pub use crate::http::{
+    HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPort,
+    MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
+};
 pub use crate::sandbox::{MAX_LINE_BYTES, MAX_LINE_CALLS};
 
 /// How often the epoch ticker runs: the resolution of deadlines and of `spade kill`.
@@ -106,6 +115,10 @@ pub struct Grants {
     pub expressions: bool,
     /// `engine.*` (for `require>`).
     pub engine: bool,
+    /// Outgoing HTTP through `wasi:http` (for `http>`). `None`: the plugin may not import
+    /// `wasi:http` at all. `Some(list)`: it may, and each request must match an entry of
+    /// `list` (so `Some(vec![])` links but refuses every request).
+    pub http: Option<Vec<HttpAllow>>,
     /// Ceilings for this plugin's calls: each field of the effective limits is the smaller
     /// of this and the invocation's own [`Limits`].
     pub limits: Option<Limits>,
@@ -119,6 +132,7 @@ impl Grants {
             workflows: true,
             expressions: true,
             engine: true,
+            http: Some(Vec::new()),
             limits: None,
         }
     }
@@ -155,8 +169,8 @@ pub enum RuntimeError {
     InvalidComponent { plugin: String, message: String },
     #[error(
         "plugin {plugin}: imports {import}, which spade does not provide; spade offers WASI 0.2 \
-         (cli, clocks, filesystem, io, random, sockets with every use denied) and spade:operator@{WIT_VERSION} \
-         (log, output, secrets, workflows, expressions, engine): {message}"
+         (cli, clocks, filesystem, io, random, sockets with every use denied, http when granted) and \
+         spade:operator@{WIT_VERSION} (log, output, secrets, workflows, expressions, engine): {message}"
     )]
     UnsupportedImport {
         plugin: String,
@@ -167,6 +181,16 @@ pub enum RuntimeError {
     NotGranted {
         plugin: String,
         capabilities: Vec<String>,
+    },
+    #[error(
+        "plugin {plugin}: was built against spade:operator@{found}, which this spade does not support; \
+         it supports {supported}. Rebuild the plugin against spade:operator@{WIT_VERSION} (or a spade SDK for it), \
+         or use a spade release that supports @{found}"
+    )]
+    UnsupportedContract {
+        plugin: String,
+        found: String,
+        supported: String,
     },
     #[error("plugin {plugin}: does not export the spade:operator `plugin` world: {message}")]
     MissingExports { plugin: String, message: String },
@@ -209,7 +233,7 @@ fn not_granted(capabilities: &[String]) -> String {
 /// An installed plugin.
 struct Loaded {
     info: PluginInfo,
-    pre: PluginPre<HostState>,
+    pre: AnyPre,
     ctx: Arc<PluginCtx>,
     limits: Option<Limits>,
 }
@@ -406,8 +430,10 @@ impl Runtime {
         let mut linker: Linker<HostState> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
-        Plugin::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s)
+        // Linked for every plugin; only those granted http may import it (see `prepare`).
+        wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        contract::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         host::shadow_sleeps(&mut linker).map_err(RuntimeError::Engine)?;
         let cache = config
             .cache_dir
@@ -473,7 +499,7 @@ impl Runtime {
         label: &str,
         bytes: &[u8],
         grants: &Grants,
-    ) -> Result<(PluginPre<HostState>, InstallReport), RuntimeError> {
+    ) -> Result<(AnyPre, InstallReport), RuntimeError> {
         let started = Instant::now();
         let invalid = |message: String| RuntimeError::InvalidComponent {
             plugin: label.to_string(),
@@ -527,7 +553,39 @@ impl Runtime {
             .imports(&self.engine)
             .map(|(name, _)| name.to_string())
             .collect();
+        let contract = match contract::detect(imports.iter().map(String::as_str)) {
+            Detected::Supported(c) => c,
+            Detected::Unsupported(found) => {
+                return Err(RuntimeError::UnsupportedContract {
+                    plugin: label.to_string(),
+                    found,
+                    supported: contract::supported_versions_text(),
+                });
+            }
+            Detected::Missing => {
+                return Err(RuntimeError::MissingExports {
+                    plugin: label.to_string(),
+                    message:
+                        "it imports no spade:operator interface (every plugin imports at least \
+                              `spade:operator/types`, which `describe` and `run` use)"
+                            .into(),
+                });
+            }
+            Detected::Mixed(versions) => {
+                return Err(RuntimeError::UnsupportedContract {
+                    plugin: label.to_string(),
+                    found: versions.join(" and @"),
+                    supported: format!(
+                        "{}, one version per plugin",
+                        contract::supported_versions_text()
+                    ),
+                });
+            }
+        };
         let mut ungranted = Vec::new();
+        if grants.http.is_none() && imports.iter().any(|i| i.starts_with("wasi:http/")) {
+            ungranted.push("http".to_string());
+        }
         for name in &imports {
             let Some(iface) = name.strip_prefix("spade:operator/") else {
                 continue;
@@ -570,7 +628,7 @@ impl Runtime {
                 message,
             }
         })?;
-        let pre = PluginPre::new(pre).map_err(|e| RuntimeError::MissingExports {
+        let pre = AnyPre::new(contract, pre).map_err(|e| RuntimeError::MissingExports {
             plugin: label.to_string(),
             message: format!("{e:#}"),
         })?;
@@ -603,9 +661,11 @@ impl Runtime {
         grants: Grants,
     ) -> Result<InstallReport, RuntimeError> {
         let (pre, mut report) = self.prepare(label, bytes, &grants)?;
+        let http = Arc::new(grants.http.clone().unwrap_or_default());
         let ctx = Arc::new(PluginCtx {
             name: label.to_string(),
             secrets: grants.secrets.clone(),
+            http: http.clone(),
         });
         let info = self.describe(label, &pre, &ctx)?;
         validate_info(label, &info)?;
@@ -615,6 +675,7 @@ impl Runtime {
             ctx: Arc::new(PluginCtx {
                 name: info.name.clone(),
                 secrets: grants.secrets,
+                http,
             }),
             limits: grants.limits,
         });
@@ -646,7 +707,7 @@ impl Runtime {
     fn describe(
         &self,
         label: &str,
-        pre: &PluginPre<HostState>,
+        pre: &AnyPre,
         ctx: &Arc<PluginCtx>,
     ) -> Result<PluginInfo, RuntimeError> {
         let limits = self.clamp(self.config.describe_limits);
@@ -677,13 +738,13 @@ impl Runtime {
     /// created and dropped inside this function).
     fn call<R>(
         &self,
-        pre: &PluginPre<HostState>,
+        pre: &AnyPre,
         ctx: &Arc<PluginCtx>,
         workspace: Option<&Path>,
         services: Option<&dyn TaskServices>,
         limits: &Limits,
         cancel: Option<CancelToken>,
-        f: impl FnOnce(&Plugin, &mut Store<HostState>) -> wasmtime::Result<R>,
+        f: impl FnOnce(&AnyPlugin, &mut Store<HostState>) -> wasmtime::Result<R>,
     ) -> (Result<R, CallError>, CallReport) {
         let stdout = Capture::new(limits.log_bytes);
         let stderr = Capture::new(limits.log_bytes);
@@ -731,6 +792,8 @@ impl Runtime {
             print: LineBudget::new(limits.log_bytes),
             stop: stop.clone(),
             clock_origin,
+            http: wasmtime_wasi_http::WasiHttpCtx::new(),
+            http_guard: HttpGuard::new(ctx.http.clone(), stop.clone()),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -742,6 +805,17 @@ impl Runtime {
         let result = pre
             .instantiate(&mut store)
             .and_then(|plugin| f(&plugin, &mut store));
+        let notes = std::mem::take(
+            &mut *store
+                .data()
+                .http_guard
+                .notes
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+        );
+        for line in notes {
+            store.data_mut().log_line(LogLevel::Warn, &line);
+        }
         let data = store.into_data();
         // A sleep cut short lets the guest finish early: that result does not count.
         report.interrupted = data.stop.fired();

@@ -192,6 +192,7 @@ fn ungranted_capabilities_are_refused() {
         workflows: true,
         expressions: false,
         engine: false,
+        http: None,
         limits: None,
     };
     let msg = rt
@@ -429,13 +430,28 @@ fn on_demand_allocator_and_tiny_pool_work() {
 #[test]
 fn falls_back_to_on_demand_when_the_pool_cannot_be_reserved() {
     // 400,000 memory slots of several GiB each exceed the 128 TiB address space.
-    let config = RuntimeConfig { max_instances: 100_000, ..RuntimeConfig::default() };
+    let config = RuntimeConfig {
+        max_instances: 100_000,
+        ..RuntimeConfig::default()
+    };
     let rt = Runtime::new(config).unwrap();
     assert!(!rt.pooling());
-    rt.install("hostile.wasm", &test_plugin("spade-test-hostile"), hostile_grants()).unwrap();
+    rt.install(
+        "hostile.wasm",
+        &test_plugin("spade-test-hostile"),
+        hostile_grants(),
+    )
+    .unwrap();
     let sb = Sandbox::new();
     let req = request("hostile", json!("noop"), json!({}));
-    let out = invoke(&rt, &sb, &Recorder::default(), &req, Limits::default(), &CancelToken::new());
+    let out = invoke(
+        &rt,
+        &sb,
+        &Recorder::default(),
+        &req,
+        Limits::default(),
+        &CancelToken::new(),
+    );
     assert!(matches!(out, Ok(Outcome::Done(_))), "{out:?}");
 }
 

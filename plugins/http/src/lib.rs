@@ -1,0 +1,267 @@
+//! `http>: URI`: send one HTTP request (Digdag HttpOperatorFactory).
+//!
+//! Options: `method` (GET), `content` + `content_format` (`text`, `json`, `form`; default
+//! `text` for a string, else `json`) + `content_type`, `headers` (a list of single-key maps,
+//! or one map), `store_content` (false), `timeout` (seconds, 30), `retry` (default true for
+//! idempotent methods). Secrets, when granted: `http.uri` (when the argument is missing),
+//! `http.authorization` (the Authorization header), `http.user` + `http.password` (basic
+//! authentication). `insecure: true` is not supported (TLS is always verified): warned.
+//!
+//! Stores: `http.last_status` always, `http.last_content` with `store_content` (at most 64 KiB,
+//! larger content fails the task); both keys are reset first, as Digdag does. A status
+//! outside 2xx fails the task; 5xx, 408 and 429 (and timeouts and connection failures) are
+//! retryable when `retry` is on, other 4xx never.
+//!
+//! Capabilities: `http` (wasi:http; the host checks every request, redirects included,
+//! against the plugin's http grant) and `secrets` (keys `http.*`).
+
+use serde_json::Value;
+use spade_sdk::{Failure, Operator, Outcome, Request, Result, http, json, log, secrets};
+
+/// Digdag's `config.http.max_stored_response_content_size` default.
+pub const MAX_STORED_CONTENT: usize = 64 << 10;
+/// Largest response read when the content is not stored (only the status matters then).
+const MAX_UNSTORED_CONTENT: usize = 16 << 20;
+const DEFAULT_TIMEOUT_SECONDS: u64 = 30;
+
+pub struct Http;
+
+fn idempotent(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "TRACE" | "PUT" | "DELETE")
+}
+
+/// A `timeout` in seconds: a number or a numeric string.
+fn seconds(v: &Value) -> Option<u64> {
+    match v {
+        Value::Number(n) => n.as_u64().or_else(|| n.as_f64().filter(|f| *f >= 0.0).map(|f| f.ceil() as u64)),
+        Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
+fn form_encode(pairs: &serde_json::Map<String, Value>) -> String {
+    fn enc(s: &str) -> String {
+        let mut out = String::new();
+        for b in s.bytes() {
+            match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b as char),
+                b' ' => out.push('+'),
+                _ => out.push_str(&format!("%{b:02X}")),
+            }
+        }
+        out
+    }
+    pairs
+        .iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Value::String(s) => s.clone(),
+                Value::Null => String::new(),
+                other => other.to_string(),
+            };
+            format!("{}={}", enc(k), enc(&v))
+        })
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn base64(data: &[u8]) -> String {
+    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
+        out.push(T[(n >> 18) as usize & 63] as char);
+        out.push(T[(n >> 12) as usize & 63] as char);
+        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
+        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
+    }
+    out
+}
+
+/// `headers:` as (name, value) pairs: a list of single-key maps (Digdag) or one map.
+fn headers(req: &Request, at: &dyn Fn(String) -> Failure) -> Result<Vec<(String, String)>> {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let mut out = Vec::new();
+    match req.params.get("headers") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(items)) => {
+            for item in items {
+                let Value::Object(m) = item else {
+                    return Err(at(format!("headers: each entry must be a map like `- Accept: text/plain`, got {item}")));
+                };
+                for (k, v) in m {
+                    out.push((k.clone(), text(v)));
+                }
+            }
+        }
+        Some(Value::Object(m)) => out.extend(m.iter().map(|(k, v)| (k.clone(), text(v)))),
+        Some(other) => return Err(at(format!("headers must be a list of single-key maps, got {other}"))),
+    }
+    Ok(out)
+}
+
+impl Operator for Http {
+    fn run(req: Request) -> Result<Outcome> {
+        let location = req.location();
+        let at = |m: String| Failure::new(format!("{location}: {m}"));
+        let uri = match &req.command {
+            Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
+            Value::Null => secrets::get("http.uri").ok_or_else(|| at("missing URI; write it as `http>: https://...` (or set the secret http.uri)".into()))?,
+            other => return Err(at(format!("the URI must be a string, got {other}"))),
+        };
+        let method = req.param_or::<String>("method", "GET".into())?.trim().to_ascii_uppercase();
+        if method.is_empty() || !method.bytes().all(|b| b.is_ascii_alphabetic()) {
+            return Err(at(format!("invalid method {method:?}")));
+        }
+        let retry = req.param_or("retry", idempotent(&method))?;
+        let store_content: bool = req.param_or("store_content", false)?;
+        let timeout = match req.params.get("timeout") {
+            None | Some(Value::Null) => DEFAULT_TIMEOUT_SECONDS,
+            Some(v) => seconds(v).ok_or_else(|| at(format!("timeout must be a number of seconds, got {v}")))?,
+        };
+        if req.param_or("insecure", false)? {
+            log::warn(format!("{location}: insecure: true is not supported; TLS certificates are verified"));
+        }
+
+        let mut headers = headers(&req, &at)?;
+        let has_header = |h: &[(String, String)], name: &str| h.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
+        let mut body = Vec::new();
+        if let Some(content) = req.params.get("content").filter(|v| !v.is_null()) {
+            let format = match req.param::<String>("content_format")? {
+                Some(f) => f.to_ascii_lowercase(),
+                None if content.is_string() => "text".into(),
+                None => "json".into(),
+            };
+            let (bytes, default_type) = match format.as_str() {
+                "text" => (
+                    match content {
+                        Value::String(s) => s.clone(),
+                        other => other.to_string(),
+                    },
+                    "text/plain",
+                ),
+                "json" => (content.to_string(), "application/json"),
+                "form" => match content {
+                    Value::Object(m) => (form_encode(m), "application/x-www-form-urlencoded"),
+                    other => return Err(at(format!("content_format: form needs content to be a map, got {other}"))),
+                },
+                other => return Err(at(format!("content_format must be text, json or form, got {other:?}"))),
+            };
+            body = bytes.into_bytes();
+            let content_type = req.param::<String>("content_type")?.unwrap_or_else(|| default_type.to_string());
+            if !has_header(&headers, "content-type") {
+                headers.push(("Content-Type".into(), content_type));
+            }
+        }
+        if !has_header(&headers, "authorization") {
+            if let Some(auth) = secrets::get("http.authorization") {
+                headers.push(("Authorization".into(), auth));
+            } else if let Some(user) = secrets::get("http.user") {
+                let password = secrets::get("http.password").unwrap_or_default();
+                headers.push(("Authorization".into(), format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))));
+            }
+        }
+
+        let limit = if store_content { MAX_STORED_CONTENT } else { MAX_UNSTORED_CONTENT };
+        let mut request = http::Request::new(method.clone(), uri.clone())
+            .body(body)
+            .timeout(std::time::Duration::from_secs(timeout.max(1)))
+            .max_response_bytes(limit);
+        request.headers = headers;
+        log::info(format!("sending {method} {uri}"));
+        let response = match http::send(&request) {
+            Ok(r) => r,
+            Err(http::Error::TooLarge { limit, .. }) if store_content => {
+                return Err(at(format!(
+                    "the response content of {uri} is larger than {limit} bytes, the most store_content keeps; \
+                     drop store_content or fetch less"
+                )));
+            }
+            Err(e) => {
+                let failure = at(e.to_string());
+                return Err(if retry && e.is_transient() { failure.retryable() } else { failure });
+            }
+        };
+        let status = response.status;
+        if !(200..300).contains(&status) {
+            let excerpt: String = response.text().chars().take(200).collect();
+            let failure = at(format!(
+                "{method} {} returned HTTP status {status}{}",
+                response.url,
+                if excerpt.trim().is_empty() { String::new() } else { format!(": {}", excerpt.trim()) }
+            ));
+            let retryable = retry && (status >= 500 || status == 408 || status == 429);
+            return Err(if retryable { failure.retryable() } else { failure });
+        }
+        let mut stored = json!({ "last_status": status });
+        if store_content {
+            stored["last_content"] = Value::String(response.text());
+        }
+        Ok(Outcome::done()
+            .reset("http.last_content")
+            .reset("http.last_status")
+            .store("http", stored)
+            .into())
+    }
+}
+
+spade_sdk::plugin!(Http, name = "spade-http", operators = ["http"]);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use spade_sdk::testing::{MockHost, request};
+
+    fn ok(status: u16, body: &str) -> http::Response {
+        http::Response { status, body: body.as_bytes().to_vec(), ..Default::default() }
+    }
+
+    #[test]
+    fn stores_status_and_content() {
+        let mut host = MockHost { http: Some(Box::new(|_| Ok(ok(200, "hi")))), ..Default::default() };
+        let req = request("http").command(json!("http://h/x")).local("store_content", json!(true)).build();
+        let out = host.run::<Http>(req).unwrap();
+        let done = out.as_done().unwrap();
+        assert_eq!(done.store_params["http"], json!({"last_status": 200, "last_content": "hi"}));
+        assert_eq!(done.reset_store_params, ["http.last_content", "http.last_status"]);
+    }
+
+    #[test]
+    fn json_content_and_headers() {
+        let mut host = MockHost { http: Some(Box::new(|_| Ok(ok(201, "")))), ..Default::default() };
+        let req = request("http")
+            .command(json!("http://h/x"))
+            .local("method", json!("post"))
+            .local("content", json!({"a": 1}))
+            .local("headers", json!([{"X-A": "b"}]))
+            .build();
+        host.run::<Http>(req).unwrap();
+        let sent = &host.http_requests[0];
+        assert_eq!(sent.method, "POST");
+        assert_eq!(sent.body, br#"{"a":1}"#);
+        assert!(sent.headers.contains(&("Content-Type".into(), "application/json".into())));
+        assert!(sent.headers.contains(&("X-A".into(), "b".into())));
+    }
+
+    #[test]
+    fn statuses_and_retry() {
+        for (status, method, retryable) in [(503, "GET", true), (404, "GET", false), (429, "GET", true), (503, "POST", false)] {
+            let mut host = MockHost { http: Some(Box::new(move |_| Ok(ok(status, "")))), ..Default::default() };
+            let req = request("http").command(json!("http://h/")).local("method", json!(method)).build();
+            let err = host.run::<Http>(req).unwrap_err();
+            assert_eq!(err.retryable, retryable, "{status} {method}: {}", err.message);
+            assert!(err.message.contains(&status.to_string()));
+        }
+    }
+
+    #[test]
+    fn form_and_base64() {
+        let m = json!({"a b": "c&d", "n": 1});
+        assert_eq!(form_encode(m.as_object().unwrap()), "a+b=c%26d&n=1");
+        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
+        assert_eq!(base64(b"ab"), "YWI=");
+    }
+}
