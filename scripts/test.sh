@@ -7,4 +7,4 @@ cd "$(dirname "$0")/.."
 if command -v rustup >/dev/null 2>&1 && ! rustup target list --installed | grep -qx wasm32-wasip2; then
   rustup target add wasm32-wasip2
 fi
-cargo test --release
+cargo test --release --workspace

@@ -18,7 +18,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-fail", &[]),
     ("spade-plugin-for-each", &[]),
     ("spade-plugin-for-range", &[]),
-    ("spade-plugin-http", &["http", "secrets"]),
+    ("spade-plugin-http", &["http", "log", "secrets"]),
     ("spade-plugin-if", &[]),
     ("spade-plugin-loop", &[]),
     ("spade-plugin-param-eval", &["expressions"]),

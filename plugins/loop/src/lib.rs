@@ -104,7 +104,7 @@ mod tests {
         assert!(run(json!(2), false).contains("_do is required"));
         assert!(run(json!("three"), true).contains("invalid argument"));
         assert!(run(json!(-1), true).contains("must not be negative"));
-        assert!(run(json!(1001), true).contains("too many loop subtasks"));
+        assert!(run(json!(10_000_001), true).contains("too many loop subtasks"));
         assert!(run(Value::Null, true).contains("missing count"));
     }
 }
