@@ -117,7 +117,7 @@ enum Wake {
 struct Job {
     id: TaskId,
     generation: u32,
-    request: TaskRequest,
+    request: Arc<TaskRequest>,
     ctx: Arc<TaskCtx>,
 }
 
@@ -469,11 +469,11 @@ impl<'a> Run<'a> {
                 // Continue where the cut-off attempt was, with the same evaluated request.
                 let t = self.tree.get_mut(id);
                 t.poll_state = frozen.state.clone();
-                t.request = Some(frozen.clone());
+                t.request = Some(Arc::new(frozen.clone()));
             } else {
                 match self.build_request(id) {
                     Ok((req, volatile)) => {
-                        self.tree.get_mut(id).request = Some(req);
+                        self.tree.get_mut(id).request = Some(Arc::new(req));
                         // A request that depends on the clock or randomness must be on disk
                         // before its operator runs: a re-run after a crash re-uses it.
                         self.must_commit |= volatile;
@@ -486,7 +486,7 @@ impl<'a> Run<'a> {
             }
         }
         let t = self.tree.get_mut(id);
-        let request = t.request.as_mut().unwrap();
+        let request = Arc::make_mut(t.request.as_mut().unwrap());
         request.retry_count = t.retry_count;
         request.state = t.poll_state.clone();
         t.state = State::Running;
@@ -562,7 +562,7 @@ impl<'a> Run<'a> {
             Ok(Outcome::Poll { after_seconds, state }) => {
                 let t = self.tree.get_mut(id);
                 if let Some(r) = t.request.as_mut() {
-                    r.state = Some(state.clone());
+                    Arc::make_mut(r).state = Some(state.clone());
                 }
                 t.poll_state = Some(state);
                 t.state = State::Waiting;
@@ -797,7 +797,7 @@ impl<'a> Run<'a> {
         match wake {
             Wake::Poll => {
                 let t = self.tree.get_mut(id);
-                let request = t.request.as_mut().expect("a polling task has a frozen request");
+                let request = Arc::make_mut(t.request.as_mut().expect("a polling task has a frozen request"));
                 request.state = t.poll_state.clone();
                 t.state = State::Running;
                 self.enqueue_call(id);

@@ -5,6 +5,7 @@
 //! instantiates fresh ones, so ids stay valid for anything still holding them.
 
 use std::rc::Rc;
+use std::sync::Arc;
 
 use serde_json::Value;
 use spade_api::{Done, Object, TaskRequest};
@@ -80,7 +81,7 @@ pub struct Task {
     /// Computed when the task becomes ready (all upstreams are final by then).
     pub store_upstreams: Rc<Vec<TaskId>>,
     /// The frozen request of the current run.
-    pub request: Option<TaskRequest>,
+    pub request: Option<Arc<TaskRequest>>,
     /// State from the last `poll` outcome.
     pub poll_state: Option<Value>,
     /// Bumped whenever a run is abandoned, so late results can be recognised.

@@ -132,8 +132,9 @@ pub struct TaskChange {
     pub name: String,
     pub state: TaskState,
     pub retry_count: u32,
-    /// The frozen request, written once before the first invocation.
-    pub request: Option<TaskRequest>,
+    /// The frozen request, written once before the first invocation (shared with the
+    /// engine: it is not copied to be saved).
+    pub request: Option<std::sync::Arc<TaskRequest>>,
     pub result: Option<Done>,
     pub error: Option<String>,
 }
@@ -577,7 +578,7 @@ impl Store for SqliteStore {
                     c.name,
                     c.state.as_str(),
                     c.retry_count,
-                    c.request.as_ref().map(to_json),
+                    c.request.as_deref().map(to_json),
                     c.result.as_ref().map(to_json),
                     c.error,
                     now,
