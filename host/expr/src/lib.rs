@@ -23,6 +23,7 @@
 //! - Each template has a time limit and the evaluator a memory and stack limit.
 
 mod bytecode;
+mod fast;
 mod template;
 mod tz;
 
@@ -602,6 +603,9 @@ impl Evaluator {
         if !object_needs_eval(config) {
             return Ok((config.clone(), false));
         }
+        if let Some(evaluated) = fast::eval_config(config, scope) {
+            return Ok((evaluated, false));
+        }
         self.take_volatile();
         let evaluated = self.eval_config(config, scope)?;
         Ok((evaluated, self.take_volatile()))
@@ -628,6 +632,9 @@ impl Evaluator {
     pub fn eval_config(&self, config: &Object, scope: &Object) -> Result<Object, ExprError> {
         if !object_needs_eval(config) {
             return Ok(config.clone());
+        }
+        if let Some(evaluated) = fast::eval_config(config, scope) {
+            return Ok(evaluated);
         }
         self.with_session(scope, |s| {
             let mut path = Vec::new();
