@@ -175,3 +175,28 @@ fn kill_stops_a_running_attempt_and_its_waiting_task() {
     let again = spade(tmp.path(), &["kill", "1"]);
     assert!(!again.status.success(), "a finished attempt cannot be killed again");
 }
+
+#[test]
+fn plugin_list_and_inspect_describe_plugins_without_running_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let list = spade(tmp.path(), &["plugin", "list"]);
+    assert!(list.status.success(), "{}", String::from_utf8_lossy(&list.stderr));
+    let text = String::from_utf8_lossy(&list.stdout);
+    for op in ["echo>", "for_each>", "require>", "http>"] {
+        assert!(text.contains(op), "{op} missing from:\n{text}");
+    }
+    let require_line = text.lines().find(|l| l.contains("require>")).unwrap();
+    assert!(require_line.contains("engine"), "{require_line}");
+
+    let hostile = spade_bundled::test_plugin_path("spade-test-hostile").expect("built by spade-bundled");
+    let inspect = spade(tmp.path(), &["plugin", "inspect", hostile]);
+    assert!(inspect.status.success(), "{}", String::from_utf8_lossy(&inspect.stderr));
+    let text = String::from_utf8_lossy(&inspect.stdout);
+    assert!(text.contains("hostile>"), "{text}");
+    assert!(text.contains("contract:     spade:operator@"), "{text}");
+
+    std::fs::write(tmp.path().join("junk.wasm"), b"not wasm").unwrap();
+    let junk = spade(tmp.path(), &["plugin", "inspect", "junk.wasm"]);
+    assert!(!junk.status.success());
+    assert!(String::from_utf8_lossy(&junk.stderr).contains("not a valid WebAssembly component"));
+}

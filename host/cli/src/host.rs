@@ -23,7 +23,7 @@ pub fn cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/spade"))
 }
 
-fn grants_for(crate_name: &str) -> Grants {
+pub fn grants_for(crate_name: &str) -> Grants {
     let mut g = Grants::default();
     match crate_name {
         "spade-plugin-call" => g.workflows = true,
@@ -38,6 +38,27 @@ fn grants_for(crate_name: &str) -> Grants {
         _ => {}
     }
     g
+}
+
+/// The capabilities `g` grants beyond log and output, for display.
+pub fn describe_grants(g: &Grants) -> String {
+    let mut out = Vec::new();
+    if !g.secrets.is_empty() {
+        out.push(format!("secrets({})", g.secrets.join(",")));
+    }
+    if g.workflows {
+        out.push("workflows".to_string());
+    }
+    if g.expressions {
+        out.push("expressions".to_string());
+    }
+    if g.engine {
+        out.push("engine".to_string());
+    }
+    if let Some(hosts) = &g.http {
+        out.push(format!("http({})", if hosts.is_empty() { "no hosts".to_string() } else { format!("{} hosts", hosts.len()) }));
+    }
+    if out.is_empty() { "-".to_string() } else { out.join(" ") }
 }
 
 pub fn bundled_runtime() -> anyhow::Result<Runtime> {

@@ -11,6 +11,7 @@ mod console;
 mod host;
 mod inspect;
 mod launcher;
+mod plugin;
 mod run;
 
 use std::path::PathBuf;
@@ -45,6 +46,9 @@ enum Command {
     Retry(attempts::RetryArgs),
     /// Stop a running attempt, interrupting its running operator (like `digdag kill`).
     Kill(attempts::KillArgs),
+    /// Operator plugins: list the installed ones, inspect a component file.
+    #[command(subcommand)]
+    Plugin(plugin::PluginCommand),
     /// Measure the runtime and engine against the targets; prints the figures.
     Bench(bench::BenchArgs),
     /// List the sessions kept in the state database, newest first (like `digdag sessions`).
@@ -75,6 +79,7 @@ fn main() -> ExitCode {
         Command::Check(args) => check::check(args),
         Command::Retry(args) => attempts::retry(args),
         Command::Kill(args) => attempts::kill(args),
+        Command::Plugin(cmd) => plugin::plugin(cmd),
         Command::Bench(args) => bench::bench(args),
         Command::Sessions(args) => inspect::sessions(args),
         Command::Attempts(args) => inspect::attempts(args),
