@@ -125,6 +125,9 @@ fn retry_resume_reruns_only_what_failed_and_all_reruns_everything() {
     let first = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
     assert!(!first.status.success());
     assert_eq!(stdout_lines(&first), vec!["a first"]);
+    // The failure is kept in the task log.
+    let log = spade(tmp.path(), &["log", "1"]);
+    assert!(String::from_utf8_lossy(&log.stdout).contains("+wf+b error failed: b broke"), "{log:?}");
 
     std::fs::write(tmp.path().join("wf.dig"), wf("echo>: b fixed")).unwrap();
     let missing = spade(tmp.path(), &["retry", "1"]);

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use chrono::{Local, TimeZone};
-use spade_store::{AttemptInfo, SqliteStore, Store, StoreError, TaskRecord, TaskState};
+use spade_store::{AttemptInfo, SqliteStore, Store, StoreError, TaskRecord};
 
 /// Where the state database is: the options every inspection command shares.
 #[derive(clap::Args)]
@@ -46,8 +46,8 @@ pub struct TasksArgs {
 }
 
 #[derive(clap::Args)]
-#[command(after_help = "Task logs are not kept yet: this shows each task's state and, for failed tasks, \
-                        the error message. Live output of a run goes to its terminal.")]
+#[command(after_help = "Kept per task: what the plugin logged, its captured stdout/stderr and why it \
+                        failed (at most 64 KiB per operator call). echo> output is not a log line.")]
 pub struct LogArgs {
     /// The attempt (an id from `spade attempts`).
     pub attempt_id: i64,
@@ -275,31 +275,24 @@ pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     let mut store = open(&args.state)?;
     let info = attempt_info(&mut store, args.attempt_id)?;
     header(&info);
-    eprintln!("note: task logs are not kept yet; showing each task's state and error");
     let prefix = args.task_prefix.as_deref().unwrap_or("");
     let tasks: Vec<TaskRecord> = store.tasks(args.attempt_id)?.into_iter().filter(|t| t.name.starts_with(prefix)).collect();
-    if tasks.is_empty() {
-        if prefix.is_empty() {
-            eprintln!("no tasks recorded");
-            return Ok(ExitCode::SUCCESS);
-        }
+    if tasks.is_empty() && !prefix.is_empty() {
         bail!("no task of attempt {} starts with '{prefix}'; `spade tasks {0}` lists them", args.attempt_id);
     }
-    let mut table = Table::new(&["TIME", "TASK", "STATE", "ERROR"]);
-    // Where each failed task's full message goes: after its row.
-    let mut messages = Vec::with_capacity(tasks.len());
-    for t in &tasks {
-        let failed = t.state == TaskState::Error;
-        let column = if failed { None } else { t.error.as_deref().map(short) };
-        table.push(vec![time(t.updated_at_ms), t.name.clone(), t.state.as_str().into(), column.unwrap_or_default()]);
-        messages.push(if failed { Some(t.error.clone().unwrap_or_else(|| "(no message recorded)".into())) } else { None });
+    let lines = store.task_logs(args.attempt_id, prefix)?;
+    if lines.is_empty() {
+        eprintln!("no log lines (operators that only print, like echo>, log nothing)");
+        return Ok(ExitCode::SUCCESS);
     }
-    let widths = table.widths();
-    let mut out = Table::line(&widths, &table.rows[0]) + "\n";
-    for (row, message) in table.rows[1..].iter().zip(messages) {
-        out += &(Table::line(&widths, row) + "\n");
-        for (i, line) in message.iter().flat_map(|m| m.lines()).enumerate() {
-            out += &format!("    {}{line}\n", if i == 0 { "error: " } else { "       " });
+    let mut out = String::new();
+    for l in &lines {
+        for (i, text) in l.message.lines().enumerate() {
+            if i == 0 {
+                out += &format!("{} {} {:<5} {text}\n", time(l.at_ms), l.task_name, l.level);
+            } else {
+                out += &format!("    {text}\n");
+            }
         }
     }
     emit(&out)?;

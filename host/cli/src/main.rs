@@ -57,7 +57,7 @@ enum Command {
     Attempts(inspect::AttemptsArgs),
     /// Show the tasks of an attempt and their states (like `digdag tasks`).
     Tasks(inspect::TasksArgs),
-    /// Show each task's state and error of an attempt. Task logs are not kept yet.
+    /// Show the task logs of an attempt (plugin logs, captured output, failures) (like `digdag log`).
     Log(inspect::LogArgs),
 }
 

@@ -23,7 +23,7 @@ use spade_api::{
 };
 use spade_dig::{RetryPolicy, WorkflowDef, compile_under, deep_merge, is_deferred, parallel_mode, parse_retry};
 use spade_expr::{Evaluator, ExprLimits};
-use spade_store::{AttemptRecord, AttemptStatus, Store, TaskChange, TaskState};
+use spade_store::{AttemptRecord, AttemptStatus, LogLine, Store, TaskChange, TaskState};
 
 use crate::EngineError;
 use crate::params::{self, Identity};
@@ -125,6 +125,7 @@ struct JobResult {
     id: TaskId,
     generation: u32,
     result: Result<Outcome, InvokeError>,
+    logs: Vec<(LogLevel, String)>,
 }
 
 /// Run the attempt to its end. Task failures end it with `success: false`; an `Err` means
@@ -185,6 +186,7 @@ pub fn run_attempt(
         last_progress: Instant::now(),
         must_commit: false,
         last_commit: Instant::now(),
+        logs: Vec::new(),
     };
     let summary = std::thread::scope(|scope| -> Result<AttemptSummary, EngineError> {
         run.make_ready(root);
@@ -229,7 +231,23 @@ struct Run<'a> {
     last_progress: Instant,
     /// Something in `changes` must be committed before the next operator call.
     must_commit: bool,
+    /// Task log lines waiting to be stored with the next commit.
+    logs: Vec<LogLine>,
     last_commit: Instant,
+}
+
+fn level_name(level: LogLevel) -> &'static str {
+    match level {
+        LogLevel::Trace => "trace",
+        LogLevel::Debug => "debug",
+        LogLevel::Info => "info",
+        LogLevel::Warn => "warn",
+        LogLevel::Error => "error",
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// Most changes held back by group commit, and for how long.
@@ -268,6 +286,8 @@ impl<'a> Run<'a> {
             {
                 store.write(&self.changes)?;
                 self.changes.clear();
+                store.append_logs(&self.logs)?;
+                self.logs.clear();
                 self.must_commit = false;
                 self.last_commit = Instant::now();
             }
@@ -289,6 +309,8 @@ impl<'a> Run<'a> {
                 // The common sequential case: no thread hop.
                 let job = self.jobs.pop().unwrap();
                 let result = self.invoke(&job);
+                let logs = job.ctx.logs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                self.keep_logs(job.id, logs);
                 self.apply(job.id, job.generation, result);
                 continue;
             }
@@ -314,7 +336,8 @@ impl<'a> Run<'a> {
                                 services: &*job.ctx,
                                 cancel: &cancel,
                             });
-                            if tx.send(JobResult { id: job.id, generation: job.generation, result }).is_err() {
+                            let logs = job.ctx.logs.lock().unwrap_or_else(|e| e.into_inner()).take();
+                            if tx.send(JobResult { id: job.id, generation: job.generation, result, logs }).is_err() {
                                 return;
                             }
                         }
@@ -349,9 +372,11 @@ impl<'a> Run<'a> {
             match results_rx.recv_timeout(timeout.min(Duration::from_millis(200))) {
                 Ok(r) => {
                     self.running -= 1;
+                    self.keep_logs(r.id, r.logs);
                     self.apply(r.id, r.generation, r.result);
                     while let Ok(r) = results_rx.try_recv() {
                         self.running -= 1;
+                        self.keep_logs(r.id, r.logs);
                         self.apply(r.id, r.generation, r.result);
                     }
                 }
@@ -361,10 +386,29 @@ impl<'a> Run<'a> {
         }
         store.write(&self.changes)?;
         self.changes.clear();
+        store.append_logs(&self.logs)?;
+        self.logs.clear();
         let mut summary = std::mem::take(&mut self.summary);
         summary.success = !summary.killed && self.tree.get(self.root).state == State::Success;
         summary.tasks = self.tree.live_count;
         Ok(summary)
+    }
+
+    fn keep_logs(&mut self, id: TaskId, lines: Vec<(LogLevel, String)>) {
+        if lines.is_empty() {
+            return;
+        }
+        let name = &self.tree.get(id).name;
+        let at_ms = now_ms();
+        for (level, message) in lines {
+            self.logs.push(LogLine {
+                attempt_id: self.input.attempt.attempt_id,
+                task_name: name.clone(),
+                at_ms,
+                level: level_name(level).to_string(),
+                message,
+            });
+        }
     }
 
     fn invoke(&self, job: &Job) -> Result<Outcome, InvokeError> {
@@ -510,6 +554,7 @@ impl<'a> Run<'a> {
             timezone: self.input.workflow.timezone,
             expr_limits: self.opts.expr_limits.clone(),
             launcher: self.launcher.clone(),
+            logs: Default::default(),
         });
         self.summary.invocations += 1;
         self.jobs.push(Job { id, generation: t.generation, request: t.request.clone().unwrap(), ctx });
@@ -671,6 +716,7 @@ impl<'a> Run<'a> {
         // Report where a failure starts, not every group it bubbles up through.
         let is_source = !self.tree.get(id).children.iter().any(|&c| self.tree.get(c).state == State::Error);
         if is_source {
+            self.keep_logs(id, vec![(LogLevel::Error, format!("failed: {message}"))]);
             self.console.task_failed(&name, &message);
             self.summary.failed.push((name, message));
         }

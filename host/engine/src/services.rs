@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use chrono_tz::Tz;
 use spade_api::{AttemptRef, LogLevel, Object, StartRequest, TaskServices};
@@ -24,6 +24,40 @@ pub struct TaskCtx {
     pub timezone: Tz,
     pub expr_limits: ExprLimits,
     pub launcher: Option<Arc<dyn Launcher>>,
+    /// Log lines of this call, kept for the store (bounded by `LOG_KEEP_BYTES`).
+    pub logs: Mutex<KeptLogs>,
+}
+
+/// Most bytes of log text kept in the state database per operator call.
+pub const LOG_KEEP_BYTES: usize = 64 << 10;
+
+#[derive(Default)]
+pub struct KeptLogs {
+    pub lines: Vec<(LogLevel, String)>,
+    bytes: usize,
+    dropped: usize,
+}
+
+impl KeptLogs {
+    fn push(&mut self, level: LogLevel, message: &str) {
+        if self.bytes + message.len() > LOG_KEEP_BYTES {
+            self.dropped += 1;
+            return;
+        }
+        self.bytes += message.len();
+        self.lines.push((level, message.to_string()));
+    }
+
+    /// The kept lines, with a note when some were dropped.
+    pub fn take(&mut self) -> Vec<(LogLevel, String)> {
+        let mut lines = std::mem::take(&mut self.lines);
+        if self.dropped > 0 {
+            lines.push((LogLevel::Warn, format!("({} more log lines not kept: {} KiB per call)", self.dropped, LOG_KEEP_BYTES >> 10)));
+        }
+        self.bytes = 0;
+        self.dropped = 0;
+        lines
+    }
 }
 
 thread_local! {
@@ -37,6 +71,7 @@ impl TaskServices for TaskCtx {
 
     fn log(&self, level: LogLevel, message: &str) {
         self.console.log(&self.task_name, level, message);
+        self.logs.lock().unwrap_or_else(|e| e.into_inner()).push(level, message);
     }
 
     fn secret(&self, _key: &str) -> Option<String> {

@@ -139,6 +139,17 @@ pub struct TaskChange {
     pub error: Option<String>,
 }
 
+/// One line of a task's log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LogLine {
+    pub attempt_id: i64,
+    pub task_name: String,
+    pub at_ms: i64,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    pub message: String,
+}
+
 /// A task as read back.
 #[derive(Clone, Debug)]
 pub struct TaskRecord {
@@ -228,6 +239,10 @@ pub trait Store: Send {
     /// Attempts, newest first; only those of `session_id` when given.
     fn list_attempts(&mut self, session_id: Option<i64>) -> Result<Vec<AttemptInfo>>;
     fn attempt_info(&mut self, attempt_id: i64) -> Result<AttemptInfo>;
+    /// Append task log lines (one transaction).
+    fn append_logs(&mut self, lines: &[LogLine]) -> Result<()>;
+    /// Log lines of an attempt, oldest first; only tasks whose name starts with `prefix`.
+    fn task_logs(&mut self, attempt_id: i64, prefix: &str) -> Result<Vec<LogLine>>;
     /// Results of the tasks that succeeded in `attempt_id` (for `spade retry --resume`).
     fn attempt_results(&mut self, attempt_id: i64) -> Result<HashMap<String, Done>>;
     /// Record which process runs the attempt.
@@ -292,6 +307,16 @@ const MIGRATIONS: &[&str] = &[
         error TEXT,
         updated_at INTEGER NOT NULL
     );
+    -- Task log lines (plugin logs, captured stdout/stderr), capped per task by the engine.
+    CREATE TABLE task_logs (
+        id INTEGER PRIMARY KEY,
+        attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+        task_name TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX task_logs_by_attempt ON task_logs (attempt_id, id);
     CREATE TABLE kv (
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
@@ -708,6 +733,34 @@ impl Store for SqliteStore {
         self.complete_attempt_info(row)
     }
 
+    fn append_logs(&mut self, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO task_logs (attempt_id, task_name, at, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for l in lines {
+                insert.execute(params![l.attempt_id, l.task_name, l.at_ms, l.level, l.message])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn task_logs(&mut self, attempt_id: i64, prefix: &str) -> Result<Vec<LogLine>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT attempt_id, task_name, at, level, message FROM task_logs
+             WHERE attempt_id = ?1 AND substr(task_name, 1, length(?2)) = ?2 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![attempt_id, prefix], |r| {
+            Ok(LogLine { attempt_id: r.get(0)?, task_name: r.get(1)?, at_ms: r.get(2)?, level: r.get(3)?, message: r.get(4)? })
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
     fn attempt_results(&mut self, attempt_id: i64) -> Result<HashMap<String, Done>> {
         let mut stmt = self.conn.prepare(
             "SELECT name, result FROM tasks WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32)
@@ -830,6 +883,25 @@ mod tests {
         assert_eq!(saved["+wf+a"], done);
         // The running attempt's own rows are not "earlier".
         assert!(s.saved_results(a.session_id, a.attempt_id).unwrap().is_empty());
+    }
+
+    #[test]
+    fn task_logs_are_kept_per_attempt_and_filtered_by_prefix() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        let line = |task: &str, msg: &str| LogLine {
+            attempt_id: a.attempt_id,
+            task_name: task.into(),
+            at_ms: 1,
+            level: "info".into(),
+            message: msg.into(),
+        };
+        s.append_logs(&[line("+wf+a", "one"), line("+wf+b", "two"), line("+wf+a", "three")]).unwrap();
+        let all = s.task_logs(a.attempt_id, "").unwrap();
+        assert_eq!(all.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
+        let a_only = s.task_logs(a.attempt_id, "+wf+a").unwrap();
+        assert_eq!(a_only.len(), 2);
+        assert!(s.task_logs(a.attempt_id + 1, "").unwrap().is_empty());
     }
 
     #[test]
