@@ -203,3 +203,41 @@ fn plugin_list_and_inspect_describe_plugins_without_running_them() {
     assert!(!junk.status.success());
     assert!(String::from_utf8_lossy(&junk.stderr).contains("not a valid WebAssembly component"));
 }
+
+/// `http>` reaches the network only where the project's spade.yml grants it.
+#[test]
+fn http_operator_reaches_only_hosts_the_project_grants() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(4) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("wf.dig"),
+        format!(
+            "+get:\n  http>: http://127.0.0.1:{port}/greeting\n  store_content: true\n  retry: false\n+show:\n  echo>: got ${{http.last_status}} ${{http.last_content}}\n"
+        ),
+    )
+    .unwrap();
+    let denied = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
+    assert!(!denied.status.success(), "without a grant the request must be refused");
+    assert!(denied.stdout.is_empty());
+
+    std::fs::write(tmp.path().join("spade.yml"), format!("grants:\n  spade-http:\n    http: [\"127.0.0.1:{port}\"]\n")).unwrap();
+    let allowed = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
+    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
+    assert_eq!(stdout_lines(&allowed), vec!["got 200 hello"]);
+}

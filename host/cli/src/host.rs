@@ -11,6 +11,8 @@ use anyhow::Context;
 use spade_api::OperatorHost;
 use spade_runtime::{Grants, Runtime, RuntimeConfig};
 
+use crate::config::ProjectConfig;
+
 /// Where precompiled components are cached: `$SPADE_CACHE_DIR`, `$XDG_CACHE_HOME/spade`,
 /// or `~/.cache/spade`.
 pub fn cache_dir() -> Option<PathBuf> {
@@ -61,29 +63,45 @@ pub fn describe_grants(g: &Grants) -> String {
     if out.is_empty() { "-".to_string() } else { out.join(" ") }
 }
 
-pub fn bundled_runtime() -> anyhow::Result<Runtime> {
-    let config = RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() };
-    let runtime = Runtime::new(config).context("starting the plugin runtime")?;
+/// The runtime with the bundled plugins (their grants widened by the project's
+/// `spade.yml`) and the project's own plugins.
+pub fn runtime_for(config: &ProjectConfig) -> anyhow::Result<Runtime> {
+    let runtime = Runtime::new(RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() })
+        .context("starting the plugin runtime")?;
     for (name, bytes) in spade_bundled::PLUGINS {
+        let mut grants = grants_for(name);
+        // The config names plugins as `spade plugin list` shows them (`spade-http`).
+        let short = name.replace("spade-plugin-", "spade-");
+        if let Some(extra) = config.grants.get(&short).or_else(|| config.grants.get(*name)) {
+            extra.apply(&mut grants).with_context(|| format!("grants for {short}"))?;
+        }
         // One broken plugin must not take the others down: its operators are then unknown
         // and the tasks using them fail with that message.
-        if let Err(e) = runtime.install(name, bytes, grants_for(name)) {
+        if let Err(e) = runtime.install(name, bytes, grants) {
             eprintln!("warning: bundled plugin {name} is not available: {e}");
         }
+    }
+    for (path, spec) in &config.plugins {
+        let mut grants = Grants::default();
+        spec.apply(&mut grants)?;
+        install_file(&runtime, path, grants)?;
     }
     Ok(runtime)
 }
 
-/// The bundled plugins plus user plugins given on the command line (no extra grants).
-pub fn host_with(plugins: &[PathBuf]) -> anyhow::Result<Arc<dyn OperatorHost>> {
-    let runtime = bundled_runtime()?;
+fn install_file(runtime: &Runtime, path: &std::path::Path, grants: Grants) -> anyhow::Result<()> {
+    let bytes = std::fs::read(path).with_context(|| format!("plugin {}", path.display()))?;
+    let label = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let report = runtime.install(&label, &bytes, grants).with_context(|| format!("plugin {}", path.display()))?;
+    tracing::info!(plugin = %report.info.name, version = %report.info.version, operators = ?report.info.operators, "loaded");
+    Ok(())
+}
+
+/// The project's runtime plus plugins given on the command line (no extra grants).
+pub fn host_with(config: &ProjectConfig, plugins: &[PathBuf]) -> anyhow::Result<Arc<dyn OperatorHost>> {
+    let runtime = runtime_for(config)?;
     for path in plugins {
-        let bytes = std::fs::read(path).with_context(|| format!("--plugin {}", path.display()))?;
-        let label = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-        let report = runtime
-            .install(&label, &bytes, Grants::default())
-            .with_context(|| format!("--plugin {}", path.display()))?;
-        tracing::info!(plugin = %report.info.name, version = %report.info.version, operators = ?report.info.operators, "loaded");
+        install_file(&runtime, path, Grants::default())?;
     }
     Ok(Arc::new(runtime))
 }

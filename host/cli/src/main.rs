@@ -7,6 +7,7 @@
 mod attempts;
 mod bench;
 mod check;
+mod config;
 mod console;
 mod host;
 mod inspect;

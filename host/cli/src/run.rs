@@ -223,7 +223,9 @@ pub fn execute(
         ..EngineOptions::default()
     };
     opened.store.claim_attempt(attempt.attempt_id, std::process::id())?;
-    let host = crate::host::host_with(&exec.plugins)?;
+    let config = crate::config::ProjectConfig::load(&opened.root)?;
+    let opts = EngineOptions { secrets: Arc::new(crate::config::local_secrets()?), ..opts };
+    let host = crate::host::host_with(&config, &exec.plugins)?;
     let console = Arc::new(StdConsole::new(level_from_str(&exec.task_log_level)));
     let cancel = CancelToken::new();
     let cancel_for_watcher = cancel.clone();

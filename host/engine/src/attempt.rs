@@ -58,6 +58,9 @@ pub struct EngineOptions {
     pub workers: usize,
     pub limits: Limits,
     pub expr_limits: ExprLimits,
+    /// Secret values plugins may read (the runtime lets each plugin read only the keys
+    /// granted to it).
+    pub secrets: Arc<HashMap<String, String>>,
 }
 
 impl Default for EngineOptions {
@@ -67,6 +70,7 @@ impl Default for EngineOptions {
             workers: std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).max(2),
             limits: Limits::default(),
             expr_limits: ExprLimits::default(),
+            secrets: Arc::default(),
         }
     }
 }
@@ -554,6 +558,7 @@ impl<'a> Run<'a> {
             timezone: self.input.workflow.timezone,
             expr_limits: self.opts.expr_limits.clone(),
             launcher: self.launcher.clone(),
+            secrets: self.opts.secrets.clone(),
             logs: Default::default(),
         });
         self.summary.invocations += 1;

@@ -24,6 +24,8 @@ pub struct TaskCtx {
     pub timezone: Tz,
     pub expr_limits: ExprLimits,
     pub launcher: Option<Arc<dyn Launcher>>,
+    /// Secret values (the runtime only asks for keys granted to the calling plugin).
+    pub secrets: Arc<HashMap<String, String>>,
     /// Log lines of this call, kept for the store (bounded by `LOG_KEEP_BYTES`).
     pub logs: Mutex<KeptLogs>,
 }
@@ -74,9 +76,8 @@ impl TaskServices for TaskCtx {
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).push(level, message);
     }
 
-    fn secret(&self, _key: &str) -> Option<String> {
-        // Local secrets are not wired yet: nothing is granted.
-        None
+    fn secret(&self, key: &str) -> Option<String> {
+        self.secrets.get(key).cloned()
     }
 
     fn load_workflow(&self, path: &str) -> Result<Object, String> {
