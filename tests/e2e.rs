@@ -241,3 +241,66 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
     assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
     assert_eq!(stdout_lines(&allowed), vec!["got 200 hello"]);
 }
+
+/// `spade plugin new --lang rust` makes a project whose own tests pass and which `spade
+/// plugin build` turns into a component that `spade run --plugin` loads; `new` never writes
+/// into a directory that already has files. Cargo runs offline from its cache, with a
+/// target dir of its own under target/ so repeated runs reuse the compiled dependencies.
+#[test]
+fn plugin_new_rust_scaffold_builds_tests_and_runs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let project = tmp.path().join("myop");
+    let target = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/guest-scaffold");
+    let cmd = |program: &str, args: &[&str], dir: &Path| {
+        Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .env("CARGO_NET_OFFLINE", "true")
+            .env("CARGO_TARGET_DIR", &target)
+            .env_remove("SPADE_SDK_PATH")
+            .output()
+            .expect("starts")
+    };
+    let spade_bin = env!("CARGO_BIN_EXE_spade");
+    let dir = project.to_str().unwrap();
+
+    let new = cmd(spade_bin, &["plugin", "new", "--lang", "rust", "myop", "--dir", dir], tmp.path());
+    assert!(new.status.success(), "{}", String::from_utf8_lossy(&new.stderr));
+    let manifest = std::fs::read_to_string(project.join("Cargo.toml")).unwrap();
+    assert!(manifest.contains("[workspace]"), "{manifest}");
+    assert!(manifest.contains("spade-sdk = { path = "), "the sdk of this checkout is found: {manifest}");
+    assert!(std::fs::read_to_string(project.join("src/lib.rs")).unwrap().contains("\"myop\""));
+
+    let again = cmd(spade_bin, &["plugin", "new", "--lang", "rust", "myop", "--dir", dir], tmp.path());
+    assert!(!again.status.success());
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already exists and is not empty"));
+    let bad = cmd(spade_bin, &["plugin", "new", "--lang", "rust", "My-Op"], tmp.path());
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("invalid operator name"));
+    assert!(!tmp.path().join("My-Op").exists());
+
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let test = cmd(&cargo, &["test", "--release"], &project);
+    let test_out = String::from_utf8_lossy(&test.stdout);
+    assert!(test.status.success(), "{test_out}\n{}", String::from_utf8_lossy(&test.stderr));
+    assert!(test_out.contains("2 passed"), "{test_out}");
+
+    let build = cmd(spade_bin, &["plugin", "build", dir], tmp.path());
+    let text = String::from_utf8_lossy(&build.stdout);
+    assert!(build.status.success(), "{text}\n{}", String::from_utf8_lossy(&build.stderr));
+    assert!(text.contains("operators:    myop>"), "{text}");
+    assert!(text.contains("capabilities: log output "), "{text}");
+    let wasm = text.lines().find_map(|l| l.strip_prefix("built:")).expect("the built component is named").trim();
+    assert!(wasm.ends_with("spade_plugin_myop.wasm"), "{wasm}");
+
+    std::fs::write(
+        tmp.path().join("wf.dig"),
+        "+greet:\n  myop>: world\n  greeting: hi\n+after:\n  echo>: \"last: ${myop.last}\"\n",
+    )
+    .unwrap();
+    let run = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01", "--plugin", wasm]);
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(run.status.success(), "{stderr}");
+    assert_eq!(stdout_lines(&run), vec!["hi from myop>: world", "last: hi from myop>: world"], "{stderr}");
+    assert!(stderr.contains("greeted world"), "the operator's log line reaches the task log: {stderr}");
+}

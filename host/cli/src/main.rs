@@ -47,7 +47,7 @@ enum Command {
     Retry(attempts::RetryArgs),
     /// Stop a running attempt, interrupting its running operator (like `digdag kill`).
     Kill(attempts::KillArgs),
-    /// Operator plugins: list the installed ones, inspect a component file.
+    /// Operator plugins: scaffold (new), build, list the installed ones, inspect a component file.
     #[command(subcommand)]
     Plugin(plugin::PluginCommand),
     /// Measure the runtime and engine against the targets; prints the figures.
