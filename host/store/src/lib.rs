@@ -341,6 +341,25 @@ fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> Result<T> {
     serde_json::from_str(s).map_err(|source| StoreError::Json { what: what.to_string(), source })
 }
 
+/// Rows of `(name, result JSON)` as a map; a later row of the same name wins.
+fn results_by_name(mut rows: rusqlite::Rows<'_>) -> Result<HashMap<String, Done>> {
+    let mut out = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let result: String = row.get(1)?;
+        let done: Done = from_json(&format!("result of task {name}"), &result)?;
+        out.insert(name, done);
+    }
+    Ok(out)
+}
+
+fn name_taken(conn: &Connection, session_id: i64, name: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM attempts WHERE session_id = ?1 AND name = ?2", params![session_id, name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
 /// Maps `SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time`.
 fn attempt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
     Ok(AttemptRecord {
@@ -481,14 +500,7 @@ impl Store for SqliteStore {
             tx.query_row("SELECT COUNT(*) FROM attempts WHERE session_id = ?1", [session_id], |r| r.get(0))?;
         let name = match &new.name {
             Some(n) => {
-                let taken: Option<i64> = tx
-                    .query_row(
-                        "SELECT id FROM attempts WHERE session_id = ?1 AND name = ?2",
-                        params![session_id, n],
-                        |r| r.get(0),
-                    )
-                    .optional()?;
-                if taken.is_some() {
+                if name_taken(&tx, session_id, n)? {
                     return Err(StoreError::DuplicateAttempt {
                         workflow: new.workflow.clone(),
                         session_time: new.session_time.clone(),
@@ -503,14 +515,7 @@ impl Store for SqliteStore {
                 let mut k = count + 1;
                 loop {
                     let candidate = format!("run-{k}");
-                    let taken: Option<i64> = tx
-                        .query_row(
-                            "SELECT id FROM attempts WHERE session_id = ?1 AND name = ?2",
-                            params![session_id, candidate],
-                            |r| r.get(0),
-                        )
-                        .optional()?;
-                    if taken.is_none() {
+                    if !name_taken(&tx, session_id, &candidate)? {
                         break candidate;
                     }
                     k += 1;
@@ -543,15 +548,7 @@ impl Store for SqliteStore {
              WHERE a.session_id = ?1 AND a.id < ?2 AND t.state = 'success' AND t.result IS NOT NULL
              ORDER BY t.id",
         )?;
-        let mut rows = stmt.query(params![session_id, before_attempt])?;
-        let mut out = HashMap::new();
-        while let Some(row) = rows.next()? {
-            let name: String = row.get(0)?;
-            let result: String = row.get(1)?;
-            let done: Done = from_json(&format!("result of task {name}"), &result)?;
-            out.insert(name, done);
-        }
-        Ok(out)
+        results_by_name(stmt.query(params![session_id, before_attempt])?)
     }
 
     fn unfinished_requests(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, TaskRequest>> {
@@ -766,15 +763,7 @@ impl Store for SqliteStore {
             "SELECT name, result FROM tasks WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32)
                AND state = 'success' AND result IS NOT NULL ORDER BY id",
         )?;
-        let mut rows = stmt.query([attempt_id])?;
-        let mut out = HashMap::new();
-        while let Some(row) = rows.next()? {
-            let name: String = row.get(0)?;
-            let result: String = row.get(1)?;
-            let done: Done = from_json(&format!("result of task {name}"), &result)?;
-            out.insert(name, done);
-        }
-        Ok(out)
+        results_by_name(stmt.query([attempt_id])?)
     }
 
     fn claim_attempt(&mut self, attempt_id: i64, pid: u32) -> Result<()> {
