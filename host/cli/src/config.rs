@@ -10,6 +10,8 @@
 //! grants:                       # more for installed plugins, by plugin name (`spade plugin list`)
 //!   spade-http:
 //!     http: ["https://api.example.com", "127.0.0.1:8080"]
+//!     cpu_seconds: 30               # ceilings of one call (they only ever lower the limits)
+//!     memory_mb: 128
 //! ```
 //!
 //! Secret values for local runs come from `$SPADE_SECRETS` or `~/.config/spade/secrets.yml`
@@ -20,6 +22,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
+use std::time::Duration;
+
+use spade_api::Limits;
 use spade_runtime::{Grants, HttpAllow};
 
 pub const CONFIG_FILE: &str = "spade.yml";
@@ -39,6 +44,12 @@ pub struct GrantSpec {
     pub expressions: bool,
     #[serde(default)]
     pub engine: bool,
+    /// Ceiling of one call's wall-clock time, in seconds (lowers `--task-timeout`).
+    #[serde(default)]
+    pub cpu_seconds: Option<u64>,
+    /// Ceiling of one call's memory, in MiB (lowers `--task-memory`).
+    #[serde(default)]
+    pub memory_mb: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -106,6 +117,20 @@ impl GrantSpec {
         g.workflows |= self.workflows;
         g.expressions |= self.expressions;
         g.engine |= self.engine;
+        if self.cpu_seconds.is_some() || self.memory_mb.is_some() {
+            let mut limits = g.limits.unwrap_or(Limits {
+                cpu_time: Duration::MAX,
+                memory_bytes: usize::MAX,
+                log_bytes: usize::MAX,
+            });
+            if let Some(s) = self.cpu_seconds {
+                limits.cpu_time = limits.cpu_time.min(Duration::from_secs(s));
+            }
+            if let Some(m) = self.memory_mb {
+                limits.memory_bytes = limits.memory_bytes.min(m << 20);
+            }
+            g.limits = Some(limits);
+        }
         Ok(())
     }
 }
@@ -155,6 +180,11 @@ mod tests {
         let mut g = Grants::default();
         c.grants["spade-http"].apply(&mut g).unwrap();
         assert_eq!(g.http.as_ref().unwrap().len(), 1);
+        assert_eq!(g.limits, None);
+        let ceiling = GrantSpec { cpu_seconds: Some(5), memory_mb: Some(64), ..GrantSpec::default() };
+        ceiling.apply(&mut g).unwrap();
+        let limits = g.limits.unwrap();
+        assert_eq!((limits.cpu_time, limits.memory_bytes), (Duration::from_secs(5), 64 << 20));
 
         std::fs::write(dir.path().join(CONFIG_FILE), "grants:\n  spade-http:\n    htp: [x]\n").unwrap();
         let err = ProjectConfig::load(dir.path()).unwrap_err().to_string();
