@@ -44,7 +44,16 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         }
         println!("workflow {} ({}), timezone {}", wf.name, wf.file.display(), wf.timezone.name());
         if let Some(s) = &wf.schedule {
-            println!("  schedule: {s:?}");
+            let spec = wf.config.get("schedule").map(|v| v.to_string()).unwrap_or_default();
+            println!("  schedule: {spec}");
+            match s.first_schedule_time(chrono::Utc::now()) {
+                Some(first) => println!(
+                    "  first session time: {}, first run time: {}",
+                    first.session_time.format("%Y-%m-%d %H:%M:%S %:z"),
+                    first.run_time.format("%Y-%m-%d %H:%M:%S %:z")
+                ),
+                None => println!("  no future run (the schedule's end date has passed)"),
+            }
         }
         match spade_dig::compile(&format!("+{}", wf.name), &wf.config) {
             Ok(node) => print_node(&node, "", 1),
