@@ -24,6 +24,8 @@ pub struct LocalLauncher {
     pub console: Arc<dyn Console>,
     pub opts: EngineOptions,
     pub cancel: CancelToken,
+    /// The revision of the project this process runs (attempts it starts record it).
+    pub revision_id: i64,
     /// Attempts this process started, with their live state.
     started: Mutex<HashMap<i64, AttemptState>>,
     me: Weak<LocalLauncher>,
@@ -48,6 +50,7 @@ impl LocalLauncher {
         console: Arc<dyn Console>,
         opts: EngineOptions,
         cancel: CancelToken,
+        revision_id: i64,
     ) -> Arc<Self> {
         Arc::new_cyclic(|me| LocalLauncher {
             project,
@@ -58,6 +61,7 @@ impl LocalLauncher {
             console,
             opts,
             cancel,
+            revision_id,
             started: Mutex::new(HashMap::new()),
             me: me.clone(),
         })
@@ -106,6 +110,7 @@ impl LocalLauncher {
                 params: params.clone(),
             })
             .map_err(|e| e.to_string())?;
+        store.link_revision(attempt.attempt_id, self.revision_id).map_err(|e| e.to_string())?;
         let reference =
             AttemptRef { attempt_id: attempt.attempt_id, session_id: attempt.session_id, state: AttemptState::Running };
         self.started.lock().unwrap().insert(attempt.attempt_id, AttemptState::Running);

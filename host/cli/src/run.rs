@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use spade_api::{CancelToken, Done, Limits, Object, TaskRequest};
 use spade_dig::Project;
 use spade_engine::{AttemptInput, EngineOptions, run_attempt};
-use spade_store::{AttemptRecord, NewAttempt, SqliteStore, Store};
+use spade_store::{AttemptRecord, NewAttempt, SqliteStore, Store, WorkflowDefinition};
 
 use crate::launcher::LocalLauncher;
 
@@ -187,6 +187,27 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     execute(opened, index, session_time, attempt, None, params, saved, frozen, &args.exec)
 }
 
+/// Record the project's workflow files as a revision named by their digest (the same files
+/// give the same revision), so every attempt says which definitions it ran.
+fn record_revision(opened: &mut Opened) -> anyhow::Result<i64> {
+    use sha2::{Digest, Sha256};
+    let definitions: Vec<WorkflowDefinition> = opened
+        .project
+        .workflows
+        .iter()
+        .map(|w| WorkflowDefinition { name: w.name.clone(), timezone: w.timezone.name().to_string(), config: w.config.clone() })
+        .collect();
+    let mut hasher = Sha256::new();
+    for d in &definitions {
+        hasher.update(d.name.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(serde_json::to_vec(&d.config)?);
+        hasher.update(b"\0");
+    }
+    let name = hex::encode(&hasher.finalize()[..8]);
+    Ok(opened.store.put_revision(&opened.name, &name, &definitions)?)
+}
+
 /// Like Digdag's AttemptBuilder: the schedule slots around the session, as attempt params.
 pub fn schedule_params(workflow: &spade_dig::WorkflowDef, session_time: DateTime<Tz>, params: &mut Object) {
     if let Some(schedule) = &workflow.schedule {
@@ -223,6 +244,8 @@ pub fn execute(
         ..EngineOptions::default()
     };
     opened.store.claim_attempt(attempt.attempt_id, std::process::id())?;
+    let revision = record_revision(&mut opened)?;
+    opened.store.link_revision(attempt.attempt_id, revision)?;
     let config = crate::config::ProjectConfig::load(&opened.root)?;
     let opts = EngineOptions { secrets: Arc::new(crate::config::local_secrets()?), ..opts };
     let host = crate::host::host_with(&config, &exec.plugins)?;
@@ -238,6 +261,7 @@ pub fn execute(
         console.clone(),
         opts.clone(),
         cancel.clone(),
+        revision,
     );
     let project = opened.project.clone();
     let workflow = &project.workflows[workflow_index];

@@ -139,6 +139,14 @@ pub struct TaskChange {
     pub error: Option<String>,
 }
 
+/// A workflow as stored with a revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkflowDefinition {
+    pub name: String,
+    pub timezone: String,
+    pub config: Object,
+}
+
 /// One line of a task's log.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LogLine {
@@ -243,6 +251,11 @@ pub trait Store: Send {
     fn append_logs(&mut self, lines: &[LogLine]) -> Result<()>;
     /// Log lines of an attempt, oldest first; only tasks whose name starts with `prefix`.
     fn task_logs(&mut self, attempt_id: i64, prefix: &str) -> Result<Vec<LogLine>>;
+    /// Record a revision of the project (idempotent by `name`) with its workflow
+    /// definitions (name, time zone, config); returns its id.
+    fn put_revision(&mut self, project: &str, name: &str, workflows: &[WorkflowDefinition]) -> Result<i64>;
+    /// Record which revision an attempt runs.
+    fn link_revision(&mut self, attempt_id: i64, revision_id: i64) -> Result<()>;
     /// Results of the tasks that succeeded in `attempt_id` (for `spade retry --resume`).
     fn attempt_results(&mut self, attempt_id: i64) -> Result<HashMap<String, Done>>;
     /// Record which process runs the attempt.
@@ -269,6 +282,23 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL UNIQUE,
         created_at INTEGER NOT NULL
     );
+    -- A revision is one version of the project's workflow files (local mode: named by the
+    -- digest of their definitions); attempts point at the revision they ran.
+    CREATE TABLE revisions (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (project_id, name)
+    );
+    CREATE TABLE workflow_definitions (
+        id INTEGER PRIMARY KEY,
+        revision_id INTEGER NOT NULL REFERENCES revisions(id),
+        name TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        config TEXT NOT NULL,
+        UNIQUE (revision_id, name)
+    );
     CREATE TABLE sessions (
         id INTEGER PRIMARY KEY,
         project_id INTEGER NOT NULL REFERENCES projects(id),
@@ -291,6 +321,7 @@ const MIGRATIONS: &[&str] = &[
         cancel_requested INTEGER NOT NULL DEFAULT 0,
         -- The process running the attempt (local mode), to tell a live run from a dead one.
         pid INTEGER,
+        revision_id INTEGER REFERENCES revisions(id),
         UNIQUE (session_id, name)
     );
     -- id = attempt_id << 32 | the engine's task index: rows of an attempt are one
@@ -730,6 +761,38 @@ impl Store for SqliteStore {
         self.complete_attempt_info(row)
     }
 
+    fn put_revision(&mut self, project: &str, name: &str, workflows: &[WorkflowDefinition]) -> Result<i64> {
+        let project_id = self.project_id(project)?;
+        let tx = self.conn.transaction()?;
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM revisions WHERE project_id = ?1 AND name = ?2", params![project_id, name], |r| r.get(0))
+            .optional()?;
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                tx.execute(
+                    "INSERT INTO revisions (project_id, name, created_at) VALUES (?1, ?2, ?3)",
+                    params![project_id, name, now_ms()],
+                )?;
+                let id = tx.last_insert_rowid();
+                for w in workflows {
+                    tx.execute(
+                        "INSERT INTO workflow_definitions (revision_id, name, timezone, config) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, w.name, w.timezone, to_json(&w.config)],
+                    )?;
+                }
+                id
+            }
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn link_revision(&mut self, attempt_id: i64, revision_id: i64) -> Result<()> {
+        self.conn.execute("UPDATE attempts SET revision_id = ?1 WHERE id = ?2", params![revision_id, attempt_id])?;
+        Ok(())
+    }
+
     fn append_logs(&mut self, lines: &[LogLine]) -> Result<()> {
         if lines.is_empty() {
             return Ok(());
@@ -891,6 +954,19 @@ mod tests {
         let a_only = s.task_logs(a.attempt_id, "+wf+a").unwrap();
         assert_eq!(a_only.len(), 2);
         assert!(s.task_logs(a.attempt_id + 1, "").unwrap().is_empty());
+    }
+
+    #[test]
+    fn revisions_are_recorded_once_per_name() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let wf = WorkflowDefinition { name: "wf".into(), timezone: "UTC".into(), config: Object::new() };
+        let r1 = s.put_revision("p", "abc", std::slice::from_ref(&wf)).unwrap();
+        assert_eq!(s.put_revision("p", "abc", &[wf.clone()]).unwrap(), r1);
+        assert_ne!(s.put_revision("p", "def", &[wf]).unwrap(), r1);
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.link_revision(a.attempt_id, r1).unwrap();
+        let n: i64 = s.conn.query_row("SELECT COUNT(*) FROM workflow_definitions", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 2);
     }
 
     #[test]
