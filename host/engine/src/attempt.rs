@@ -150,7 +150,7 @@ pub fn run_attempt(
             workflow: wf.name.clone(),
             message: format!("the workflow has more than {} tasks (raise --max-tasks)", e.limit),
         })?;
-    let eval = Evaluator::new(wf.timezone, opts.expr_limits.clone()).map_err(|e| EngineError::Expr(e.to_string()))?;
+    let eval = Evaluator::new(wf.timezone, opts.expr_limits).map_err(|e| EngineError::Expr(e.to_string()))?;
     let identity = Identity {
         timezone: wf.timezone,
         session_time: input.session_time,
@@ -556,7 +556,7 @@ impl<'a> Run<'a> {
                 .map(str::to_string)
                 .or_else(|| self.workdir.clone()),
             timezone: self.input.workflow.timezone,
-            expr_limits: self.opts.expr_limits.clone(),
+            expr_limits: self.opts.expr_limits,
             launcher: self.launcher.clone(),
             secrets: self.opts.secrets.clone(),
             logs: Default::default(),

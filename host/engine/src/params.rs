@@ -58,11 +58,10 @@ pub fn collect(tree: &Tree, id: TaskId, attempt_params: &Object) -> Object {
             if let Some(Value::Object(export)) = t.config.get("_export") {
                 deep_merge(&mut params, export);
             }
-            if let Some(done) = &t.result {
-                if !done.export_params.is_empty() {
+            if let Some(done) = &t.result
+                && !done.export_params.is_empty() {
                     deep_merge(&mut params, &done.export_params);
                 }
-            }
             apply_store(tree, node, &mut params);
         }
     }

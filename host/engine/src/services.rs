@@ -6,6 +6,7 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -89,11 +90,11 @@ impl TaskServices for TaskCtx {
     fn render_template(&self, template: &str, scope: &Object) -> Result<String, String> {
         EVALUATORS.with(|cell| {
             let mut map = cell.borrow_mut();
-            if !map.contains_key(&self.timezone) {
-                let ev = Evaluator::new(self.timezone, self.expr_limits.clone()).map_err(|e| e.to_string())?;
-                map.insert(self.timezone, ev);
-            }
-            map[&self.timezone].render(template, scope).map_err(|e| e.to_string())
+            let evaluator = match map.entry(self.timezone) {
+                Entry::Occupied(e) => e.into_mut(),
+                Entry::Vacant(e) => e.insert(Evaluator::new(self.timezone, self.expr_limits).map_err(|e| e.to_string())?),
+            };
+            evaluator.render(template, scope).map_err(|e| e.to_string())
         })
     }
 

@@ -159,7 +159,7 @@ impl Tree {
         if let Some(p) = parent {
             self.tasks[p].children.push(id);
         }
-        self.instantiate_children(id, &node.children, origin_of_descendant(origin));
+        self.instantiate_children(id, &node.children, origin);
         id
     }
 
@@ -184,7 +184,7 @@ impl Tree {
             return Err(TooManyTasks { limit });
         }
         self.live_count += needed;
-        let origin = origin_of_descendant(self.tasks[id].origin);
+        let origin = self.tasks[id].origin;
         self.instantiate_children(id, &source.children, origin);
         Ok(())
     }
@@ -301,14 +301,6 @@ impl Tree {
         all.sort_unstable();
         all.dedup();
         self.tasks[id].store_upstreams = Rc::new(all);
-    }
-}
-
-fn origin_of_descendant(origin: Origin) -> Origin {
-    // Everything below a generated task is generated too.
-    match origin {
-        Origin::Static => Origin::Static,
-        other => other,
     }
 }
 

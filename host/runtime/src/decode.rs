@@ -36,7 +36,7 @@ pub(crate) fn encode_request(req: &TaskRequest) -> wit_types::TaskRequest {
         params: json(&req.params),
         local_params: json(&req.local_params),
         raw: json(&req.raw),
-        state: req.state.as_ref().map(|s| json(s)),
+        state: req.state.as_ref().map(json),
         retry_count: req.retry_count,
     }
 }
