@@ -461,6 +461,8 @@ impl SqliteStore {
     }
 
     fn init(conn: Connection) -> Result<Self> {
+        // First, so that everything below waits for another process's lock, not fails.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL + NORMAL: a commit is durable against a process crash (kill -9); only an OS
         // crash can lose the last commits, never corrupt the file.
         conn.pragma_update(None, "journal_mode", "WAL")?;
@@ -468,7 +470,6 @@ impl SqliteStore {
         conn.pragma_update(None, "foreign_keys", "ON")?;
         // Checkpoint less often: a page rewritten by many commits is copied back once.
         conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
         let mut store = SqliteStore { conn };
         store.migrate()?;
         Ok(store)
@@ -476,15 +477,21 @@ impl SqliteStore {
 
     fn migrate(&mut self) -> Result<()> {
         let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Two processes may open a new database at once (`spade run` and `spade attempts`):
+        // take the write lock first and look again, so only one of them migrates.
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
         if version > SCHEMA_VERSION {
             return Err(StoreError::TooNew { found: version, known: SCHEMA_VERSION });
         }
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
-            let tx = self.conn.transaction()?;
+        for sql in MIGRATIONS.iter().skip(version as usize) {
             tx.execute_batch(sql)?;
-            tx.pragma_update(None, "user_version", (i + 1) as i64)?;
-            tx.commit()?;
         }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
         Ok(())
     }
 
@@ -990,6 +997,21 @@ mod tests {
             .unwrap();
         let r = s.attempt_results(a.attempt_id).unwrap();
         assert_eq!(r.keys().collect::<Vec<_>>(), vec!["+wf+ok"]);
+    }
+
+    #[test]
+    fn concurrent_first_opens_migrate_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.db");
+        let handles: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap().unwrap();
+        }
     }
 
     #[test]
