@@ -87,13 +87,7 @@ pub struct CompileErrors(pub Vec<CompileError>);
 
 impl fmt::Display for CompileErrors {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
+        crate::error::write_lines(f, &self.0)
     }
 }
 
