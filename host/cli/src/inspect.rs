@@ -256,13 +256,14 @@ pub fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no tasks recorded");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&["TASK", "OPERATOR", "STATE", "RETRIES", "UPDATED", "ERROR"]);
+    let mut table = Table::new(&["TASK", "OPERATOR", "STATE", "RETRIES", "STARTED", "UPDATED", "ERROR"]);
     for t in tasks {
         table.push(vec![
             t.name,
             t.request.as_ref().map(|r| format!("{}>", r.operator)).unwrap_or("-".into()),
             t.state.as_str().into(),
             t.retry_count.to_string(),
+            t.started_at_ms.map(time).unwrap_or_else(|| "-".into()),
             time(t.updated_at_ms),
             t.error.as_deref().map(short).unwrap_or_default(),
         ]);

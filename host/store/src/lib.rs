@@ -168,6 +168,8 @@ pub struct TaskRecord {
     pub result: Option<Done>,
     pub error: Option<String>,
     pub updated_at_ms: i64,
+    /// When its operator was first called (none for groups and replayed tasks).
+    pub started_at_ms: Option<i64>,
 }
 
 /// How many tasks of an attempt are in each state.
@@ -336,6 +338,8 @@ const MIGRATIONS: &[&str] = &[
         request TEXT,
         result TEXT,
         error TEXT,
+        -- First time the task started running (its operator was first called), if ever.
+        started_at INTEGER,
         updated_at INTEGER NOT NULL
     );
     -- Task log lines (plugin logs, captured stdout/stderr), capped per task by the engine.
@@ -622,15 +626,16 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction()?;
         {
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
                  ON CONFLICT(id) DO UPDATE SET
                     state = excluded.state,
                     retry_count = excluded.retry_count,
                     request = COALESCE(excluded.request, tasks.request),
                     result = excluded.result,
                     error = excluded.error,
-                    updated_at = excluded.updated_at",
+                    updated_at = excluded.updated_at,
+                    started_at = COALESCE(tasks.started_at, excluded.started_at)",
             )?;
             for c in changes {
                 upsert.execute(params![
@@ -643,6 +648,7 @@ impl Store for SqliteStore {
                     c.error,
                     now,
                     task_row_id(c.attempt_id, c.index),
+                    (c.state == TaskState::Running).then_some(now),
                 ])?;
             }
         }
@@ -685,7 +691,7 @@ impl Store for SqliteStore {
 
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, state, retry_count, request, result, error, updated_at FROM tasks
+            "SELECT name, state, retry_count, request, result, error, updated_at, started_at FROM tasks
              WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32) ORDER BY id",
         )?;
         let rows = stmt.query_map([attempt_id], |r| {
@@ -697,11 +703,12 @@ impl Store for SqliteStore {
                 r.get::<_, Option<String>>(4)?,
                 r.get::<_, Option<String>>(5)?,
                 r.get::<_, i64>(6)?,
+                r.get::<_, Option<i64>>(7)?,
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, state, retry_count, request, result, error, updated_at_ms) = row?;
+            let (name, state, retry_count, request, result, error, updated_at_ms, started_at_ms) = row?;
             let request = match request {
                 Some(s) => Some(from_json(&format!("request of task {name}"), &s)?),
                 None => None,
@@ -718,6 +725,7 @@ impl Store for SqliteStore {
                 result,
                 error,
                 updated_at_ms,
+                started_at_ms,
             });
         }
         Ok(out)
@@ -997,6 +1005,20 @@ mod tests {
             .unwrap();
         let r = s.attempt_results(a.attempt_id).unwrap();
         assert_eq!(r.keys().collect::<Vec<_>>(), vec!["+wf+ok"]);
+    }
+
+    #[test]
+    fn a_task_keeps_the_time_it_first_started() {
+        let mut s = SqliteStore::in_memory().unwrap();
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+t", TaskState::Running), change(a.attempt_id, 1, "+wf+g", TaskState::Success)])
+            .unwrap();
+        let started = s.tasks(a.attempt_id).unwrap()[0].started_at_ms;
+        assert!(started.is_some());
+        s.write(&[change(a.attempt_id, 0, "+wf+t", TaskState::Success)]).unwrap();
+        let tasks = s.tasks(a.attempt_id).unwrap();
+        assert_eq!(tasks[0].started_at_ms, started, "a later change keeps the start time");
+        assert_eq!(tasks[1].started_at_ms, None, "a task that never ran has none");
     }
 
     #[test]
