@@ -722,14 +722,9 @@ pub(crate) fn levenshtein(a: &str, b: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::obj;
     use serde_json::json;
 
-    fn obj(v: Value) -> Object {
-        match v {
-            Value::Object(o) => o,
-            _ => panic!("not an object"),
-        }
-    }
 
     fn ok(v: Value) -> TaskNode {
         compile("+wf", &obj(v)).unwrap_or_else(|e| panic!("{e}"))

@@ -15,6 +15,9 @@ pub mod schedule;
 pub mod session;
 pub mod yaml;
 
+#[cfg(test)]
+mod test_util;
+
 pub use compile::{
     CompileError, CompileErrors, GROUPING_TASK_CONFIG_KEYS, IntervalType, ParallelMode, RetryPolicy, TaskNode,
     check_task_name, compile, compile_under, is_deferred, link_children, parallel_mode, parse_retry,

@@ -61,14 +61,9 @@ pub fn set_dotted(obj: &mut Object, path: &str, value: Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::obj;
     use serde_json::json;
 
-    fn obj(v: Value) -> Object {
-        match v {
-            Value::Object(o) => o,
-            _ => panic!("not an object"),
-        }
-    }
 
     #[test]
     fn deep_merge_is_digdag_config_merge() {

@@ -357,17 +357,9 @@ fn check_workflow_name(name: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::project;
     use serde_json::json;
 
-    fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, body) in files {
-            let p = dir.path().join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, body).unwrap();
-        }
-        dir
-    }
 
     fn load_err(files: &[(&str, &str)]) -> Vec<String> {
         let d = project(files);

@@ -989,6 +989,7 @@ fn parse_sexagesimal_float(body: &str) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_util::project;
     use serde_json::json;
 
     fn parse(text: &str) -> Value {
@@ -1142,15 +1143,6 @@ mod tests {
         assert!(parse_err("!include : 'x.dig'\n").contains("only supported in files of a project"));
     }
 
-    fn project(files: &[(&str, &str)]) -> tempfile::TempDir {
-        let dir = tempfile::tempdir().unwrap();
-        for (name, body) in files {
-            let p = dir.path().join(name);
-            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-            std::fs::write(p, body).unwrap();
-        }
-        dir
-    }
 
     #[test]
     fn include_key_form_merges_in_place_and_value_form_inlines() {
