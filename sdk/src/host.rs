@@ -80,6 +80,39 @@ pub mod secrets {
         #[cfg(not(target_arch = "wasm32"))]
         return super::with_mock("secrets", |h| h.secrets.get(key).cloned());
     }
+
+    /// `text` with every `${secret:KEY}` replaced by the secret's value, as Digdag's
+    /// operators do for URIs, headers and commands (the host's `${...}` evaluation leaves
+    /// these untouched for the operator). A key that is not set or not granted is an
+    /// error naming it; text without `${secret:` never touches the capability.
+    pub fn render(text: &str) -> Result<String, String> {
+        const OPEN: &str = "${secret:";
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text;
+        while let Some(at) = rest.find(OPEN) {
+            out.push_str(&rest[..at]);
+            let after = &rest[at + OPEN.len()..];
+            let Some(end) = after.find('}') else {
+                return Err(format!("unclosed `${{secret:` in {text:?}"));
+            };
+            let key = after[..end].trim();
+            if key.is_empty() {
+                return Err("`${secret:}` names no key".to_string());
+            }
+            match get(key) {
+                Some(value) => out.push_str(&value),
+                None => {
+                    return Err(format!(
+                        "secret {key} is not set, or not granted to this plugin (grant it in the project's \
+                         spade.yml, e.g. `grants: {{<plugin>: {{secrets: [{key}]}}}}`)"
+                    ));
+                }
+            }
+            rest = &after[end + 1..];
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
 }
 
 /// Capability: read workflow definitions of the task's project (for `call>`).

@@ -140,7 +140,7 @@ impl fmt::Display for Error {
             Error::InvalidUrl { url, reason } => write!(f, "invalid URL {url:?}: {reason}"),
             Error::Denied { url } => write!(
                 f,
-                "request to {url} was refused by spade: this plugin's http grant does not allow that scheme, host and port (grant the host to the plugin; the task log lists what is granted)"
+                "request to {url} was refused by spade: this plugin's http grant (or its manifest) does not allow that scheme, host and port (grant the host to the plugin; the task log lists what is granted)"
             ),
             Error::Prohibited { url } => write!(
                 f,

@@ -5,7 +5,10 @@
 //! or one map), `store_content` (false), `timeout` (seconds, 30), `retry` (default true for
 //! idempotent methods). Secrets, when granted: `http.uri` (when the argument is missing),
 //! `http.authorization` (the Authorization header), `http.user` + `http.password` (basic
-//! authentication). `insecure: true` is not supported (TLS is always verified): warned.
+//! authentication); `${secret:KEY}` in the URI, header values and content is replaced by
+//! that secret (the plugin asks for any key; the project grants which). Logs and error
+//! messages show the URI as written, never with secret values. `insecure: true` is not
+//! supported (TLS is always verified): warned.
 //!
 //! Stores: `http.last_status` always, `http.last_content` with `store_content` (at most 64 KiB,
 //! larger content fails the task); both keys are reset first, as Digdag does. A status
@@ -13,7 +16,7 @@
 //! retryable when `retry` is on, other 4xx never.
 //!
 //! Capabilities: `http` (wasi:http; the host checks every request, redirects included,
-//! against the plugin's http grant) and `secrets` (keys `http.*`).
+//! against the plugin's http grant) and `secrets` (by default granted `http.*`).
 
 use serde_json::Value;
 use spade_sdk::{Failure, Operator, Outcome, Request, Result, http, json, log, secrets};
@@ -78,6 +81,20 @@ fn base64(data: &[u8]) -> String {
     out
 }
 
+/// `value` with `${secret:...}` rendered in every string in it (map keys stay as written).
+fn render_strings(value: &Value, render: &dyn Fn(&str) -> Result<String>) -> Result<Value> {
+    Ok(match value {
+        Value::String(s) if s.contains("${secret:") => Value::String(render(s)?),
+        Value::Array(items) => Value::Array(items.iter().map(|v| render_strings(v, render)).collect::<Result<_>>()?),
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, v)| Ok((k.clone(), render_strings(v, render)?)))
+                .collect::<Result<_>>()?,
+        ),
+        other => other.clone(),
+    })
+}
+
 /// `headers:` as (name, value) pairs: a list of single-key maps (Digdag) or one map.
 fn headers(req: &Request, at: &dyn Fn(String) -> Failure) -> Result<Vec<(String, String)>> {
     let text = |v: &Value| match v {
@@ -107,9 +124,15 @@ impl Operator for Http {
     fn run(req: Request) -> Result<Outcome> {
         let location = req.location();
         let at = |m: String| Failure::new(format!("{location}: {m}"));
-        let uri = match &req.command {
-            Value::String(s) if !s.trim().is_empty() => s.trim().to_string(),
-            Value::Null => secrets::get("http.uri").ok_or_else(|| at("missing URI; write it as `http>: https://...` (or set the secret http.uri)".into()))?,
+        let with_secrets = |text: &str| secrets::render(text).map_err(|e| at(e));
+        // `shown` is what logs and messages print: the URI as written, or a placeholder
+        // for the secret http.uri.
+        let (uri, shown) = match &req.command {
+            Value::String(s) if !s.trim().is_empty() => (with_secrets(s.trim())?, s.trim().to_string()),
+            Value::Null => (
+                secrets::get("http.uri").ok_or_else(|| at("missing URI; write it as `http>: https://...` (or set the secret http.uri)".into()))?,
+                "(secret http.uri)".to_string(),
+            ),
             other => return Err(at(format!("the URI must be a string, got {other}"))),
         };
         let method = req.param_or::<String>("method", "GET".into())?.trim().to_ascii_uppercase();
@@ -127,9 +150,13 @@ impl Operator for Http {
         }
 
         let mut headers = headers(&req, &at)?;
+        for (_, value) in &mut headers {
+            *value = with_secrets(value)?;
+        }
         let has_header = |h: &[(String, String)], name: &str| h.iter().any(|(k, _)| k.eq_ignore_ascii_case(name));
         let mut body = Vec::new();
         if let Some(content) = req.params.get("content").filter(|v| !v.is_null()) {
+            let content = &render_strings(content, &with_secrets)?;
             let format = match req.param::<String>("content_format")? {
                 Some(f) => f.to_ascii_lowercase(),
                 None if content.is_string() => "text".into(),
@@ -171,26 +198,28 @@ impl Operator for Http {
             .timeout(std::time::Duration::from_secs(timeout.max(1)))
             .max_response_bytes(limit);
         request.headers = headers;
-        log::info(format!("sending {method} {uri}"));
+        log::info(format!("sending {method} {shown}"));
         let response = match http::send(&request) {
             Ok(r) => r,
             Err(http::Error::TooLarge { limit, .. }) if store_content => {
                 return Err(at(format!(
-                    "the response content of {uri} is larger than {limit} bytes, the most store_content keeps; \
+                    "the response content of {shown} is larger than {limit} bytes, the most store_content keeps; \
                      drop store_content or fetch less"
                 )));
             }
             Err(e) => {
-                let failure = at(e.to_string());
+                let failure = at(e.to_string().replace(&uri, &shown));
                 return Err(if retry && e.is_transient() { failure.retryable() } else { failure });
             }
         };
         let status = response.status;
         if !(200..300).contains(&status) {
             let excerpt: String = response.text().chars().take(200).collect();
+            // The final URL differs after redirects; it never holds secrets the
+            // workflow wrote, unless the server put them in a Location header.
+            let url = if response.url.is_empty() || response.url == uri { shown.clone() } else { response.url.clone() };
             let failure = at(format!(
-                "{method} {} returned HTTP status {status}{}",
-                response.url,
+                "{method} {url} returned HTTP status {status}{}",
                 if excerpt.trim().is_empty() { String::new() } else { format!(": {}", excerpt.trim()) }
             ));
             let retryable = retry && (status >= 500 || status == 408 || status == 429);
@@ -254,6 +283,36 @@ mod tests {
             let err = host.run::<Http>(req).unwrap_err();
             assert_eq!(err.retryable, retryable, "{status} {method}: {}", err.message);
             assert!(err.message.contains(&status.to_string()));
+        }
+    }
+
+    #[test]
+    fn secret_references_render_in_uri_headers_and_content() {
+        let mut host = MockHost { http: Some(Box::new(|_| Ok(ok(404, "")))), ..Default::default() };
+        host.secrets.insert("api.token".into(), "T0K".into());
+        let req = request("http")
+            .command(json!("http://h/x?key=${secret:api.token}"))
+            .local("headers", json!({"X-A": "Bearer ${secret: api.token }"}))
+            .local("content", json!({"list": ["${secret:api.token}-${secret:api.token}"], "${secret:k}": 1}))
+            .local("method", json!("POST"))
+            .build();
+        let err = host.run::<Http>(req).unwrap_err();
+        assert!(err.message.contains("http://h/x?key=${secret:api.token}") && !err.message.contains("T0K"), "{err}");
+        let sent = &host.http_requests[0];
+        assert_eq!(sent.url, "http://h/x?key=T0K");
+        assert!(sent.headers.contains(&("X-A".into(), "Bearer T0K".into())));
+        assert_eq!(sent.body, br#"{"list":["T0K-T0K"],"${secret:k}":1}"#);
+
+        for (uri, expect) in [
+            ("http://h/${secret:missing}", "secret missing is not set, or not granted"),
+            ("http://h/${secret:api.token", "unclosed"),
+            ("http://h/${secret:}", "names no key"),
+        ] {
+            let mut host = MockHost::default();
+            host.secrets.insert("api.token".into(), "T0K".into());
+            let err = host.run::<Http>(request("http").command(json!(uri)).build()).unwrap_err();
+            assert!(err.message.contains(expect), "{uri}: {err}");
+            assert!(host.http_requests.is_empty());
         }
     }
 
