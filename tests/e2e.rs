@@ -204,7 +204,8 @@ fn plugin_list_and_inspect_describe_plugins_without_running_them() {
     assert!(String::from_utf8_lossy(&junk.stderr).contains("not a valid WebAssembly component"));
 }
 
-/// `http>` reaches the network only where the project's spade.yml grants it.
+/// `http>` reaches the network only where the project's spade.yml grants it, and fills in
+/// `${secret:...}` only from keys the project grants it.
 #[test]
 fn http_operator_reaches_only_hosts_the_project_grants() {
     use std::io::{Read, Write};
@@ -221,25 +222,55 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
             }
-            let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 5\r\nConnection: close\r\n\r\nhello");
+            // The body is the request's path, so the workflow can show what arrived.
+            let head = String::from_utf8_lossy(&seen).into_owned();
+            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{path}",
+                path.len()
+            );
+            let _ = s.write_all(reply.as_bytes());
         }
     });
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
         tmp.path().join("wf.dig"),
         format!(
-            "+get:\n  http>: http://127.0.0.1:{port}/greeting\n  store_content: true\n  retry: false\n+show:\n  echo>: got ${{http.last_status}} ${{http.last_content}}\n"
+            "+get:\n  http>: http://127.0.0.1:{port}/greeting/${{secret:api.key}}\n  store_content: true\n  retry: false\n+show:\n  echo>: got ${{http.last_status}} ${{http.last_content}}\n"
         ),
     )
     .unwrap();
-    let denied = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
+    let secrets = tmp.path().join("secrets.yml");
+    std::fs::write(&secrets, "api.key: s3cret\n").unwrap();
+    let run = || {
+        Command::new(env!("CARGO_BIN_EXE_spade"))
+            .args(["run", "wf.dig", "--session", "2024-01-01"])
+            .current_dir(tmp.path())
+            .env("SPADE_SECRETS", &secrets)
+            .output()
+            .unwrap()
+    };
+    let denied = run();
     assert!(!denied.status.success(), "without a grant the request must be refused");
     assert!(denied.stdout.is_empty());
 
+    // The host is granted, the secret key not yet: the task fails naming the key.
     std::fs::write(tmp.path().join("spade.yml"), format!("grants:\n  spade-http:\n    http: [\"127.0.0.1:{port}\"]\n")).unwrap();
-    let allowed = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
-    assert!(allowed.status.success(), "{}", String::from_utf8_lossy(&allowed.stderr));
-    assert_eq!(stdout_lines(&allowed), vec!["got 200 hello"]);
+    let no_key = run();
+    let err = String::from_utf8_lossy(&no_key.stderr);
+    assert!(!no_key.status.success());
+    assert!(err.contains("secret api.key is not set, or not granted"), "{err}");
+
+    std::fs::write(
+        tmp.path().join("spade.yml"),
+        format!("grants:\n  spade-http:\n    http: [\"127.0.0.1:{port}\"]\n    secrets: [api.key]\n"),
+    )
+    .unwrap();
+    let allowed = run();
+    let err = String::from_utf8_lossy(&allowed.stderr);
+    assert!(allowed.status.success(), "{err}");
+    assert_eq!(stdout_lines(&allowed), vec!["got 200 /greeting/s3cret"]);
+    assert!(!err.contains("s3cret"), "the log shows the URI as written: {err}");
 }
 
 /// `spade plugin new --lang rust` makes a project whose own tests pass and which `spade
@@ -290,8 +321,19 @@ fn plugin_new_rust_scaffold_builds_tests_and_runs() {
     assert!(build.status.success(), "{text}\n{}", String::from_utf8_lossy(&build.stderr));
     assert!(text.contains("operators:    myop>"), "{text}");
     assert!(text.contains("capabilities: log output "), "{text}");
+    assert!(text.contains("asks for:     nothing beyond log and output (its spade-plugin.toml)"), "{text}");
     let wasm = text.lines().find_map(|l| l.strip_prefix("built:")).expect("the built component is named").trim();
     assert!(wasm.ends_with("spade_plugin_myop.wasm"), "{wasm}");
+
+    // The manifest is checked before anything is built: a typo fails at once, naming the file.
+    let manifest_path = project.join("spade-plugin.toml");
+    let manifest = std::fs::read_to_string(&manifest_path).unwrap();
+    std::fs::write(&manifest_path, format!("{manifest}\nsecret = [\"myop.*\"]\n")).unwrap();
+    let typo = cmd(spade_bin, &["plugin", "build", dir], tmp.path());
+    let err = String::from_utf8_lossy(&typo.stderr);
+    assert!(!typo.status.success());
+    assert!(err.contains("spade-plugin.toml: invalid plugin manifest") && err.contains("secret"), "{err}");
+    std::fs::write(&manifest_path, manifest).unwrap();
 
     std::fs::write(
         tmp.path().join("wf.dig"),

@@ -2,6 +2,10 @@
 //! nested `cargo build`, then generates `bundled.rs` that embeds plugins/* and records where
 //! the test-only plugins are.
 //!
+//! A crate's `spade-plugin.toml` (its manifest: what it asks of the host) is embedded in
+//! its component as the `spade-manifest` custom section, as `spade plugin build` does for
+//! third-party plugins; the host validates it at install.
+//!
 //! The nested build uses its own target dir (target/guest) so it never waits on the lock the
 //! outer cargo holds, and shares the outer jobserver through CARGO_MAKEFLAGS, so the two
 //! builds together stay within the cores cargo was given.
@@ -33,6 +37,40 @@ fn guest_crates(dir: &Path) -> Vec<(String, PathBuf)> {
         }
     }
     out.sort();
+    out
+}
+
+/// Appends `value` as unsigned LEB128 (the encoding of wasm section sizes).
+fn leb128(out: &mut Vec<u8>, mut value: usize) {
+    loop {
+        let byte = (value & 0x7f) as u8;
+        value >>= 7;
+        if value == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+/// The component `wasm`, with the crate's manifest embedded when it has one: the path to
+/// use (the built file itself, or a copy in OUT_DIR).
+fn with_manifest(name: &str, crate_dir: &Path, wasm: &Path, out_dir: &Path) -> PathBuf {
+    let manifest = crate_dir.join("spade-plugin.toml");
+    let Ok(text) = std::fs::read_to_string(&manifest) else {
+        return wasm.to_path_buf();
+    };
+    let mut bytes = std::fs::read(wasm).unwrap_or_else(|e| panic!("spade-bundled: reading {}: {e}", wasm.display()));
+    const SECTION: &str = "spade-manifest";
+    let mut body = Vec::new();
+    leb128(&mut body, SECTION.len());
+    body.extend_from_slice(SECTION.as_bytes());
+    body.extend_from_slice(text.as_bytes());
+    bytes.push(0); // custom section id
+    leb128(&mut bytes, body.len());
+    bytes.extend_from_slice(&body);
+    let out = out_dir.join(format!("{}.wasm", name.replace('-', "_")));
+    std::fs::write(&out, bytes).unwrap_or_else(|e| panic!("spade-bundled: writing {}: {e}", out.display()));
     out
 }
 
@@ -82,22 +120,25 @@ fn main() {
     }
 
     let wasm_dir = target_dir.join("wasm32-wasip2/release");
+    let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let mut src = String::new();
     src.push_str("/// Bundled plugins: (crate name, component bytes).\n");
     src.push_str("pub static PLUGINS: &[(&str, &[u8])] = &[\n");
-    for (name, _) in &plugins {
+    for (name, dir) in &plugins {
         let file = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
         assert!(file.exists(), "spade-bundled: {} was not produced", file.display());
+        let file = with_manifest(name, dir, &file, &out_dir);
         src.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", file.display().to_string()));
     }
     src.push_str("];\n");
     src.push_str("/// Test-only plugins: (crate name, path of the built component).\n");
     src.push_str("pub static TEST_PLUGINS: &[(&str, &str)] = &[\n");
-    for (name, _) in &test_plugins {
+    for (name, dir) in &test_plugins {
         let file = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
+        let file = with_manifest(name, dir, &file, &out_dir);
         src.push_str(&format!("    ({name:?}, {:?}),\n", file.display().to_string()));
     }
     src.push_str("];\n");
-    let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("bundled.rs");
+    let out = out_dir.join("bundled.rs");
     std::fs::write(out, src).unwrap();
 }

@@ -1,7 +1,8 @@
 //! The project's `spade.yml`: which extra operator plugins to load and what each plugin is
 //! granted beyond log and output (secrets keys, HTTP hosts, workflow loading, expressions,
 //! starting attempts). Without the file, bundled plugins get only what their operators
-//! need and nothing reaches the network.
+//! need and nothing reaches the network. A plugin is linked with the intersection of these
+//! grants and what its embedded manifest (`spade-plugin.toml`) asks for.
 //!
 //! ```yaml
 //! plugins:                      # extra plugins, paths relative to the project

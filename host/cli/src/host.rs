@@ -1,15 +1,16 @@
 //! Builds the operator runtime with the bundled plugins and their grants.
 //!
-//! Bundled plugins get only the capabilities their operators need: `call>` may load
-//! workflow files, `param_eval>` may render templates, `require>` may start attempts.
-//! No bundled plugin is granted secrets.
+//! Bundled plugins are granted only the capabilities their operators need: `call>` may load
+//! workflow files, `param_eval>` may render templates, `require>` may start attempts, and
+//! `http>` may link wasi:http (reaching no host until the project grants some) and read
+//! the `http.*` secrets. Each plugin's manifest then narrows that further.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use spade_api::OperatorHost;
-use spade_runtime::{Grants, Runtime, RuntimeConfig};
+use spade_runtime::{Grants, InstallReport, Runtime, RuntimeConfig};
 
 use crate::config::ProjectConfig;
 
@@ -32,7 +33,7 @@ pub fn grants_for(crate_name: &str) -> Grants {
         "spade-plugin-param-eval" => g.expressions = true,
         "spade-plugin-require" => g.engine = true,
         // http> may link wasi:http, but with an empty allowlist every request is refused
-        // until a project grants hosts (grant configuration is not wired yet: see README).
+        // until the project's spade.yml grants hosts.
         "spade-plugin-http" => {
             g.http = Some(Vec::new());
             g.secrets = vec!["http.*".into()];
@@ -42,32 +43,20 @@ pub fn grants_for(crate_name: &str) -> Grants {
     g
 }
 
-/// The capabilities `g` grants beyond log and output, for display.
-pub fn describe_grants(g: &Grants) -> String {
-    let mut out = Vec::new();
-    if !g.secrets.is_empty() {
-        out.push(format!("secrets({})", g.secrets.join(",")));
-    }
-    if g.workflows {
-        out.push("workflows".to_string());
-    }
-    if g.expressions {
-        out.push("expressions".to_string());
-    }
-    if g.engine {
-        out.push("engine".to_string());
-    }
-    if let Some(hosts) = &g.http {
-        out.push(format!("http({})", if hosts.is_empty() { "no hosts".to_string() } else { format!("{} hosts", hosts.len()) }));
-    }
-    if out.is_empty() { "-".to_string() } else { out.join(" ") }
+/// One plugin the runtime tried to install, for `spade plugin list`.
+pub struct Installed {
+    /// `bundled`, or the component's path.
+    pub source: String,
+    pub result: Result<InstallReport, String>,
 }
 
 /// The runtime with the bundled plugins (their grants widened by the project's
-/// `spade.yml`) and the project's own plugins.
-pub fn runtime_for(config: &ProjectConfig) -> anyhow::Result<Runtime> {
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() })
-        .context("starting the plugin runtime")?;
+/// `spade.yml`) and the project's own plugins, plus what happened to each.
+///
+/// A bundled plugin that fails to load leaves its operators unknown (tasks using them fail
+/// with that message); a project plugin that fails to load is an error.
+pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<Vec<Installed>> {
+    let mut installed = Vec::new();
     for (name, bytes) in spade_bundled::PLUGINS {
         let mut grants = grants_for(name);
         // The config names plugins as `spade plugin list` shows them (`spade-http`).
@@ -75,33 +64,57 @@ pub fn runtime_for(config: &ProjectConfig) -> anyhow::Result<Runtime> {
         if let Some(extra) = config.grants.get(&short).or_else(|| config.grants.get(*name)) {
             extra.apply(&mut grants).with_context(|| format!("grants for {short}"))?;
         }
-        // One broken plugin must not take the others down: its operators are then unknown
-        // and the tasks using them fail with that message.
-        if let Err(e) = runtime.install(name, bytes, grants) {
-            eprintln!("warning: bundled plugin {name} is not available: {e}");
-        }
+        let result = runtime.install(name, bytes, grants).map_err(|e| e.to_string());
+        installed.push(Installed { source: "bundled".into(), result });
     }
     for (path, spec) in &config.plugins {
         let mut grants = Grants::default();
         spec.apply(&mut grants)?;
-        install_file(&runtime, path, grants)?;
+        let report = install_file(runtime, path, grants)?;
+        installed.push(Installed { source: path.display().to_string(), result: Ok(report) });
+    }
+    Ok(installed)
+}
+
+pub fn new_runtime() -> anyhow::Result<Runtime> {
+    Runtime::new(RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() })
+        .context("starting the plugin runtime")
+}
+
+/// The runtime for a run of the project: see [`install_all`]. Problems of bundled plugins
+/// are warnings, so is every request of a project plugin's manifest its grants leave out.
+pub fn runtime_for(config: &ProjectConfig) -> anyhow::Result<Runtime> {
+    let runtime = new_runtime()?;
+    for i in install_all(config, &runtime)? {
+        match &i.result {
+            Err(e) => eprintln!("warning: bundled plugin is not available: {e}"),
+            Ok(report) if i.source != "bundled" => {
+                for w in &report.warnings {
+                    eprintln!("warning: plugin {} ({}): {w}", report.info.name, i.source);
+                }
+            }
+            Ok(_) => {}
+        }
     }
     Ok(runtime)
 }
 
-fn install_file(runtime: &Runtime, path: &std::path::Path, grants: Grants) -> anyhow::Result<()> {
+fn install_file(runtime: &Runtime, path: &std::path::Path, grants: Grants) -> anyhow::Result<InstallReport> {
     let bytes = std::fs::read(path).with_context(|| format!("plugin {}", path.display()))?;
     let label = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
     let report = runtime.install(&label, &bytes, grants).with_context(|| format!("plugin {}", path.display()))?;
     tracing::info!(plugin = %report.info.name, version = %report.info.version, operators = ?report.info.operators, "loaded");
-    Ok(())
+    Ok(report)
 }
 
 /// The project's runtime plus plugins given on the command line (no extra grants).
 pub fn host_with(config: &ProjectConfig, plugins: &[PathBuf]) -> anyhow::Result<Arc<dyn OperatorHost>> {
     let runtime = runtime_for(config)?;
     for path in plugins {
-        install_file(&runtime, path, Grants::default())?;
+        let report = install_file(&runtime, path, Grants::default())?;
+        for w in &report.warnings {
+            eprintln!("warning: plugin {} ({}): {w}", report.info.name, path.display());
+        }
     }
     Ok(Arc::new(runtime))
 }

@@ -1,21 +1,28 @@
-//! `spade plugin list` and `spade plugin inspect`: what operator plugins this spade has,
-//! and what a component file is (name, version, contract version, operators, the
-//! capabilities it imports) before anyone runs it. `spade plugin new` scaffolds a plugin
-//! project (Rust on sdk/, or the python/js/c templates of sdk/templates, embedded here so
-//! an installed binary needs no checkout) and `spade plugin build` builds and inspects one.
+//! `spade plugin list` and `spade plugin inspect`: what operator plugins a project runs
+//! with, and what a component file is (name, version, contract version, operators, the
+//! capabilities it imports and its manifest asks for) before anyone runs it. `spade plugin
+//! new` scaffolds a plugin project (Rust on sdk/, or the python/js/c templates of
+//! sdk/templates, embedded here so an installed binary needs no checkout) and `spade plugin
+//! build` builds one, embeds its manifest (`spade-plugin.toml`) and inspects the result.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
-use spade_runtime::{Grants, Runtime, RuntimeConfig};
+use spade_runtime::{Grants, MANIFEST_FILE, Manifest, Wants};
 
-use crate::host::{cache_dir, describe_grants, grants_for};
+use crate::config::ProjectConfig;
+use crate::host::{grants_for, install_all, new_runtime};
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
-    /// List the installed (bundled) plugins: version, contract version, operators, grants.
-    List,
+    /// List the plugins a project runs with (bundled and its spade.yml's): version, contract
+    /// version, operators, and the capabilities each is linked with.
+    List {
+        /// The project directory (its spade.yml grants and adds plugins).
+        #[arg(long, default_value = ".")]
+        project: PathBuf,
+    },
     /// Describe a plugin component file without running any of its operators.
     Inspect {
         /// The component (.wasm).
@@ -32,7 +39,8 @@ pub enum PluginCommand {
         #[arg(long)]
         dir: Option<PathBuf>,
     },
-    /// Build the plugin project in DIR (cargo for Rust, build.sh otherwise) and inspect the result.
+    /// Build the plugin project in DIR (cargo for Rust, build.sh otherwise), embed its
+    /// spade-plugin.toml and inspect the result.
     Build {
         /// The project directory.
         #[arg(default_value = ".")]
@@ -63,24 +71,8 @@ fn capabilities(imports: &[String]) -> Vec<String> {
 
 pub fn plugin(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PluginCommand::List => {
-            let runtime = Runtime::new(RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() })?;
-            println!("{:<26} {:<8} {:<6} {:<24} {:<30} CAPABILITIES USED", "PLUGIN", "VERSION", "WIT", "OPERATORS", "GRANTED");
-            for (name, bytes) in spade_bundled::PLUGINS {
-                let grants = grants_for(name);
-                match runtime.install(name, bytes, grants.clone()) {
-                    Ok(report) => println!(
-                        "{:<26} {:<8} {:<6} {:<24} {:<30} {}",
-                        report.info.name,
-                        report.info.version,
-                        report.info.wit_version,
-                        report.info.operators.iter().map(|o| format!("{o}>")).collect::<Vec<_>>().join(" "),
-                        describe_grants(&grants),
-                        capabilities(&report.imports).join(" ")
-                    ),
-                    Err(e) => println!("{name:<26} unavailable: {e}"),
-                }
-            }
+        PluginCommand::List { project } => {
+            list(&project)?;
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Inspect { file } => {
@@ -92,11 +84,68 @@ pub fn plugin(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
+fn list(project: &Path) -> anyhow::Result<()> {
+    let config = ProjectConfig::load(project)?;
+    let runtime = new_runtime()?;
+    let installed = install_all(&config, &runtime)?;
+    println!("{:<26} {:<8} {:<6} {:<26} {:<40} SOURCE", "PLUGIN", "VERSION", "WIT", "OPERATORS", "LINKED CAPABILITIES");
+    let mut notes = Vec::new();
+    for i in &installed {
+        match &i.result {
+            Ok(report) => {
+                println!(
+                    "{:<26} {:<8} {:<6} {:<26} {:<40} {}",
+                    report.info.name,
+                    report.info.version,
+                    report.info.wit_version,
+                    report.info.operators.iter().map(|o| format!("{o}>")).collect::<Vec<_>>().join(" "),
+                    report.linked.to_string(),
+                    i.source
+                );
+                for w in &report.warnings {
+                    notes.push(format!("{}: {w}", report.info.name));
+                }
+            }
+            Err(e) => notes.push(format!("unavailable: {e}")),
+        }
+    }
+    if !notes.is_empty() {
+        println!();
+        for n in notes {
+            println!("note: {n}");
+        }
+    }
+    Ok(())
+}
+
+/// A manifest's request, in one line.
+fn describe_wants(w: &Wants) -> String {
+    let mut parts = Vec::new();
+    if !w.secrets.is_empty() {
+        parts.push(format!("secrets({})", w.secrets.join(",")));
+    }
+    if !w.http.is_empty() {
+        parts.push(format!("http({})", w.http.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ")));
+    }
+    for (on, name) in [(w.workflows, "workflows"), (w.expressions, "expressions"), (w.engine, "engine")] {
+        if on {
+            parts.push(name.to_string());
+        }
+    }
+    if let Some(m) = w.memory_bytes {
+        parts.push(format!("memory {} MiB", m >> 20));
+    }
+    if let Some(t) = w.cpu_time {
+        parts.push(format!("time {} s", t.as_secs()));
+    }
+    if parts.is_empty() { "nothing beyond log and output".to_string() } else { parts.join(" ") }
+}
+
 /// Print what `file` is: plugin name and version, contract, operators, capabilities.
 fn inspect(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
     let label = file.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() })?;
+    let runtime = new_runtime()?;
     // Grant everything so that describing it cannot fail for lack of a grant; only
     // `describe` runs.
     let report = runtime.install(&label, &bytes, Grants::all()).map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -112,6 +161,13 @@ fn inspect(file: &Path) -> anyhow::Result<()> {
         "capabilities: {} (log and output are always granted; the rest must be granted)",
         if caps.is_empty() { "-".to_string() } else { caps.join(" ") }
     );
+    match &report.manifest {
+        Some(m) => println!("asks for:     {} (its {MANIFEST_FILE})", describe_wants(&m.wants)),
+        None => println!(
+            "asks for:     no manifest: whatever it imports, with the keys, hosts and limits its grants give \
+             (build with `spade plugin build` to embed a {MANIFEST_FILE})"
+        ),
+    }
     println!("imports:");
     for i in &report.imports {
         println!("  {i}");
@@ -188,6 +244,9 @@ const C_FILES: &[TemplateFile] = &[
     tfile!("spade.h", "sdk/templates/c/spade.h"),
     tfile!("wit/world.wit", "sdk/templates/c/wit/world.wit"),
 ];
+
+/// Every scaffold's `spade-plugin.toml` (`__NAME__` filled in): asks for nothing yet.
+const MANIFEST_TEMPLATE: &str = include_str!("../../../sdk/templates/spade-plugin.toml");
 
 /// Files of the Rust scaffold; `__NAME__` (operator), `__TYPE__` (its Rust type) and
 /// `__CRATE__` (package and plugin name) are filled in.
@@ -346,7 +405,7 @@ fn find_sdk() -> anyhow::Result<Option<PathBuf>> {
 /// Operators the bundled plugins serve; a scaffold with one of these names could never be
 /// loaded next to them. None when the runtime cannot start (the check is then skipped).
 fn bundled_operators() -> Option<Vec<(String, String)>> {
-    let runtime = Runtime::new(RuntimeConfig { cache_dir: cache_dir(), ..RuntimeConfig::default() }).ok()?;
+    let runtime = new_runtime().ok()?;
     let mut ops = Vec::new();
     for (name, bytes) in spade_bundled::PLUGINS {
         if let Ok(report) = runtime.install(name, bytes, grants_for(name)) {
@@ -487,6 +546,7 @@ fn new_plugin(lang: Lang, name: &str, dir: Option<PathBuf>) -> anyhow::Result<Ex
             }
         }
     }
+    write_file(&dir, MANIFEST_FILE, &fill(MANIFEST_TEMPLATE), false)?;
     println!("created {} plugin project {} (operator {name}>)", lang_dir(lang), dir.display());
     for n in notes {
         eprintln!("{n}");
@@ -583,6 +643,16 @@ fn build_script(dir: &Path) -> anyhow::Result<PathBuf> {
 }
 
 fn build_plugin(dir: &Path) -> anyhow::Result<ExitCode> {
+    // Checked before the (slow) build, so a typo in it fails at once.
+    let manifest_path = dir.join(MANIFEST_FILE);
+    let manifest = match std::fs::read_to_string(&manifest_path) {
+        Ok(text) => {
+            Manifest::parse(&text, &manifest_path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Some(text)
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::anyhow!("reading {}: {e}", manifest_path.display())),
+    };
     let wasm = if dir.join("Cargo.toml").is_file() {
         build_rust(dir)?
     } else if dir.join("build.sh").is_file() {
@@ -598,8 +668,20 @@ fn build_plugin(dir: &Path) -> anyhow::Result<ExitCode> {
         if i > 0 {
             println!();
         }
+        if let Some(text) = &manifest {
+            let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let with = spade_runtime::embed_manifest(&bytes, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            std::fs::write(path, with).with_context(|| format!("writing {}", path.display()))?;
+        }
         println!("built:        {}", path.display());
         inspect(path)?;
+    }
+    if manifest.is_none() {
+        eprintln!(
+            "note: {} has no {MANIFEST_FILE}, so the component asks for whatever it imports; `spade plugin new` \
+             writes one to start from",
+            dir.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

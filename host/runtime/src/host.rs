@@ -6,7 +6,7 @@
 //!
 //! Capability checks happen twice: at install time a plugin that imports an interface it
 //! was not granted is refused (see `Runtime::install`), and here `secrets.get` only answers
-//! keys the plugin's grants name.
+//! keys both the plugin's manifest and its grants name.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -20,7 +20,8 @@ use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::http::{HttpAllow, HttpGuard};
+use crate::http::{HttpGuard, HttpPolicy};
+use crate::manifest::Linked;
 use crate::sandbox::{Limiter, LineBudget};
 
 wasmtime::component::bindgen!({
@@ -35,23 +36,30 @@ pub(crate) use spade::operator::{secrets as wit_secrets, workflows as wit_workfl
 /// Largest JSON text a plugin may hand to a capability (template scope, start params).
 const MAX_CAPABILITY_INPUT: usize = 16 << 20;
 
-/// What the plugin was granted, as the host functions need it.
+/// What the plugin is linked with, as the host functions need it.
 pub(crate) struct PluginCtx {
     pub name: String,
-    /// Granted secret keys: exact keys, `prefix.*`, or `*` for every key.
-    pub secrets: Vec<String>,
+    /// The intersection of its manifest's request and its grants.
+    pub linked: Linked,
     /// Where the plugin may send HTTP requests (checked per request by [`HttpGuard`]).
-    pub http: Arc<Vec<HttpAllow>>,
+    pub http: Arc<HttpPolicy>,
 }
 
 impl PluginCtx {
+    pub fn new(name: &str, linked: Linked) -> PluginCtx {
+        let http = Arc::new(linked.http.clone().unwrap_or(HttpPolicy {
+            granted: Vec::new(),
+            wanted: None,
+        }));
+        PluginCtx {
+            name: name.to_string(),
+            linked,
+            http,
+        }
+    }
+
     fn may_read_secret(&self, key: &str) -> bool {
-        self.secrets.iter().any(|g| {
-            g == "*"
-                || g == key
-                || g.strip_suffix('*')
-                    .is_some_and(|prefix| !prefix.is_empty() && key.starts_with(prefix))
-        })
+        self.linked.may_read_secret(key)
     }
 }
 
@@ -382,26 +390,19 @@ mod tests {
 
     #[test]
     fn secret_grants() {
-        let p = PluginCtx {
-            name: "p".into(),
-            secrets: vec!["a".into(), "slack.*".into()],
-            http: Arc::default(),
+        let ctx = |keys: &[&str]| {
+            let linked = Linked {
+                secrets: keys.iter().map(|k| k.to_string()).collect(),
+                ..Linked::default()
+            };
+            PluginCtx::new("p", linked)
         };
+        let p = ctx(&["a", "slack.*"]);
         assert!(p.may_read_secret("a"));
         assert!(!p.may_read_secret("ab"));
         assert!(p.may_read_secret("slack.token"));
         assert!(!p.may_read_secret("slackx"));
-        let none = PluginCtx {
-            name: "p".into(),
-            secrets: vec!["*x".into(), "".into()],
-            http: Arc::default(),
-        };
-        assert!(!none.may_read_secret("y"));
-        let all = PluginCtx {
-            name: "p".into(),
-            secrets: vec!["*".into()],
-            http: Arc::default(),
-        };
-        assert!(all.may_read_secret("anything"));
+        assert!(!ctx(&["*x", ""]).may_read_secret("y"));
+        assert!(ctx(&["*"]).may_read_secret("anything"));
     }
 }

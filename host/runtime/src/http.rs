@@ -4,7 +4,8 @@
 //! wasmtime-wasi-http implements the guest-facing interfaces; spade replaces only its
 //! `send_request` hook ([`HttpGuard`]). Every request is checked on its own (a plugin that
 //! follows a redirect makes a new request, checked like the first): scheme, host and port
-//! must match a grant; the host is resolved here and addresses in private, loopback,
+//! must match a grant (and, for a plugin whose manifest lists destinations, one of those
+//! too: [`HttpPolicy`]); the host is resolved here and addresses in private, loopback,
 //! link-local and other non-public ranges are refused unless a matching grant names that
 //! address (an IP literal, or `localhost` for loopback) or allows private addresses. The
 //! connection then goes to exactly the address that was checked, so a DNS answer cannot
@@ -239,9 +240,68 @@ fn is_public_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240) // reserved
 }
 
+/// Where one plugin may send requests: what it was granted and, when its manifest says,
+/// what it asked for. A destination must be allowed by both. Reaching a non-public address
+/// is the grant's decision alone (a plugin asking for `*` cannot know the host's network).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpPolicy {
+    pub granted: Vec<HttpAllow>,
+    /// The manifest's `[wants] http`; `None` for a plugin without a manifest.
+    pub wanted: Option<Vec<HttpAllow>>,
+}
+
+/// The granted entries that allow one destination.
+struct Matching {
+    granted: Vec<HttpAllow>,
+}
+
+impl Matching {
+    fn names_address(&self, ip: IpAddr) -> bool {
+        self.granted.iter().any(|g| g.names_address(ip))
+    }
+}
+
+impl HttpPolicy {
+    /// The granted entries for `scheme://host:port`, or why it is refused.
+    fn matching(&self, scheme: &str, host: &str, port: u16) -> Result<Matching, String> {
+        let pick = |list: &[HttpAllow]| -> Vec<HttpAllow> {
+            list.iter()
+                .filter(|a| a.matches(scheme, host, port))
+                .cloned()
+                .collect()
+        };
+        let granted = pick(&self.granted);
+        if granted.is_empty() {
+            return Err(format!(
+                "{scheme}://{host}:{port} is not in this plugin's http grant (granted: {})",
+                allowed_list(&self.granted)
+            ));
+        }
+        if let Some(wanted) = &self.wanted
+            && pick(wanted).is_empty()
+        {
+            return Err(format!(
+                "{scheme}://{host}:{port} is not among the destinations the plugin's manifest asks for ({})",
+                allowed_list(wanted)
+            ));
+        }
+        Ok(Matching { granted })
+    }
+}
+
+impl fmt::Display for HttpPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&allowed_list(&self.granted))?;
+        if let Some(w) = &self.wanted {
+            write!(f, "; asks for {}", allowed_list(w))?;
+        }
+        Ok(())
+    }
+}
+
 /// Per-call state of the `send_request` hook.
 pub(crate) struct HttpGuard {
-    pub allow: Arc<Vec<HttpAllow>>,
+    pub policy: Arc<HttpPolicy>,
     pub stop: Arc<Stop>,
     /// Why requests were refused or failed, for the task log.
     pub notes: Arc<Mutex<Vec<String>>>,
@@ -249,9 +309,9 @@ pub(crate) struct HttpGuard {
 }
 
 impl HttpGuard {
-    pub fn new(allow: Arc<Vec<HttpAllow>>, stop: Arc<Stop>) -> Self {
+    pub fn new(policy: Arc<HttpPolicy>, stop: Arc<Stop>) -> Self {
         HttpGuard {
-            allow,
+            policy,
             stop,
             notes: Arc::default(),
             requests: 0,
@@ -286,7 +346,14 @@ impl WasiHttpHooks for HttpGuard {
     ) -> Box<dyn Future<Output = SendResult> + Send> {
         let notes = self.notes.clone();
         let uri = request.uri().clone();
-        let shown = format!("{} {uri}", request.method());
+        // Only the origin goes to the task log: paths and queries often carry tokens.
+        let shown = format!(
+            "{} {}://{}{}",
+            request.method(),
+            uri.scheme_str().unwrap_or("?"),
+            uri.host().unwrap_or("?"),
+            uri.port().map_or(String::new(), |p| format!(":{p}"))
+        );
         let deny =
             move |line: String, err: HttpError| -> Box<dyn Future<Output = SendResult> + Send> {
                 note(&notes, line);
@@ -319,21 +386,15 @@ impl WasiHttpHooks for HttpGuard {
             );
         };
         let port = uri.port_u16().unwrap_or_else(|| default_port(&scheme));
-        let grants: Vec<HttpAllow> = self
-            .allow
-            .iter()
-            .filter(|a| a.matches(&scheme, &host, port))
-            .cloned()
-            .collect();
-        if grants.is_empty() {
-            return deny(
-                format!(
-                    "spade: http request {shown} refused: {scheme}://{host}:{port} is not in this plugin's http grant (granted: {})",
-                    allowed_list(&self.allow)
-                ),
-                HttpError::HttpRequestDenied,
-            );
-        }
+        let grants = match self.policy.matching(&scheme, &host, port) {
+            Ok(m) => m,
+            Err(why) => {
+                return deny(
+                    format!("spade: http request {shown} refused: {why}"),
+                    HttpError::HttpRequestDenied,
+                );
+            }
+        };
         let stop = self.stop.clone();
         let notes = self.notes.clone();
         let opts = options.unwrap_or_default();
@@ -413,7 +474,7 @@ type Failed = (HttpError, String);
 
 async fn resolve(
     target: &Target,
-    grants: &[HttpAllow],
+    grants: &Matching,
     timeout: Duration,
 ) -> Result<Vec<SocketAddr>, Failed> {
     let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
@@ -442,7 +503,7 @@ async fn resolve(
     };
     let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs
         .into_iter()
-        .partition(|a| is_public(a.ip()) || grants.iter().any(|g| g.names_address(a.ip())));
+        .partition(|a| is_public(a.ip()) || grants.names_address(a.ip()));
     if ok.is_empty() {
         let list = refused
             .iter()
@@ -489,7 +550,7 @@ impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static> S
 async fn send(
     mut request: http::Request<WasiBody>,
     target: &Target,
-    grants: &[HttpAllow],
+    grants: &Matching,
     limits: Timeouts,
     stop: Arc<Stop>,
 ) -> Result<(http::Response<WasiBody>, IoFuture), Failed> {

@@ -24,6 +24,7 @@ mod contract;
 mod decode;
 mod host;
 mod http;
+mod manifest;
 mod sandbox;
 
 pub mod bench;
@@ -53,8 +54,12 @@ use crate::sandbox::{Capture, Limiter, LineBudget};
 pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION};
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
 pub use crate::http::{
-    HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPort,
-    MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
+    HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPolicy,
+    HttpPort, MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
+};
+pub use crate::manifest::{
+    Linked, MANIFEST_FILE, MANIFEST_SECTION, Manifest, Wants, embed as embed_manifest,
+    read_embedded as read_embedded_manifest,
 };
 pub use crate::sandbox::{MAX_LINE_BYTES, MAX_LINE_CALLS};
 
@@ -103,7 +108,8 @@ impl RuntimeConfig {
     }
 }
 
-/// What a plugin may use beyond `log` and `output` (always granted).
+/// What the host's operator lets a plugin use beyond `log` and `output` (always granted).
+/// The plugin is linked with the intersection of this and its manifest's request ([`Linked`]).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grants {
     /// Secret keys `secrets.get` may read: exact keys, `prefix*` (e.g. `slack.*`), or `*`
@@ -158,6 +164,12 @@ pub struct InstallReport {
     pub load_time: Duration,
     /// The component's imports (interface names as the component spells them).
     pub imports: Vec<String>,
+    /// The manifest embedded in the component, if it has one.
+    pub manifest: Option<Manifest>,
+    /// What the plugin is linked with: its manifest's request intersected with its grants.
+    pub linked: Linked,
+    /// Requests of the manifest the grants do not cover (the plugin loads without them).
+    pub warnings: Vec<String>,
 }
 
 /// Why a plugin could not be installed (or the runtime could not start).
@@ -176,6 +188,15 @@ pub enum RuntimeError {
         plugin: String,
         import: String,
         message: String,
+    },
+    #[error(
+        "plugin {plugin}: imports {} but its manifest ({MANIFEST_FILE}) does not ask for {}; add {} to \
+         [wants] in {MANIFEST_FILE} and rebuild it with `spade plugin build`",
+        quoted(capabilities), them(capabilities), them(capabilities)
+    )]
+    NotAsked {
+        plugin: String,
+        capabilities: Vec<String>,
     },
     #[error("plugin {plugin}: {}", not_granted(capabilities))]
     NotGranted {
@@ -211,6 +232,18 @@ pub enum RuntimeError {
         plugin: String,
         existing_version: String,
     },
+}
+
+fn quoted(capabilities: &[String]) -> String {
+    capabilities
+        .iter()
+        .map(|i| format!("`{i}`"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn them(capabilities: &[String]) -> &'static str {
+    if capabilities.len() == 1 { "it" } else { "them" }
 }
 
 fn not_granted(capabilities: &[String]) -> String {
@@ -582,21 +615,30 @@ impl Runtime {
                 });
             }
         };
-        let mut ungranted = Vec::new();
-        if grants.http.is_none() && imports.iter().any(|i| i.starts_with("wasi:http/")) {
-            ungranted.push("http".to_string());
-        }
+        // The manifest is read before anything is compiled-in or linked: a plugin that
+        // misstates what it needs is refused whatever it was granted.
+        let manifest = match manifest::read_embedded(bytes) {
+            Ok(None) => None,
+            Ok(Some(text)) => Some(
+                Manifest::parse(&text, &format!("plugin {label}"))
+                    .map_err(|message| invalid(message))?,
+            ),
+            Err(why) => return Err(invalid(why)),
+        };
+        let (linked, warnings) = Linked::new(manifest.as_ref(), grants);
+        let mut capability_imports = Vec::new();
         for name in &imports {
+            if name.starts_with("wasi:http/") {
+                capability_imports.push("http");
+                continue;
+            }
             let Some(iface) = name.strip_prefix("spade:operator/") else {
                 continue;
             };
             let iface = iface.split('@').next().unwrap_or(iface);
-            let granted = match iface {
-                "types" | "log" | "output" => true,
-                "secrets" => !grants.secrets.is_empty(),
-                "workflows" => grants.workflows,
-                "expressions" => grants.expressions,
-                "engine" => grants.engine,
+            match iface {
+                "types" | "log" | "output" => {}
+                "secrets" | "workflows" | "expressions" | "engine" => capability_imports.push(iface),
                 _ => {
                     return Err(RuntimeError::UnsupportedImport {
                         plugin: label.to_string(),
@@ -604,11 +646,28 @@ impl Runtime {
                         message: format!("spade:operator has no interface named `{iface}`"),
                     });
                 }
-            };
-            if !granted {
-                ungranted.push(iface.to_string());
             }
         }
+        capability_imports.sort_unstable();
+        capability_imports.dedup();
+        if let Some(m) = &manifest {
+            let unasked: Vec<String> = capability_imports
+                .iter()
+                .filter(|c| !m.asks_for(c))
+                .map(|c| c.to_string())
+                .collect();
+            if !unasked.is_empty() {
+                return Err(RuntimeError::NotAsked {
+                    plugin: label.to_string(),
+                    capabilities: unasked,
+                });
+            }
+        }
+        let ungranted: Vec<String> = capability_imports
+            .iter()
+            .filter(|c| !linked.links(c))
+            .map(|c| c.to_string())
+            .collect();
         if !ungranted.is_empty() {
             return Err(RuntimeError::NotGranted {
                 plugin: label.to_string(),
@@ -643,6 +702,9 @@ impl Runtime {
             load,
             load_time: started.elapsed(),
             imports,
+            manifest,
+            linked,
+            warnings,
         };
         Ok((pre, report))
     }
@@ -661,23 +723,14 @@ impl Runtime {
         grants: Grants,
     ) -> Result<InstallReport, RuntimeError> {
         let (pre, mut report) = self.prepare(label, bytes, &grants)?;
-        let http = Arc::new(grants.http.clone().unwrap_or_default());
-        let ctx = Arc::new(PluginCtx {
-            name: label.to_string(),
-            secrets: grants.secrets.clone(),
-            http: http.clone(),
-        });
+        let ctx = Arc::new(PluginCtx::new(label, report.linked.clone()));
         let info = self.describe(label, &pre, &ctx)?;
         validate_info(label, &info)?;
         let loaded = Arc::new(Loaded {
             info: info.clone(),
             pre,
-            ctx: Arc::new(PluginCtx {
-                name: info.name.clone(),
-                secrets: grants.secrets,
-                http,
-            }),
-            limits: grants.limits,
+            ctx: Arc::new(PluginCtx::new(&info.name, report.linked.clone())),
+            limits: report.linked.limits,
         });
         let mut reg = self.registry.write().unwrap_or_else(|e| e.into_inner());
         if let Some(existing) = reg.plugins.iter().find(|p| p.info.name == info.name) {

@@ -128,6 +128,7 @@ fn serve(conn: TcpStream, port: u16, seen: &Mutex<Vec<Seen>>) {
             String::new(),
             format!("{method} {content_type} {}", String::from_utf8_lossy(&body)).into_bytes(),
         ),
+        p if p.starts_with("/token/") => ("200 OK", String::new(), b"token accepted".to_vec()),
         "/redirect-ok" => ("302 Found", "Location: /ok\r\n".into(), vec![]),
         "/redirect-denied" => (
             "302 Found",
@@ -449,4 +450,62 @@ fn grant_syntax_errors_are_clear() {
             .to_string(),
         "https://api.example.com:8443"
     );
+}
+
+#[test]
+fn secret_references_are_filled_in_but_never_logged() {
+    let server = Server::start();
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let grants = Grants {
+        secrets: vec!["http.*".into(), "api.*".into()],
+        http: Some(vec![HttpAllow::parse(&format!("127.0.0.1:{}", server.port)).unwrap()]),
+        ..Grants::default()
+    };
+    rt.install("spade-plugin-http", http_plugin(), grants).unwrap();
+    let (out, rec) = run(
+        &rt,
+        &server.url("/token/${secret:api.token}"),
+        json!({"method": "POST", "headers": [{"X-Key": "k=${secret:api.key}"}],
+               "content": {"auth": "${secret:api.token}", "n": 1}}),
+    );
+    done_store(out.unwrap());
+    let seen = server.seen.lock().unwrap().clone();
+    assert_eq!(seen[0].path, "/token/value-of-api.token");
+    assert!(seen[0].headers.contains(&("x-key".into(), "k=value-of-api.key".into())), "{seen:?}");
+    assert_eq!(seen[0].body, br#"{"auth":"value-of-api.token","n":1}"#);
+    let log = rec.logs().into_iter().map(|(_, m)| m).collect::<Vec<_>>().join("\n");
+    assert!(log.contains("${secret:api.token}") && !log.contains("value-of-"), "{log}");
+
+    // A key the plugin is not granted fails the task before anything is sent.
+    let (msg, retryable) = failure(run(&rt, &server.url("/token/${secret:db.password}"), json!({})).0);
+    assert!(msg.contains("secret db.password is not set, or not granted"), "{msg}");
+    assert!(!retryable);
+    assert_eq!(server.paths().len(), 1);
+}
+
+#[test]
+fn a_manifest_narrows_the_http_grant() {
+    let server = Server::start();
+    let manifest = format!("[wants]\nhttp = [\"127.0.0.1:{}\"]\nsecrets = [\"http.*\"]\n", server.port);
+    let bytes = spade_runtime::embed_manifest(http_plugin(), &manifest).unwrap();
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let grants = Grants {
+        secrets: vec!["http.*".into()],
+        http: Some(vec![HttpAllow::parse("127.0.0.1:*").unwrap()]),
+        ..Grants::default()
+    };
+    rt.install("narrow.wasm", &bytes, grants).unwrap();
+    let (out, _) = run(&rt, &server.url("/ok"), json!({}));
+    done_store(out.unwrap());
+    // Granted (any port of 127.0.0.1) but not asked for by the plugin.
+    let other = format!("http://127.0.0.1:{}/ok", server.port.wrapping_add(1).max(1));
+    let (out, rec) = run(&rt, &other, json!({}));
+    let (msg, _) = failure(out);
+    assert!(msg.contains("refused by spade"), "{msg}");
+    assert!(
+        warnings(&rec).contains("not among the destinations the plugin's manifest asks for"),
+        "{}",
+        warnings(&rec)
+    );
+    assert_eq!(server.paths(), ["/ok"]);
 }

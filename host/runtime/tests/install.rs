@@ -200,7 +200,7 @@ fn ungranted_capabilities_are_refused() {
         .unwrap_err()
         .to_string();
     assert!(
-        msg.contains("`expressions`, `engine`") && !msg.contains("`workflows`"),
+        msg.contains("`engine`, `expressions`") && !msg.contains("`workflows`"),
         "{msg}"
     );
     assert!(msg.contains("caps.wasm"), "{msg}");
@@ -499,4 +499,121 @@ fn bundled_plugins_install() {
         assert!(!r.info.operators.is_empty(), "{name}");
     }
     assert_eq!(rt.plugins().len(), spade_bundled::PLUGINS.len());
+}
+
+/// `caps` with `manifest` embedded.
+fn caps_with(manifest: &str) -> Vec<u8> {
+    spade_runtime::embed_manifest(&test_plugin("spade-test-caps"), manifest).unwrap()
+}
+
+#[test]
+fn a_manifest_must_ask_for_every_capability_the_component_imports() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let err = rt
+        .install("caps.wasm", &caps_with("[wants]\nsecrets = [\"db.*\"]\n"), Grants::all())
+        .unwrap_err();
+    assert!(matches!(err, RuntimeError::NotAsked { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("caps.wasm")
+            && msg.contains("`engine`, `expressions`, `workflows`")
+            && msg.contains("spade-plugin.toml"),
+        "{msg}"
+    );
+    assert!(!msg.contains("`secrets`"), "{msg}");
+    assert!(!rt.has_operator("caps"));
+
+    // Asked for, but not granted: refused as before, naming only what is missing.
+    let manifest = "[wants]\nsecrets = [\"db.*\"]\nworkflows = true\nexpressions = true\nengine = true\n";
+    let grants = Grants {
+        secrets: vec!["db.*".into()],
+        workflows: true,
+        expressions: true,
+        ..Grants::default()
+    };
+    let msg = rt.install("caps.wasm", &caps_with(manifest), grants).unwrap_err().to_string();
+    assert!(msg.contains("`engine`") && !msg.contains("`workflows`"), "{msg}");
+}
+
+#[test]
+fn the_plugin_is_linked_with_what_is_both_asked_for_and_granted() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let manifest = "[wants]\nsecrets = [\"db.password\", \"api.*\"]\nworkflows = true\nexpressions = true\nengine = true\nmemory_mb = 48\n";
+    let report = rt.install("caps.wasm", &caps_with(manifest), Grants::all()).unwrap();
+    let asked = report.manifest.as_ref().expect("the manifest is read back");
+    assert_eq!(asked.wants.memory_bytes, Some(48 << 20));
+    assert_eq!(report.linked.secrets, vec!["db.password".to_string(), "api.*".to_string()]);
+    assert_eq!(report.linked.limits.unwrap().memory_bytes, 48 << 20);
+    assert!(report.warnings.is_empty(), "{:?}", report.warnings);
+
+    // Granted every key, the plugin still sees only the keys it asked for.
+    let sb = Sandbox::new();
+    let services = Recorder::default();
+    let secret_of = |key: &str| {
+        let req = request("caps", json!(null), json!({"secret_key": key}));
+        let out = invoke(&rt, &sb, &services, &req, Limits::default(), &CancelToken::new()).unwrap();
+        done_store(out)["caps"]["secret"].clone()
+    };
+    assert_eq!(secret_of("db.password"), json!("value-of-db.password"));
+    assert_eq!(secret_of("api.token"), json!("value-of-api.token"));
+    assert_eq!(secret_of("db.user"), json!(null));
+    assert_eq!(
+        *services.secrets_asked.lock().unwrap(),
+        vec!["db.password".to_string(), "api.token".to_string()],
+        "a key outside the intersection never reaches the secret store"
+    );
+}
+
+#[test]
+fn a_request_beyond_the_grants_is_reported_and_narrowed() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let manifest = "[wants]\nsecrets = [\"*\"]\nworkflows = true\nexpressions = true\nengine = true\nmemory_mb = 512\n";
+    let grants = Grants {
+        secrets: vec!["db.*".into()],
+        limits: Some(Limits {
+            cpu_time: Duration::from_secs(5),
+            memory_bytes: 64 << 20,
+            log_bytes: 1 << 20,
+        }),
+        ..Grants::all()
+    };
+    let report = rt.install("caps.wasm", &caps_with(manifest), grants).unwrap();
+    assert_eq!(report.linked.secrets, vec!["db.*".to_string()]);
+    assert_eq!(report.linked.limits.unwrap().memory_bytes, 64 << 20);
+    let warnings = report.warnings.join("\n");
+    assert!(warnings.contains("asks for secret keys `*`"), "{warnings}");
+    assert!(warnings.contains("asks for 512 MiB"), "{warnings}");
+}
+
+#[test]
+fn a_broken_manifest_refuses_the_plugin() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    // embed() refuses bad manifests, so write the section by hand as a hostile build would.
+    let mut bytes = test_plugin("spade-test-caps");
+    let text = b"[wants]\nengine = \"yes please\"\n";
+    let name = b"spade-manifest";
+    bytes.push(0);
+    bytes.push((1 + name.len() + text.len()) as u8);
+    bytes.push(name.len() as u8);
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(text);
+    let err = rt.install("caps.wasm", &bytes, Grants::all()).unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        matches!(err, RuntimeError::InvalidComponent { .. }) && msg.contains("invalid plugin manifest"),
+        "{msg}"
+    );
+    assert!(msg.contains("line 2"), "the TOML error says where: {msg}");
+}
+
+#[test]
+fn bundled_plugins_carry_their_manifests() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    for (name, bytes) in spade_bundled::PLUGINS {
+        let report = rt.install(name, bytes, Grants::all()).unwrap();
+        let manifest = report.manifest.unwrap_or_else(|| panic!("{name} has no manifest"));
+        let expect_engine = *name == "spade-plugin-require";
+        assert_eq!(manifest.wants.engine, expect_engine, "{name}");
+        assert_eq!(report.linked.engine, expect_engine, "{name}: linked only where asked");
+    }
 }
