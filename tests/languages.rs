@@ -30,8 +30,10 @@ struct Lang {
     tools: &'static [&'static str],
     /// Files the build needs, relative to the toolchain prefix.
     files: &'static [&'static str],
-    /// Warm-call budget asserted by this test (none: only reported).
-    budget: Option<Duration>,
+    /// Whether to measure with many calls (a compiled language, where the figure is in
+    /// microseconds and noisy) or few (an interpreter, where each call takes milliseconds).
+    /// Figures are printed, never asserted: `spade bench --plugin` is the measuring tool.
+    many_calls: bool,
 }
 
 const LANGS: &[Lang] = &[
@@ -41,7 +43,7 @@ const LANGS: &[Lang] = &[
         operator: "hello_py",
         tools: &["componentize-py"],
         files: &[],
-        budget: None,
+        many_calls: false,
     },
     Lang {
         dir: "js",
@@ -49,7 +51,7 @@ const LANGS: &[Lang] = &[
         operator: "hello_js",
         tools: &["componentize-js", "node"],
         files: &[],
-        budget: None,
+        many_calls: false,
     },
     Lang {
         dir: "c",
@@ -57,9 +59,7 @@ const LANGS: &[Lang] = &[
         operator: "hello_c",
         tools: &["wit-bindgen", "wasm-tools", "clang"],
         files: &["share/adapters/wasi_snapshot_preview1.reactor.wasm"],
-        // The spec's target is 40 us on a quiet machine; the assertion leaves room for a
-        // shared 2-core box (the measured median is printed either way).
-        budget: Some(Duration::from_micros(400)),
+        many_calls: true,
     },
 ];
 
@@ -320,7 +320,7 @@ fn run_lang(lang: &Lang, templates: &Path, prefix: &Path) -> Figures {
     }
 
     // Warm calls on the success path.
-    let (warmup, iterations) = if lang.budget.is_some() {
+    let (warmup, iterations) = if lang.many_calls {
         (200, 2000)
     } else {
         (20, 200)
@@ -343,17 +343,10 @@ fn run_lang(lang: &Lang, templates: &Path, prefix: &Path) -> Figures {
         iterations,
         warmup,
         cache_loads: 3,
+        workspace: None,
     };
     let bench = measure(&bytes, lang.operator, Some(&ok_req), &opts)
         .unwrap_or_else(|e| panic!("{}: bench::measure: {e}", lang.dir));
-    if let Some(budget) = lang.budget {
-        assert!(
-            bench.invoke_median <= budget,
-            "{}: warm call median {:?} over {budget:?}",
-            lang.dir,
-            bench.invoke_median
-        );
-    }
     Figures {
         build: build_time,
         bytes: bytes.len(),

@@ -4,7 +4,8 @@
 //!   load of a plugin from the precompiled cache;
 //! * engine: wall time of `spade run` (a new process, so start-up is included) of a
 //!   project whose single task is a `for_each>` over N items with an `echo>` body, with the
-//!   state database on disk and in memory.
+//!   state database on disk and in memory;
+//! * `--plugin FILE.wasm`: the warm call and cache load of any plugin component.
 
 use std::process::{Command, ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -25,6 +26,52 @@ pub struct BenchArgs {
     /// Skip the 1,000-waiting-tasks measurement.
     #[arg(long)]
     pub skip_waiting: bool,
+    /// Measure this plugin component instead (warm call and cache load only): the figure a
+    /// plugin author compares across languages, e.g. `--plugin hello_c.wasm --operator
+    /// hello_c --command '"input.txt"' --workspace dir/`.
+    #[arg(long, value_name = "FILE.wasm")]
+    pub plugin: Option<std::path::PathBuf>,
+    /// The operator of --plugin to call [default: its first].
+    #[arg(long, requires = "plugin")]
+    pub operator: Option<String>,
+    /// The operator's argument, as JSON (`"text"`, `{"k": 1}`) [default: "noop"].
+    #[arg(long, requires = "plugin")]
+    pub command: Option<String>,
+    /// Params of the call, as a JSON object.
+    #[arg(long, requires = "plugin")]
+    pub params: Option<String>,
+    /// The workspace directory the calls see [default: an empty temporary one].
+    #[arg(long, requires = "plugin")]
+    pub workspace: Option<std::path::PathBuf>,
+}
+
+/// `spade bench --plugin`: one component's warm call and cache load.
+fn bench_plugin(args: &BenchArgs, path: &std::path::Path) -> anyhow::Result<ExitCode> {
+    use spade_runtime::bench::{BenchOptions, measure, sample_request};
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let operator = match &args.operator {
+        Some(op) => op.clone(),
+        None => {
+            let runtime = crate::host::new_runtime()?;
+            let report = runtime
+                .install("bench", &bytes, spade_runtime::Grants::all())
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            report.info.operators.first().cloned().context("the plugin serves no operator")?
+        }
+    };
+    let mut request = sample_request(&operator);
+    if let Some(command) = &args.command {
+        request.command = serde_json::from_str(command).with_context(|| format!("--command {command:?} is not JSON"))?;
+    }
+    if let Some(params) = &args.params {
+        request.params = serde_json::from_str(params).with_context(|| format!("--params {params:?} is not a JSON object"))?;
+        request.local_params = request.params.clone();
+    }
+    let opts = BenchOptions { workspace: args.workspace.clone(), ..BenchOptions::default() };
+    let report = measure(&bytes, &operator, Some(&request), &opts).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!("== plugin {}: {operator}> (every capability granted; secrets, engine and workflows answer nothing)", path.display());
+    println!("{report}");
+    Ok(ExitCode::SUCCESS)
 }
 
 fn write_for_each_project(dir: &std::path::Path, n: usize) -> anyhow::Result<()> {
@@ -106,6 +153,9 @@ fn waiting_tasks(n: usize) -> anyhow::Result<(u64, u64, Duration)> {
 }
 
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    if let Some(path) = &args.plugin {
+        return bench_plugin(&args, path);
+    }
     if !args.skip_runtime {
         let echo = spade_bundled::plugin("spade-plugin-echo").context("the echo plugin is not bundled")?;
         let report = spade_runtime::bench::measure(echo, "echo", None, &spade_runtime::bench::BenchOptions::default())?;

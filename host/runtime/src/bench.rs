@@ -23,6 +23,8 @@ pub struct BenchOptions {
     pub warmup: usize,
     /// Cache loads measured.
     pub cache_loads: usize,
+    /// The workspace the calls see (none: an empty temporary directory).
+    pub workspace: Option<PathBuf>,
 }
 
 impl Default for BenchOptions {
@@ -31,6 +33,7 @@ impl Default for BenchOptions {
             iterations: 2000,
             warmup: 200,
             cache_loads: 30,
+            workspace: None,
         }
     }
 }
@@ -185,7 +188,14 @@ pub fn measure(
     opts: &BenchOptions,
 ) -> Result<BenchReport, BenchError> {
     let cache = TempDir::new("cache")?;
-    let workspace = TempDir::new("ws")?;
+    let temp_workspace = TempDir::new("ws")?;
+    let workspace = opts.workspace.as_deref().unwrap_or(temp_workspace.path());
+    if !workspace.is_dir() {
+        return Err(BenchError::Setup(format!(
+            "the workspace {} is not a directory",
+            workspace.display()
+        )));
+    }
 
     // First runtime: compiles and fills the cache.
     let rt = Runtime::new(RuntimeConfig::with_cache_dir(cache.path()))?;
@@ -234,7 +244,7 @@ pub fn measure(
     let call = || {
         rt.invoke(Invocation {
             request: &request,
-            workspace: workspace.path(),
+            workspace,
             limits,
             services: &services,
             cancel: &cancel,

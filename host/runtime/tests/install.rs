@@ -461,16 +461,17 @@ fn bench_measures_noop() {
         iterations: 300,
         warmup: 50,
         cache_loads: 5,
+        workspace: None,
     };
     let report =
         spade_runtime::bench::measure(&test_plugin("spade-test-hostile"), "hostile", None, &opts)
             .unwrap();
     eprintln!("{report}");
     assert_eq!(report.iterations, 300);
-    assert!(
-        report.invoke_median > Duration::ZERO && report.invoke_median < Duration::from_millis(50)
-    );
-    assert!(report.cache_load_median < report.compile);
+    // Figures are printed, not judged (timings depend on the machine); `measure` itself
+    // fails when the cache did not serve the plugin back.
+    assert!(report.invoke_median > Duration::ZERO);
+    assert!(report.invoke_p90 >= report.invoke_median && report.invoke_p99 >= report.invoke_p90);
 }
 
 /// The full measurement `spade bench` makes (run with `--ignored --nocapture`).
