@@ -647,7 +647,8 @@ fn build_plugin(dir: &Path) -> anyhow::Result<ExitCode> {
     let manifest_path = dir.join(MANIFEST_FILE);
     let manifest = match std::fs::read_to_string(&manifest_path) {
         Ok(text) => {
-            Manifest::parse(&text, &manifest_path.display().to_string()).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Manifest::parse(&text)
+                .map_err(|e| anyhow::anyhow!("{}: invalid plugin manifest: {e}", manifest_path.display()))?;
             Some(text)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,

@@ -198,6 +198,11 @@ pub enum RuntimeError {
         plugin: String,
         capabilities: Vec<String>,
     },
+    #[error(
+        "plugin {plugin}: its embedded manifest ({MANIFEST_FILE}) is invalid: {message}; fix it and \
+         rebuild the plugin with `spade plugin build`"
+    )]
+    BadManifest { plugin: String, message: String },
     #[error("plugin {plugin}: {}", not_granted(capabilities))]
     NotGranted {
         plugin: String,
@@ -555,6 +560,18 @@ impl Runtime {
                     .into(),
             ));
         }
+        // Read before the (slow) compile: a plugin that misstates what it needs is refused
+        // whatever it was granted.
+        let manifest = match manifest::read_embedded(bytes) {
+            Ok(None) => None,
+            Ok(Some(text)) => Some(Manifest::parse(&text).map_err(|message| {
+                RuntimeError::BadManifest {
+                    plugin: label.to_string(),
+                    message,
+                }
+            })?),
+            Err(why) => return Err(invalid(why)),
+        };
         let digest = sha256_hex(bytes);
         let mut load = LoadKind::Compiled;
         let mut component = None;
@@ -614,16 +631,6 @@ impl Runtime {
                     ),
                 });
             }
-        };
-        // The manifest is read before anything is compiled-in or linked: a plugin that
-        // misstates what it needs is refused whatever it was granted.
-        let manifest = match manifest::read_embedded(bytes) {
-            Ok(None) => None,
-            Ok(Some(text)) => Some(
-                Manifest::parse(&text, &format!("plugin {label}"))
-                    .map_err(|message| invalid(message))?,
-            ),
-            Err(why) => return Err(invalid(why)),
         };
         let (linked, warnings) = Linked::new(manifest.as_ref(), grants);
         let mut capability_imports = Vec::new();

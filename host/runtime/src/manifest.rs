@@ -81,35 +81,31 @@ struct WantsFile {
 }
 
 impl Manifest {
-    /// Parses manifest text; `origin` names it in errors (a file path, or the plugin).
-    pub fn parse(text: &str, origin: &str) -> Result<Manifest, String> {
-        let file: ManifestFile = toml::from_str(text).map_err(|e| {
-            format!(
-                "{origin}: invalid plugin manifest: {}",
-                e.to_string().trim_end()
-            )
-        })?;
+    /// Parses manifest text. Errors say what is wrong and where (TOML line and column);
+    /// the caller says which manifest.
+    pub fn parse(text: &str) -> Result<Manifest, String> {
+        let file: ManifestFile =
+            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         let w = file.wants;
-        let bad = |why: String| format!("{origin}: invalid plugin manifest: {why}");
         for key in &w.secrets {
             if key.is_empty() || key.strip_suffix('*').unwrap_or(key).contains('*') {
-                return Err(bad(format!(
+                return Err(format!(
                     "secret key {key:?} in [wants] secrets: use an exact key, `prefix*` or `*`"
-                )));
+                ));
             }
         }
         let http = w
             .http
             .iter()
-            .map(|h| HttpAllow::parse(h).map_err(|e| bad(format!("[wants] http: {e}"))))
+            .map(|h| HttpAllow::parse(h).map_err(|e| format!("[wants] http: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
         let memory_bytes = match w.memory_mb {
-            Some(0) => return Err(bad("[wants] memory_mb must be at least 1".into())),
+            Some(0) => return Err("[wants] memory_mb must be at least 1".into()),
             Some(mb) => Some(usize::try_from(mb).unwrap_or(usize::MAX).saturating_mul(1 << 20)),
             None => None,
         };
         let cpu_time = match w.cpu_seconds {
-            Some(0) => return Err(bad("[wants] cpu_seconds must be at least 1".into())),
+            Some(0) => return Err("[wants] cpu_seconds must be at least 1".into()),
             Some(s) => Some(Duration::from_secs(s)),
             None => None,
         };
@@ -170,7 +166,8 @@ pub fn read_embedded(component: &[u8]) -> Result<Option<String>, String> {
 /// `component` with `manifest` as its embedded manifest (replacing any earlier one).
 /// The manifest is checked first, so a component never carries one the host would refuse.
 pub fn embed(component: &[u8], manifest: &str) -> Result<Vec<u8>, String> {
-    Manifest::parse(manifest, MANIFEST_FILE)?;
+    Manifest::parse(manifest)
+        .map_err(|e| format!("{MANIFEST_FILE}: invalid plugin manifest: {e}"))?;
     if manifest.len() > MAX_MANIFEST_BYTES {
         return Err(format!(
             "{MANIFEST_FILE} is {} bytes (at most {MAX_MANIFEST_BYTES})",
@@ -422,7 +419,6 @@ mod tests {
     fn manifest_parses_and_rejects_typos() {
         let m = Manifest::parse(
             "[wants]\nsecrets = [\"slack.*\"]\nhttp = [\"https://hooks.slack.com\"]\nengine = true\nmemory_mb = 64\ncpu_seconds = 5\n",
-            "x",
         )
         .unwrap();
         assert!(m.asks_for("secrets") && m.asks_for("http") && m.asks_for("engine"));
@@ -430,20 +426,18 @@ mod tests {
         assert_eq!(m.wants.memory_bytes, Some(64 << 20));
         assert_eq!(m.wants.cpu_time, Some(Duration::from_secs(5)));
 
-        let err = Manifest::parse("[wants]\nsecret = [\"a\"]\n", "p/spade-plugin.toml").unwrap_err();
-        assert!(err.starts_with("p/spade-plugin.toml: invalid plugin manifest"), "{err}");
-        assert!(err.contains("secret"), "{err}");
-        assert!(Manifest::parse("[wants]\nhttp = [\"ftp://x\"]\n", "x").is_err());
-        assert!(Manifest::parse("[wants]\nsecrets = [\"a*b\"]\n", "x").is_err());
-        assert!(Manifest::parse("[wants]\nmemory_mb = 0\n", "x").is_err());
-        assert_eq!(Manifest::parse("", "x").unwrap(), Manifest::default());
+        let err = Manifest::parse("[wants]\nsecret = [\"a\"]\n").unwrap_err();
+        assert!(err.contains("line 2") && err.contains("unknown field `secret`"), "{err}");
+        assert!(Manifest::parse("[wants]\nhttp = [\"ftp://x\"]\n").is_err());
+        assert!(Manifest::parse("[wants]\nsecrets = [\"a*b\"]\n").is_err());
+        assert!(Manifest::parse("[wants]\nmemory_mb = 0\n").is_err());
+        assert_eq!(Manifest::parse("").unwrap(), Manifest::default());
     }
 
     #[test]
     fn linked_is_the_intersection() {
         let m = Manifest::parse(
             "[wants]\nsecrets = [\"slack.*\", \"db.password\"]\nhttp = [\"https://hooks.slack.com\"]\nworkflows = true\nmemory_mb = 32\n",
-            "x",
         )
         .unwrap();
         let grants = Grants {

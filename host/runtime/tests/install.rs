@@ -601,7 +601,8 @@ fn a_broken_manifest_refuses_the_plugin() {
     let err = rt.install("caps.wasm", &bytes, Grants::all()).unwrap_err();
     let msg = err.to_string();
     assert!(
-        matches!(err, RuntimeError::InvalidComponent { .. }) && msg.contains("invalid plugin manifest"),
+        matches!(err, RuntimeError::BadManifest { .. })
+            && msg.contains("caps.wasm: its embedded manifest (spade-plugin.toml) is invalid"),
         "{msg}"
     );
     assert!(msg.contains("line 2"), "the TOML error says where: {msg}");
