@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
 
 use anyhow::Context;
-use spade_runtime::{Grants, MANIFEST_FILE, Manifest, Wants};
+use spade_runtime::{Grants, MANIFEST_FILE, Manifest};
 
 use crate::config::ProjectConfig;
 use crate::host::{grants_for, install_all, new_runtime};
@@ -118,29 +118,6 @@ fn list(project: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A manifest's request, in one line.
-fn describe_wants(w: &Wants) -> String {
-    let mut parts = Vec::new();
-    if !w.secrets.is_empty() {
-        parts.push(format!("secrets({})", w.secrets.join(",")));
-    }
-    if !w.http.is_empty() {
-        parts.push(format!("http({})", w.http.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", ")));
-    }
-    for (on, name) in [(w.workflows, "workflows"), (w.expressions, "expressions"), (w.engine, "engine")] {
-        if on {
-            parts.push(name.to_string());
-        }
-    }
-    if let Some(m) = w.memory_bytes {
-        parts.push(format!("memory {} MiB", m >> 20));
-    }
-    if let Some(t) = w.cpu_time {
-        parts.push(format!("time {} s", t.as_secs()));
-    }
-    if parts.is_empty() { "nothing beyond log and output".to_string() } else { parts.join(" ") }
-}
-
 /// Print what `file` is: plugin name and version, contract, operators, capabilities.
 fn inspect(file: &Path) -> anyhow::Result<()> {
     let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
@@ -162,7 +139,7 @@ fn inspect(file: &Path) -> anyhow::Result<()> {
         if caps.is_empty() { "-".to_string() } else { caps.join(" ") }
     );
     match &report.manifest {
-        Some(m) => println!("asks for:     {} (its {MANIFEST_FILE})", describe_wants(&m.wants)),
+        Some(m) => println!("asks for:     {} (its {MANIFEST_FILE})", m.wants),
         None => println!(
             "asks for:     no manifest: whatever it imports, with the keys, hosts and limits its grants give \
              (build with `spade plugin build` to embed a {MANIFEST_FILE})"

@@ -340,27 +340,75 @@ impl Linked {
     }
 }
 
+/// `secrets(a,b) http(...) workflows expressions engine`, the parts that are on.
+fn capability_list(
+    secrets: &[String],
+    http: Option<String>,
+    flags: [(bool, &str); 3],
+) -> Vec<String> {
+    let mut parts = Vec::new();
+    if !secrets.is_empty() {
+        parts.push(format!("secrets({})", secrets.join(",")));
+    }
+    if let Some(h) = http {
+        parts.push(format!("http({h})"));
+    }
+    parts.extend(
+        flags
+            .into_iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, name)| name.to_string()),
+    );
+    parts
+}
+
 impl fmt::Display for Linked {
     /// The capabilities beyond log and output, e.g. `secrets(slack.*) http(https://x) engine`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut parts = Vec::new();
-        if !self.secrets.is_empty() {
-            parts.push(format!("secrets({})", self.secrets.join(",")));
-        }
-        if let Some(h) = &self.http {
-            parts.push(format!("http({h})"));
-        }
-        for (on, name) in [
-            (self.workflows, "workflows"),
-            (self.expressions, "expressions"),
-            (self.engine, "engine"),
-        ] {
-            if on {
-                parts.push(name.to_string());
-            }
-        }
+        let parts = capability_list(
+            &self.secrets,
+            self.http.as_ref().map(|h| h.to_string()),
+            [
+                (self.workflows, "workflows"),
+                (self.expressions, "expressions"),
+                (self.engine, "engine"),
+            ],
+        );
         if parts.is_empty() {
             f.write_str("-")
+        } else {
+            f.write_str(&parts.join(" "))
+        }
+    }
+}
+
+impl fmt::Display for Wants {
+    /// The request in one line, e.g. `secrets(slack.*) http(https://x) memory 64 MiB`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let http = (!self.http.is_empty()).then(|| {
+            self.http
+                .iter()
+                .map(|h| h.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        });
+        let mut parts = capability_list(
+            &self.secrets,
+            http,
+            [
+                (self.workflows, "workflows"),
+                (self.expressions, "expressions"),
+                (self.engine, "engine"),
+            ],
+        );
+        if let Some(m) = self.memory_bytes {
+            parts.push(format!("memory {} MiB", m >> 20));
+        }
+        if let Some(t) = self.cpu_time {
+            parts.push(format!("time {} s", t.as_secs()));
+        }
+        if parts.is_empty() {
+            f.write_str("nothing beyond log and output")
         } else {
             f.write_str(&parts.join(" "))
         }
