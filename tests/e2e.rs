@@ -346,3 +346,117 @@ fn plugin_new_rust_scaffold_builds_tests_and_runs() {
     assert_eq!(stdout_lines(&run), vec!["hi from myop>: world", "last: hi from myop>: world"], "{stderr}");
     assert!(stderr.contains("greeted world"), "the operator's log line reaches the task log: {stderr}");
 }
+
+/// Serves the files under `root` over HTTP on loopback (404 for anything else), counting
+/// requests: enough of a static web server to host a plugin registry.
+fn serve_dir(root: PathBuf) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = hits.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut s) = stream else { continue };
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let mut reader = BufReader::new(s.try_clone().unwrap());
+            let mut line = String::new();
+            let _ = reader.read_line(&mut line);
+            loop {
+                let mut h = String::new();
+                if reader.read_line(&mut h).unwrap_or(0) == 0 || h.trim().is_empty() {
+                    break;
+                }
+            }
+            let path = line.split_whitespace().nth(1).unwrap_or("/").trim_start_matches('/').to_string();
+            let file = (!path.contains("..")).then(|| std::fs::read(root.join(&path)).ok()).flatten();
+            let (status, body) = match file {
+                Some(b) => ("200 OK", b),
+                None => ("404 Not Found", b"not found".to_vec()),
+            };
+            let head = format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+            let _ = s.write_all(head.as_bytes());
+            let _ = s.write_all(&body);
+        }
+    });
+    (port, hits)
+}
+
+/// A plugin from a registry served over http: published with `spade plugin publish`,
+/// resolved from a semver range, pinned with its digest in spade.lock, run from the
+/// download cache afterwards, and refused when the registry later serves other bytes.
+#[test]
+fn registry_plugins_are_resolved_locked_and_checked() {
+    let tmp = tempfile::tempdir().unwrap();
+    let registry = tmp.path().join("registry");
+    let project = tmp.path().join("project");
+    let cache = tmp.path().join("cache");
+    std::fs::create_dir_all(&project).unwrap();
+    let run = |dir: &Path, args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_spade"))
+            .args(args)
+            .current_dir(dir)
+            .env("SPADE_CACHE_DIR", &cache)
+            .output()
+            .expect("spade starts")
+    };
+    let legacy = spade_bundled::test_plugin_path("spade-test-legacy01").expect("built by spade-bundled");
+    let publish = run(tmp.path(), &["plugin", "publish", legacy, "--registry", registry.to_str().unwrap()]);
+    assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
+    assert!(String::from_utf8_lossy(&publish.stdout).starts_with("published spade-test-legacy01 0.1.0"));
+
+    let (port, hits) = serve_dir(registry.clone());
+    let config = |range: &str| {
+        format!(
+            "registry: http://127.0.0.1:{port}/\nplugins:\n  - name: spade-test-legacy01\n    version: \"{range}\"\n    grants: {{expressions: true, secrets: [none]}}\n"
+        )
+    };
+    std::fs::write(project.join("spade.yml"), config("^0.1")).unwrap();
+    std::fs::write(project.join("wf.dig"), "+a:\n  legacy>: from the registry\n").unwrap();
+
+    let first = run(&project, &["run", "wf.dig", "--session", "2024-01-01"]);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(first.status.success(), "{err}");
+    assert_eq!(stdout_lines(&first), vec!["legacy says from the registry"]);
+    assert!(err.contains("locked spade-test-legacy01 0.1.0"), "{err}");
+    let lock = std::fs::read_to_string(project.join("spade.lock")).unwrap();
+    let digest = format!("sha256:{}", {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(legacy).unwrap()))
+    });
+    assert!(lock.contains("version = \"0.1.0\"") && lock.contains(&digest), "{lock}");
+    let fetched = hits.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(fetched, 2, "the index and the component");
+
+    // Locked and cached: the next run neither asks the registry nor rewrites the lock.
+    let again = run(&project, &["run", "wf.dig", "--session", "2024-01-02"]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), fetched);
+    assert!(!String::from_utf8_lossy(&again.stderr).contains("locked"));
+    assert_eq!(std::fs::read_to_string(project.join("spade.lock")).unwrap(), lock);
+
+    // The registry replaces the published file (and its index entry) under the same
+    // version: with the cache gone, the locked digest no longer matches and nothing runs.
+    let other = std::fs::read(spade_bundled::test_plugin_path("spade-test-caps").unwrap()).unwrap();
+    let other_digest = format!("sha256:{}", {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(&other))
+    });
+    std::fs::write(registry.join("files/spade-test-legacy01/spade-test-legacy01-0.1.0.wasm"), &other).unwrap();
+    let index_path = registry.join("index/spade-test-legacy01.json");
+    let index = std::fs::read_to_string(&index_path).unwrap().replace(&digest, &other_digest);
+    std::fs::write(&index_path, index).unwrap();
+    std::fs::remove_dir_all(cache.join("plugins")).unwrap();
+    let replaced = run(&project, &["run", "wf.dig", "--session", "2024-01-03"]);
+    let err = String::from_utf8_lossy(&replaced.stderr);
+    assert!(!replaced.status.success());
+    assert!(err.contains("the published file was replaced"), "{err}");
+    assert!(replaced.stdout.is_empty());
+
+    // A range nothing satisfies is named, with what exists.
+    std::fs::write(project.join("spade.yml"), config("^2")).unwrap();
+    let none = run(&project, &["plugin", "install"]);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(!none.status.success());
+    assert!(err.contains("no version of spade-test-legacy01 matches ^2 (published: 0.1.0)"), "{err}");
+}

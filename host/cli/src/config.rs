@@ -5,9 +5,12 @@
 //! grants and what its embedded manifest (`spade-plugin.toml`) asks for.
 //!
 //! ```yaml
-//! plugins:                      # extra plugins, paths relative to the project
-//!   - path: plugins/notify.wasm
+//! registry: https://plugins.example.com/   # where `name:` plugins come from (or a directory)
+//! plugins:                      # extra plugins
+//!   - name: acme-slack          # from the registry: newest version matching the range,
+//!     version: "^1.2"           # pinned in spade.lock
 //!     grants: {secrets: [slack.*], http: ["https://hooks.slack.com"]}
+//!   - path: plugins/notify.wasm # a component file, relative to the project
 //! grants:                       # more for installed plugins, by plugin name (`spade plugin list`)
 //!   spade-http:
 //!     http: ["https://api.example.com", "127.0.0.1:8080"]
@@ -25,7 +28,9 @@ use anyhow::{Context, anyhow, bail};
 use serde::Deserialize;
 use std::time::Duration;
 
+use semver::VersionReq;
 use spade_api::Limits;
+use spade_registry::{Registry, Wanted, check_name};
 use spade_runtime::{Grants, HttpAllow};
 
 pub const CONFIG_FILE: &str = "spade.yml";
@@ -56,7 +61,14 @@ pub struct GrantSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PluginSpec {
-    path: PathBuf,
+    /// A component file of the project...
+    path: Option<PathBuf>,
+    /// ...or a plugin from a registry, by name,
+    name: Option<String>,
+    /// a semver range of its versions (default `*`)
+    version: Option<String>,
+    /// and the registry (default: the top-level `registry`).
+    registry: Option<String>,
     #[serde(default)]
     grants: GrantSpec,
 }
@@ -64,17 +76,29 @@ struct PluginSpec {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ConfigFile {
+    registry: Option<String>,
     #[serde(default)]
     plugins: Vec<PluginSpec>,
     #[serde(default)]
     grants: BTreeMap<String, GrantSpec>,
 }
 
+/// Where an extra plugin comes from.
+#[derive(Debug, Clone)]
+pub enum PluginSource {
+    /// A component file (absolute path).
+    File(PathBuf),
+    /// A registry plugin, pinned by the project's lockfile.
+    Registry(Wanted),
+}
+
 /// The project's plugin configuration, resolved.
 #[derive(Debug, Default)]
 pub struct ProjectConfig {
-    /// Extra plugins: (absolute path, grants).
-    pub plugins: Vec<(PathBuf, GrantSpec)>,
+    /// The project directory (where `spade.lock` lives).
+    pub root: PathBuf,
+    /// Extra plugins and their grants.
+    pub plugins: Vec<(PluginSource, GrantSpec)>,
     /// Additional grants for installed plugins, by plugin name.
     pub grants: BTreeMap<String, GrantSpec>,
 }
@@ -84,20 +108,49 @@ impl ProjectConfig {
     pub fn load(root: &Path) -> anyhow::Result<ProjectConfig> {
         let path = root.join(CONFIG_FILE);
         if !path.exists() {
-            return Ok(ProjectConfig::default());
+            return Ok(ProjectConfig { root: root.to_path_buf(), ..ProjectConfig::default() });
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let loaded = spade_dig::parse_yaml_str(&text, CONFIG_FILE).map_err(|e| anyhow!("{e}"))?;
         let file: ConfigFile = serde_json::from_value(loaded.value)
             .map_err(|e| anyhow!("{CONFIG_FILE}: {e}"))?;
+        let default_registry = file
+            .registry
+            .as_deref()
+            .map(|r| Registry::parse(r, root).map_err(|e| anyhow!("{CONFIG_FILE}: registry: {e}")))
+            .transpose()?;
         let mut plugins = Vec::new();
-        for p in file.plugins {
-            if p.path.is_absolute() || p.path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
-                bail!("{CONFIG_FILE}: plugin path {} must be inside the project", p.path.display());
-            }
-            plugins.push((root.join(&p.path), p.grants));
+        for (i, p) in file.plugins.into_iter().enumerate() {
+            let at = format!("{CONFIG_FILE}: plugins[{i}]");
+            let source = match (p.path, p.name) {
+                (Some(path), None) => {
+                    if p.version.is_some() || p.registry.is_some() {
+                        bail!("{at}: `version` and `registry` go with `name:` (a registry plugin), not `path:`");
+                    }
+                    if path.is_absolute() || path.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+                        bail!("{at}: plugin path {} must be inside the project", path.display());
+                    }
+                    PluginSource::File(root.join(&path))
+                }
+                (None, Some(name)) => {
+                    check_name(&name).map_err(|e| anyhow!("{at}: {e}"))?;
+                    let range = p.version.as_deref().unwrap_or("*");
+                    let req = VersionReq::parse(range).map_err(|e| {
+                        anyhow!("{at}: version {range:?} of {name} is not a semver range ({e}); e.g. \"^1.2\", \"~1.2.3\" or \"*\"")
+                    })?;
+                    let registry = match &p.registry {
+                        Some(r) => Registry::parse(r, root).map_err(|e| anyhow!("{at}: registry: {e}"))?,
+                        None => default_registry.clone().ok_or_else(|| {
+                            anyhow!("{at}: {name} comes from a registry, but {CONFIG_FILE} sets no `registry:` (a URL or a directory)")
+                        })?,
+                    };
+                    PluginSource::Registry(Wanted { name, req, registry })
+                }
+                _ => bail!("{at}: give either `path:` (a component file) or `name:` (a registry plugin)"),
+            };
+            plugins.push((source, p.grants));
         }
-        Ok(ProjectConfig { plugins, grants: file.grants })
+        Ok(ProjectConfig { root: root.to_path_buf(), plugins, grants: file.grants })
     }
 }
 
@@ -177,7 +230,7 @@ mod tests {
         )
         .unwrap();
         let c = ProjectConfig::load(dir.path()).unwrap();
-        assert_eq!(c.plugins[0].0, dir.path().join("p/x.wasm"));
+        assert!(matches!(&c.plugins[0].0, PluginSource::File(p) if *p == dir.path().join("p/x.wasm")));
         let mut g = Grants::default();
         c.grants["spade-http"].apply(&mut g).unwrap();
         assert_eq!(g.http.as_ref().unwrap().len(), 1);
@@ -192,5 +245,23 @@ mod tests {
         assert!(err.contains("unknown field `htp`"), "{err}");
         std::fs::write(dir.path().join(CONFIG_FILE), "plugins:\n  - path: ../evil.wasm\n").unwrap();
         assert!(ProjectConfig::load(dir.path()).is_err());
+
+        let load_err = |text: &str| {
+            std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();
+            ProjectConfig::load(dir.path()).unwrap_err().to_string()
+        };
+        assert!(load_err("plugins:\n  - name: acme\n").contains("sets no `registry:`"));
+        assert!(load_err("registry: reg\nplugins:\n  - name: acme\n    version: \"one\"\n").contains("not a semver range"));
+        assert!(load_err("registry: reg\nplugins:\n  - name: acme\n    path: x.wasm\n").contains("either `path:`"));
+        assert!(load_err("registry: reg\nplugins:\n  - name: Acme\n").contains("invalid plugin name"));
+        std::fs::write(dir.path().join(CONFIG_FILE), "registry: https://r.example/\nplugins:\n  - name: acme\n    version: \"^1.2\"\n").unwrap();
+        let c = ProjectConfig::load(dir.path()).unwrap();
+        match &c.plugins[0].0 {
+            PluginSource::Registry(w) => {
+                assert_eq!((w.name.as_str(), w.req.to_string()), ("acme", "^1.2".to_string()));
+                assert_eq!(w.registry.id(), "https://r.example/");
+            }
+            other => panic!("{other:?}"),
+        }
     }
 }

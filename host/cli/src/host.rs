@@ -12,7 +12,9 @@ use anyhow::Context;
 use spade_api::OperatorHost;
 use spade_runtime::{Grants, InstallReport, Runtime, RuntimeConfig};
 
-use crate::config::ProjectConfig;
+use spade_registry::{Cache, Installed as RegistryInstalled, LOCK_FILE, Lockfile, Update, Wanted};
+
+use crate::config::{PluginSource, ProjectConfig};
 
 /// Where precompiled components are cached: `$SPADE_CACHE_DIR`, `$XDG_CACHE_HOME/spade`,
 /// or `~/.cache/spade`.
@@ -44,8 +46,8 @@ pub fn grants_for(crate_name: &str) -> Grants {
 }
 
 /// One plugin the runtime tried to install, for `spade plugin list`.
-pub struct Installed {
-    /// `bundled`, or the component's path.
+pub struct InstalledPlugin {
+    /// `bundled`, the component's path, or `<registry id>`.
     pub source: String,
     pub result: Result<InstallReport, String>,
 }
@@ -55,7 +57,7 @@ pub struct Installed {
 ///
 /// A bundled plugin that fails to load leaves its operators unknown (tasks using them fail
 /// with that message); a project plugin that fails to load is an error.
-pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<Vec<Installed>> {
+pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<Vec<InstalledPlugin>> {
     let mut installed = Vec::new();
     for (name, bytes) in spade_bundled::PLUGINS {
         let mut grants = grants_for(name);
@@ -65,13 +67,75 @@ pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<
             extra.apply(&mut grants).with_context(|| format!("grants for {short}"))?;
         }
         let result = runtime.install(name, bytes, grants).map_err(|e| e.to_string());
-        installed.push(Installed { source: "bundled".into(), result });
+        installed.push(InstalledPlugin { source: "bundled".into(), result });
     }
-    for (path, spec) in &config.plugins {
+    let mut from_registry = lock_registry_plugins(config, &Update::None)?.into_iter();
+    for (source, spec) in &config.plugins {
         let mut grants = Grants::default();
         spec.apply(&mut grants)?;
-        let report = install_file(runtime, path, grants)?;
-        installed.push(Installed { source: path.display().to_string(), result: Ok(report) });
+        match source {
+            PluginSource::File(path) => {
+                let report = install_file(runtime, path, grants)?;
+                installed.push(InstalledPlugin { source: path.display().to_string(), result: Ok(report) });
+            }
+            PluginSource::Registry(wanted) => {
+                let got = from_registry.next().context("the registry returned fewer plugins than asked for")?;
+                let locked = &got.locked;
+                let label = format!("{} {}", locked.name, locked.version);
+                let report = runtime
+                    .install(&label, &got.bytes, grants)
+                    .with_context(|| format!("plugin {label} from registry {}", wanted.registry))?;
+                if report.info.name != locked.name || report.info.version != locked.version.to_string() {
+                    anyhow::bail!(
+                        "plugin {label} from registry {} describes itself as {} {}; the registry's index is wrong \
+                         (publish with `spade plugin publish`, which reads name and version from the component)",
+                        wanted.registry,
+                        report.info.name,
+                        report.info.version
+                    );
+                }
+                installed.push(InstalledPlugin { source: wanted.registry.id(), result: Ok(report) });
+            }
+        }
+    }
+    Ok(installed)
+}
+
+/// The download cache of registry plugins: `<cache dir>/plugins`, or the project's
+/// `.spade/plugins` when there is no cache directory.
+fn download_cache(config: &ProjectConfig) -> Cache {
+    match cache_dir() {
+        Some(dir) => Cache::new(dir.join("plugins")),
+        None => Cache::new(config.root.join(".spade/plugins")),
+    }
+}
+
+/// Resolves, fetches and checks the project's registry plugins (in `spade.yml` order),
+/// and rewrites `spade.lock` when what it pins changed (saying so on stderr).
+pub fn lock_registry_plugins(config: &ProjectConfig, update: &Update) -> anyhow::Result<Vec<RegistryInstalled>> {
+    let wanted: Vec<Wanted> = config
+        .plugins
+        .iter()
+        .filter_map(|(source, _)| match source {
+            PluginSource::Registry(w) => Some(w.clone()),
+            PluginSource::File(_) => None,
+        })
+        .collect();
+    let lock_path = config.root.join(LOCK_FILE);
+    let lock = Lockfile::load(&lock_path)?;
+    if wanted.is_empty() && lock.plugins.is_empty() {
+        return Ok(Vec::new());
+    }
+    let (installed, new_lock) =
+        spade_registry::install(&wanted, &lock, &download_cache(config), update, &spade_runtime::supports_wit_version)?;
+    if new_lock != lock {
+        for i in installed.iter().filter(|i| i.newly_locked) {
+            eprintln!("locked {} {} from {} ({})", i.locked.name, i.locked.version, i.locked.source, i.locked.digest);
+        }
+        for gone in lock.plugins.iter().filter(|p| !new_lock.plugins.iter().any(|n| n.name == p.name)) {
+            eprintln!("unlocked {} {} (no longer in {})", gone.name, gone.version, crate::config::CONFIG_FILE);
+        }
+        new_lock.save(&lock_path)?;
     }
     Ok(installed)
 }

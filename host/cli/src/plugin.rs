@@ -11,8 +11,10 @@ use std::process::{Command, ExitCode, Stdio};
 use anyhow::Context;
 use spade_runtime::{Grants, MANIFEST_FILE, Manifest};
 
-use crate::config::ProjectConfig;
-use crate::host::{grants_for, install_all, new_runtime};
+use spade_registry::Update;
+
+use crate::config::{PluginSource, ProjectConfig};
+use crate::host::{grants_for, install_all, lock_registry_plugins, new_runtime};
 
 #[derive(clap::Subcommand)]
 pub enum PluginCommand {
@@ -38,6 +40,42 @@ pub enum PluginCommand {
         /// Where to create the project (must not exist or be empty) [default: ./NAME].
         #[arg(long)]
         dir: Option<PathBuf>,
+    },
+    /// Resolve the project's registry plugins (`name:` entries of spade.yml), download and
+    /// check them, and write spade.lock (`spade run` does the same when needed).
+    Install {
+        /// The project directory.
+        #[arg(long, default_value = ".")]
+        project: PathBuf,
+    },
+    /// Move registry plugins to the newest versions their ranges allow, and relock.
+    Update {
+        /// Only these plugins [default: all of the project's registry plugins].
+        names: Vec<String>,
+        /// The project directory.
+        #[arg(long, default_value = ".")]
+        project: PathBuf,
+    },
+    /// Publish a component to a directory registry (serve the directory over http(s) to
+    /// share it); name, version and operators are read from the component itself.
+    Publish {
+        /// The component (.wasm), as `spade plugin build` left it (manifest embedded).
+        file: PathBuf,
+        /// The registry directory (created when missing).
+        #[arg(long)]
+        registry: PathBuf,
+    },
+    /// Mark a published version as yanked: new resolutions skip it, lockfiles naming it
+    /// keep working.
+    Yank {
+        /// NAME@VERSION, e.g. acme-slack@1.2.0.
+        spec: String,
+        /// The registry directory.
+        #[arg(long)]
+        registry: PathBuf,
+        /// Un-yank instead.
+        #[arg(long)]
+        undo: bool,
     },
     /// Build the plugin project in DIR (cargo for Rust, build.sh otherwise), embed its
     /// spade-plugin.toml and inspect the result.
@@ -81,7 +119,83 @@ pub fn plugin(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
         }
         PluginCommand::New { lang, name, dir } => new_plugin(lang, &name, dir),
         PluginCommand::Build { dir } => build_plugin(&dir),
+        PluginCommand::Install { project } => {
+            lock_plugins(&project, &Update::None)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Update { names, project } => {
+            let update = if names.is_empty() { Update::All } else { Update::Only(names.into_iter().collect()) };
+            lock_plugins(&project, &update)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Publish { file, registry } => {
+            publish(&file, &registry)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginCommand::Yank { spec, registry, undo } => {
+            let (name, version) = spec
+                .split_once('@')
+                .context("give the version to yank as NAME@VERSION, e.g. acme-slack@1.2.0")?;
+            let version: semver::Version =
+                version.parse().with_context(|| format!("{version:?} is not a version (e.g. 1.2.0)"))?;
+            spade_registry::yank(&registry, name, &version, !undo)?;
+            println!("{} {name} {version} in {}", if undo { "un-yanked" } else { "yanked" }, registry.display());
+            Ok(ExitCode::SUCCESS)
+        }
     }
+}
+
+/// `spade plugin install` / `update`: (re)lock the project's registry plugins and say what
+/// each resolved to.
+fn lock_plugins(project: &Path, update: &Update) -> anyhow::Result<()> {
+    let config = ProjectConfig::load(project)?;
+    let registry_names: Vec<&str> = config
+        .plugins
+        .iter()
+        .filter_map(|(s, _)| match s {
+            PluginSource::Registry(w) => Some(w.name.as_str()),
+            PluginSource::File(_) => None,
+        })
+        .collect();
+    if let Update::Only(names) = update
+        && let Some(unknown) = names.iter().find(|n| !registry_names.contains(&n.as_str()))
+    {
+        anyhow::bail!(
+            "{unknown} is not a registry plugin of this project (its spade.yml names: {})",
+            if registry_names.is_empty() { "none".to_string() } else { registry_names.join(", ") }
+        );
+    }
+    let installed = lock_registry_plugins(&config, update)?;
+    if installed.is_empty() {
+        println!("no registry plugins in {}", project.join(crate::config::CONFIG_FILE).display());
+    }
+    for i in &installed {
+        println!("{:<24} {:<10} {}  {}", i.locked.name, i.locked.version.to_string(), i.locked.digest, i.locked.source);
+    }
+    Ok(())
+}
+
+/// `spade plugin publish`: checks the component loads, reads what it is, adds it.
+fn publish(file: &Path, registry: &Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    let label = file.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let runtime = new_runtime()?;
+    let report = runtime.install(&label, &bytes, Grants::all()).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let info = report.info;
+    let version = semver::Version::parse(&info.version).with_context(|| {
+        format!("plugin {} reports version {:?}, which is not a semver version (e.g. 1.2.0)", info.name, info.version)
+    })?;
+    let meta = spade_registry::PluginMeta { name: info.name.clone(), version, wit: info.wit_version, operators: info.operators };
+    let (entry, published) = spade_registry::publish(registry, &bytes, &meta)?;
+    let what = match published {
+        spade_registry::Published::Added => "published",
+        spade_registry::Published::AlreadyThere => "already published (same bytes)",
+    };
+    println!("{what} {} {} ({}) to {}: {}", meta.name, entry.version, entry.digest, registry.display(), entry.file);
+    if report.manifest.is_none() {
+        eprintln!("note: the component has no embedded {MANIFEST_FILE}; build it with `spade plugin build` so it says what it asks for");
+    }
+    Ok(())
 }
 
 fn list(project: &Path) -> anyhow::Result<()> {

@@ -80,6 +80,11 @@ pub(crate) fn detect<'a>(imports: impl IntoIterator<Item = &'a str>) -> Detected
     }
 }
 
+/// Whether a plugin built against contract `version` (e.g. `0.2.0`) runs on this host.
+pub fn supports_wit_version(version: &str) -> bool {
+    matches!(parse(version), Some((0, 2, _)) | Some((0, 1, _)))
+}
+
 /// The supported versions as a user reads them: `0.2.x (current) and 0.1.x`.
 pub fn supported_versions_text() -> String {
     "spade:operator 0.2.x (current) and 0.1.x".to_string()

@@ -51,7 +51,7 @@ use crate::host::{HostState, Interrupt, PluginCtx, Stop};
 use crate::http::HttpGuard;
 use crate::sandbox::{Capture, Limiter, LineBudget};
 
-pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION};
+pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION, supports_wit_version};
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
 pub use crate::http::{
     HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPolicy,
