@@ -460,3 +460,46 @@ fn registry_plugins_are_resolved_locked_and_checked() {
     assert!(!none.status.success());
     assert!(err.contains("no version of spade-test-legacy01 matches ^2 (published: 0.1.0)"), "{err}");
 }
+
+/// `spade scheduler --once` starts one session per due slot (catching up the slots that
+/// passed since the previous pass), each exactly once, and `spade schedules` shows where
+/// the schedule stands.
+#[test]
+fn scheduler_starts_each_due_slot_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("tick.dig"),
+        "timezone: UTC\nschedule:\n  seconds_interval>: 1\n+hello:\n  echo>: \"tick ${session_time}\"\n",
+    )
+    .unwrap();
+    std::fs::write(tmp.path().join("plain.dig"), "+a:\n  echo>: never scheduled\n").unwrap();
+    let first = spade(tmp.path(), &["scheduler", "--once"]);
+    assert!(first.status.success(), "{}", String::from_utf8_lossy(&first.stderr));
+    assert!(String::from_utf8_lossy(&first.stderr).contains("tick first runs at"));
+
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let second = spade(tmp.path(), &["scheduler", "--once"]);
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert!(second.status.success(), "{err}");
+    let mut ticks = stdout_lines(&second);
+    assert!(ticks.len() >= 2, "slots passed during 2.5 s: {ticks:?}\n{err}");
+    assert!(ticks.iter().all(|t| t.starts_with("tick ") && t.ends_with("+00:00")), "{ticks:?}");
+    ticks.sort();
+    ticks.dedup();
+
+    let third = spade(tmp.path(), &["scheduler", "--once"]);
+    assert!(third.status.success());
+    let sessions = spade(tmp.path(), &["sessions"]);
+    let listed = String::from_utf8_lossy(&sessions.stdout);
+    let tick_sessions: Vec<&str> = listed.lines().filter(|l| l.contains(" tick ")).collect();
+    for t in &ticks {
+        let time = t.trim_start_matches("tick ");
+        let rows: Vec<&&str> = tick_sessions.iter().filter(|l| l.contains(time)).collect();
+        assert_eq!(rows.len(), 1, "session {time} once: {listed}");
+        assert!(rows[0].contains("success"), "{}", rows[0]);
+    }
+    assert!(!listed.contains(" plain "), "{listed}");
+    let schedules = spade(tmp.path(), &["schedules"]);
+    let text = String::from_utf8_lossy(&schedules.stdout);
+    assert!(text.contains("tick") && text.contains("{\"seconds_interval>\":1}") && !text.contains("plain"), "{text}");
+}

@@ -14,6 +14,7 @@ mod inspect;
 mod launcher;
 mod plugin;
 mod run;
+mod scheduler;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,6 +53,12 @@ enum Command {
     Plugin(plugin::PluginCommand),
     /// Measure the runtime and engine against the targets; prints the figures.
     Bench(bench::BenchArgs),
+    /// Start a session of every scheduled workflow at each of its slots, catching up missed
+    /// ones (like `digdag scheduler`); --once starts what is due and exits.
+    #[command(visible_alias = "sched")]
+    Scheduler(scheduler::SchedulerArgs),
+    /// List the scheduled workflows with their next run and session times (like `digdag schedules`).
+    Schedules(scheduler::SchedulesArgs),
     /// List the sessions kept in the state database, newest first (like `digdag sessions`).
     Sessions(inspect::SessionsArgs),
     /// List attempts, of one session or of all, newest first (like `digdag attempts`).
@@ -82,6 +89,8 @@ fn main() -> ExitCode {
         Command::Kill(args) => attempts::kill(args),
         Command::Plugin(cmd) => plugin::plugin(cmd),
         Command::Bench(args) => bench::bench(args),
+        Command::Scheduler(args) => scheduler::scheduler(args),
+        Command::Schedules(args) => scheduler::schedules(args),
         Command::Sessions(args) => inspect::sessions(args),
         Command::Attempts(args) => inspect::attempts(args),
         Command::Tasks(args) => inspect::tasks(args),

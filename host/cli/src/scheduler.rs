@@ -1,0 +1,464 @@
+//! `spade scheduler` and `spade schedules`: local-mode scheduling, like `digdag scheduler`.
+//!
+//! Every workflow with a `schedule:` gets a session per slot. The scheduler keeps, per
+//! workflow, the next slot and when it runs in the state database, so a restart catches up
+//! the sessions missed while it was down (bounded by `skip_delayed_by`, as in Digdag), and
+//! a slot is never started twice. Each session runs as a child `spade run --session <slot>`
+//! process: an attempt that crashes takes nothing else down, and `spade kill`, logs and
+//! `spade retry` work on it as on any other. Following Digdag's ScheduleExecutor, a slot
+//! whose session already exists is skipped, `skip_on_overtime` skips a slot while an attempt
+//! of the workflow is still running, and a changed `schedule:` starts over from the first
+//! slot after now. Workflow files are re-read when they change.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+use spade_dig::{Project, Schedule};
+use spade_store::{SqliteStore, Store};
+
+use crate::run::{ExecArgs, ProjectArgs};
+
+#[derive(clap::Args)]
+pub struct SchedulerArgs {
+    /// Start what is due now (catching up missed slots), wait for those attempts, and exit:
+    /// for running from cron or a systemd timer instead of as a daemon.
+    #[arg(long)]
+    pub once: bool,
+    /// Attempts running at once; further due sessions wait their turn.
+    #[arg(long, default_value_t = 4)]
+    pub max_attempts: usize,
+    #[command(flatten)]
+    pub place: ProjectArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+#[derive(clap::Args)]
+pub struct SchedulesArgs {
+    #[command(flatten)]
+    pub place: ProjectArgs,
+}
+
+/// What the scheduler keeps per workflow (`schedule:<workflow>` in the state database, as
+/// JSON with unix times).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SlotState {
+    /// The schedule this state was computed for; another one starts over.
+    pub definition: String,
+    /// The next slot to start and when it runs; none once past the schedule's `end`.
+    #[serde(with = "unix_time")]
+    pub next_session_time: Option<DateTime<Utc>>,
+    #[serde(with = "unix_time")]
+    pub next_run_time: Option<DateTime<Utc>>,
+    /// The last slot handled (started or skipped).
+    #[serde(with = "unix_time")]
+    pub last_session_time: Option<DateTime<Utc>>,
+}
+
+mod unix_time {
+    use chrono::{DateTime, Utc};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
+        match t {
+            Some(t) => s.serialize_some(&t.timestamp()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
+        Ok(Option::<i64>::deserialize(d)?.and_then(|secs| DateTime::from_timestamp(secs, 0)))
+    }
+}
+
+/// What to do with one due slot.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Decision {
+    Start(DateTime<Tz>),
+    Skip(DateTime<Tz>, String),
+}
+
+fn definition(schedule: &Schedule) -> String {
+    format!("{schedule:?}")
+}
+
+/// The state for `schedule` when there is none (or it was made for another schedule):
+/// the first slot whose run time is at or after `now`.
+pub fn fresh_state(schedule: &Schedule, now: DateTime<Utc>) -> SlotState {
+    let first = schedule.first_schedule_time(now);
+    SlotState {
+        definition: definition(schedule),
+        next_session_time: first.map(|t| t.session_time.with_timezone(&Utc)),
+        next_run_time: first.map(|t| t.run_time.with_timezone(&Utc)),
+        last_session_time: None,
+    }
+}
+
+/// Decides every slot of `state` due at `now` and advances `state` past them. `running`:
+/// whether an attempt of the workflow is running (for `skip_on_overtime`). At most `limit`
+/// slots are decided per call, so a long catch-up cannot flood the queue at once.
+pub fn plan(schedule: &Schedule, state: &mut SlotState, now: DateTime<Utc>, running: bool, limit: usize) -> Vec<Decision> {
+    if state.definition != definition(schedule) {
+        *state = fresh_state(schedule, now);
+    }
+    let mut out = Vec::new();
+    while out.len() < limit {
+        let (Some(session), Some(run_at)) = (state.next_session_time, state.next_run_time) else { break };
+        if run_at > now {
+            break;
+        }
+        let session = session.with_timezone(&schedule.timezone);
+        let decision = if schedule.is_delayed_too_much(run_at.with_timezone(&schedule.timezone), now) {
+            Decision::Skip(session, format!("it is more than skip_delayed_by late (due at {run_at})"))
+        } else if schedule.skip_on_overtime && running {
+            Decision::Skip(session, "skip_on_overtime: an attempt of the workflow is still running".into())
+        } else {
+            Decision::Start(session)
+        };
+        out.push(decision);
+        let next = schedule.next_schedule_time(session);
+        state.last_session_time = Some(session.with_timezone(&Utc));
+        state.next_session_time = next.map(|t| t.session_time.with_timezone(&Utc));
+        state.next_run_time = next.map(|t| t.run_time.with_timezone(&Utc));
+    }
+    out
+}
+
+fn state_key(workflow: &str) -> String {
+    format!("schedule:{workflow}")
+}
+
+fn load_state(store: &mut SqliteStore, workflow: &str) -> anyhow::Result<Option<SlotState>> {
+    Ok(store
+        .get_value(&state_key(workflow))?
+        .and_then(|text| serde_json::from_str(&text).ok()))
+}
+
+fn save_state(store: &mut SqliteStore, workflow: &str, state: &SlotState) -> anyhow::Result<()> {
+    store.set_value(&state_key(workflow), &serde_json::to_string(state)?)?;
+    Ok(())
+}
+
+fn session_text(t: DateTime<Tz>) -> String {
+    t.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
+}
+
+/// The project's `.dig` files with their modification times: reloading happens when it changes.
+fn fingerprint(root: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
+    let mut out: Vec<_> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".dig"))
+        .map(|e| {
+            let meta = e.metadata().ok();
+            (e.path(), meta.as_ref().and_then(|m| m.modified().ok()), meta.map_or(0, |m| m.len()))
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// A started attempt: the child `spade run`.
+struct Running {
+    workflow: String,
+    session: String,
+    child: Child,
+}
+
+struct Scheduler {
+    root: PathBuf,
+    store_path: PathBuf,
+    project_name: String,
+    exec: ExecArgs,
+    max_attempts: usize,
+    project: Arc<Project>,
+    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    queue: VecDeque<(String, DateTime<Tz>)>,
+    running: Vec<Running>,
+}
+
+impl Scheduler {
+    fn reload_if_changed(&mut self) {
+        let now = fingerprint(&self.root);
+        if now == self.fingerprint {
+            return;
+        }
+        self.fingerprint = now;
+        match spade_dig::load_project(&self.root) {
+            Ok(p) => {
+                eprintln!("scheduler: workflow files changed; reloaded {} workflows", p.workflows.len());
+                self.project = Arc::new(p);
+            }
+            Err(errors) => eprintln!("{errors}\nscheduler: the changed workflow files have errors; keeping the previous ones"),
+        }
+    }
+
+    /// Decides the due slots of every scheduled workflow and queues the starts.
+    fn tick(&mut self, store: &mut SqliteStore, now: DateTime<Utc>) -> anyhow::Result<()> {
+        for wf in &self.project.workflows {
+            let Some(schedule) = &wf.schedule else { continue };
+            let mut state = match load_state(store, &wf.name)? {
+                Some(s) if s.definition != definition(schedule) => {
+                    let s = fresh_state(schedule, now);
+                    eprintln!(
+                        "scheduler: the schedule of {} changed; it next runs at {}",
+                        wf.name,
+                        s.next_run_time.map_or("never (past its end)".to_string(), |t| t.to_string())
+                    );
+                    s
+                }
+                Some(s) => s,
+                None => {
+                    let s = fresh_state(schedule, now);
+                    save_state(store, &wf.name, &s)?;
+                    if let Some(t) = s.next_run_time {
+                        eprintln!("scheduler: {} first runs at {t} (session {})", wf.name, s.next_session_time.unwrap_or(t));
+                    }
+                    continue;
+                }
+            };
+            let busy = self.running.iter().any(|r| r.workflow == wf.name) || self.queue.iter().any(|(w, _)| *w == wf.name);
+            let before = state.clone();
+            for decision in plan(schedule, &mut state, now, busy, 1000) {
+                match decision {
+                    Decision::Start(session) => {
+                        let text = session_text(session);
+                        if !store.session_attempts(&self.project_name, &wf.name, &text)?.is_empty() {
+                            eprintln!("scheduler: skipped {} session {text}: the session already exists", wf.name);
+                        } else {
+                            self.queue.push_back((wf.name.clone(), session));
+                        }
+                    }
+                    Decision::Skip(session, why) => {
+                        eprintln!("scheduler: skipped {} session {}: {why}", wf.name, session_text(session));
+                    }
+                }
+            }
+            if state != before {
+                save_state(store, &wf.name, &state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps finished attempts and starts queued ones up to the limit. Returns whether an
+    /// attempt that ended failed.
+    fn pump(&mut self) -> anyhow::Result<bool> {
+        let mut failed = false;
+        self.running.retain_mut(|r| match r.child.try_wait() {
+            Ok(Some(status)) => {
+                failed |= !status.success();
+                eprintln!(
+                    "scheduler: {} session {} {}",
+                    r.workflow,
+                    r.session,
+                    if status.success() { "succeeded" } else { "failed (see `spade attempts`)" }
+                );
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        });
+        while self.running.len() < self.max_attempts.max(1) {
+            let Some((workflow, session)) = self.queue.pop_front() else { break };
+            let text = session_text(session);
+            let child = self.spawn(&workflow, &text)?;
+            eprintln!("scheduler: started {workflow} session {text} (pid {})", child.id());
+            self.running.push(Running { workflow, session: text, child });
+        }
+        Ok(failed)
+    }
+
+    fn spawn(&self, workflow: &str, session: &str) -> anyhow::Result<Child> {
+        let exe = std::env::current_exe().context("locating the spade executable")?;
+        let e = &self.exec;
+        let mut cmd = Command::new(exe);
+        cmd.arg("run")
+            .arg(workflow)
+            .arg("--session")
+            .arg(session)
+            .arg("--project")
+            .arg(&self.root)
+            .arg("--state")
+            .arg(&self.store_path)
+            .args(["--max-tasks", &e.max_tasks.to_string()])
+            .args(["--task-timeout", &e.task_timeout.to_string()])
+            .args(["--task-memory", &e.task_memory.to_string()])
+            .args(["--task-log-level", &e.task_log_level]);
+        if let Some(n) = e.max_task_threads {
+            cmd.args(["--max-task-threads", &n.to_string()]);
+        }
+        for p in &e.plugins {
+            cmd.arg("--plugin").arg(p);
+        }
+        cmd.spawn().with_context(|| format!("starting `spade run {workflow}`"))
+    }
+}
+
+pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
+    let Some(opened) = crate::run::open_project(&args.place, false)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let mut store = opened.store;
+    let project = opened.project.clone();
+    let scheduled: Vec<&str> = project.workflows.iter().filter(|w| w.schedule.is_some()).map(|w| w.name.as_str()).collect();
+    if scheduled.is_empty() && args.once {
+        eprintln!("scheduler: no workflow of {} has a schedule", opened.root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    eprintln!(
+        "scheduler: {} scheduled workflow(s) in {}{}",
+        scheduled.len(),
+        opened.root.display(),
+        if scheduled.is_empty() { String::new() } else { format!(": {}", scheduled.join(", ")) }
+    );
+    let mut s = Scheduler {
+        fingerprint: fingerprint(&opened.root),
+        root: opened.root,
+        store_path: opened.store_path,
+        project_name: opened.name,
+        exec: args.exec,
+        max_attempts: args.max_attempts,
+        project,
+        queue: VecDeque::new(),
+        running: Vec::new(),
+    };
+    if args.once {
+        // Only what is due now: slots that come due while these run wait for the next pass.
+        s.tick(&mut store, Utc::now())?;
+        let mut failed = false;
+        loop {
+            failed |= s.pump()?;
+            if s.queue.is_empty() && s.running.is_empty() {
+                return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    loop {
+        s.reload_if_changed();
+        s.tick(&mut store, Utc::now())?;
+        s.pump()?;
+        // Slots are whole seconds; a short sleep keeps starting, reaping and reloading prompt.
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `spade schedules`: every scheduled workflow with its next run.
+pub fn schedules(args: SchedulesArgs) -> anyhow::Result<ExitCode> {
+    let Some(mut opened) = crate::run::open_project(&args.place, false)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let now = Utc::now();
+    let mut rows: BTreeMap<String, (String, String, String, String)> = BTreeMap::new();
+    for wf in &opened.project.workflows {
+        let Some(schedule) = &wf.schedule else { continue };
+        let state = match load_state(&mut opened.store, &wf.name)? {
+            Some(s) if s.definition == definition(schedule) => s,
+            _ => fresh_state(schedule, now),
+        };
+        let show = |t: Option<DateTime<Utc>>| {
+            t.map(|t| session_text(t.with_timezone(&schedule.timezone))).unwrap_or_else(|| "-".into())
+        };
+        let spec = wf.config.get("schedule").map(|v| v.to_string()).unwrap_or_default();
+        rows.insert(
+            wf.name.clone(),
+            (spec, show(state.next_run_time), show(state.next_session_time), show(state.last_session_time)),
+        );
+    }
+    if rows.is_empty() {
+        println!("no workflow of {} has a schedule", opened.root.display());
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{:<20} {:<27} {:<27} {:<27} SCHEDULE", "WORKFLOW", "NEXT RUN", "NEXT SESSION", "LAST SESSION");
+    for (name, (spec, run, session, last)) in rows {
+        println!("{name:<20} {run:<27} {session:<27} {last:<27} {spec}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+    use serde_json::json;
+
+    fn schedule(cfg: serde_json::Value) -> Schedule {
+        Schedule::parse(&cfg, chrono_tz::UTC).unwrap().0
+    }
+
+    fn at(h: u32, m: u32) -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2024, 3, 1, h, m, 0).unwrap()
+    }
+
+    fn starts(d: &[Decision]) -> Vec<String> {
+        d.iter()
+            .filter_map(|d| match d {
+                Decision::Start(t) => Some(t.format("%H:%M").to_string()),
+                Decision::Skip(..) => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_slot_is_after_now_and_each_slot_starts_once() {
+        let s = schedule(json!({"hourly>": "10:00"}));
+        // 09:00's session runs at 09:10, which is still ahead at 09:05.
+        let mut state = fresh_state(&s, at(9, 5));
+        assert_eq!(state.next_session_time, Some(at(9, 0)));
+        assert_eq!(state.next_run_time, Some(at(9, 10)));
+        assert!(plan(&s, &mut state, at(9, 9), false, 100).is_empty(), "not due yet");
+        assert_eq!(starts(&plan(&s, &mut state, at(9, 10), false, 100)), ["09:00"]);
+        assert!(plan(&s, &mut state, at(9, 30), false, 100).is_empty(), "never twice");
+        assert_eq!(state.last_session_time, Some(at(9, 0)));
+        assert_eq!(state.next_run_time, Some(at(10, 10)));
+    }
+
+    #[test]
+    fn downtime_is_caught_up_unless_skip_delayed_by_says_otherwise() {
+        let s = schedule(json!({"hourly>": "00:00"}));
+        let mut state = fresh_state(&s, at(1, 0));
+        assert_eq!(starts(&plan(&s, &mut state, at(4, 30), false, 100)), ["01:00", "02:00", "03:00", "04:00"]);
+
+        let s = schedule(json!({"hourly>": "00:00", "skip_delayed_by": "90m"}));
+        let mut state = fresh_state(&s, at(1, 0));
+        let d = plan(&s, &mut state, at(4, 30), false, 100);
+        assert_eq!(starts(&d), ["03:00", "04:00"]);
+        assert!(matches!(&d[0], Decision::Skip(_, why) if why.contains("skip_delayed_by")));
+        assert_eq!(state.next_run_time, Some(at(5, 0)));
+    }
+
+    #[test]
+    fn overtime_end_and_changed_schedules() {
+        let s = schedule(json!({"hourly>": "00:00", "skip_on_overtime": true}));
+        let mut state = fresh_state(&s, at(1, 0));
+        let d = plan(&s, &mut state, at(1, 0), true, 100);
+        assert!(matches!(&d[..], [Decision::Skip(_, why)] if why.contains("skip_on_overtime")));
+
+        let s = schedule(json!({"daily>": "00:00:00", "end": "2024-03-02"}));
+        let mut state = fresh_state(&s, at(1, 0));
+        let later = Utc.with_ymd_and_hms(2024, 3, 9, 0, 0, 0).unwrap();
+        let d = plan(&s, &mut state, later, false, 100);
+        assert_eq!(d.len(), 1, "only 2024-03-02 is inside the window: {d:?}");
+        assert_eq!(state.next_run_time, None);
+
+        // Another schedule for the same workflow starts over from now.
+        let daily = schedule(json!({"daily>": "06:00:00"}));
+        let d = plan(&daily, &mut state, at(1, 0), false, 100);
+        assert!(d.is_empty());
+        assert_eq!(state.next_run_time, Some(at(6, 0)));
+        assert_eq!(state.last_session_time, None);
+
+        let s = schedule(json!({"minutes_interval>": 1}));
+        let mut state = fresh_state(&s, at(1, 0));
+        assert_eq!(plan(&s, &mut state, at(5, 0), false, 10).len(), 10, "the per-call limit");
+    }
+}
