@@ -503,3 +503,110 @@ fn scheduler_starts_each_due_slot_once() {
     let text = String::from_utf8_lossy(&schedules.stdout);
     assert!(text.contains("tick") && text.contains("{\"seconds_interval>\":1}") && !text.contains("plain"), "{text}");
 }
+
+/// The REST API and web UI that `spade scheduler` serves: workflows, starting an attempt,
+/// its tasks and logs, sessions, killing a running attempt, and clear errors.
+#[test]
+fn api_starts_inspects_and_kills_attempts() {
+    use std::io::BufRead;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("hello.dig"), "timezone: UTC\n+greet:\n  echo>: hello ${who}\n").unwrap();
+    std::fs::write(tmp.path().join("slow.dig"), "+w:\n  wait>: 60s\n").unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["scheduler", "--port", "0"])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stderr = server.stderr.take().unwrap();
+    let _server = KillOnDrop(server);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let base = loop {
+        let line = rx.recv_timeout(std::time::Duration::from_secs(30)).expect("the scheduler announces its API");
+        if let Some(rest) = line.split_once("web UI on ").map(|(_, r)| r.trim().to_string()) {
+            break rest;
+        }
+    };
+    let agent = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build());
+    let call = |method: &str, path: &str, body: Option<serde_json::Value>| -> (u16, serde_json::Value) {
+        let url = format!("{base}{}", path.trim_start_matches('/'));
+        let mut resp = match (method, body) {
+            ("GET", _) => agent.get(&url).call(),
+            ("POST", _) => agent.post(&url).send_empty(),
+            ("PUT", Some(b)) => agent.put(&url).header("Content-Type", "application/json").send(b.to_string()),
+            _ => unreachable!(),
+        }
+        .unwrap();
+        let status = resp.status().as_u16();
+        let text = resp.body_mut().read_to_string().unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+    };
+
+    let (status, wfs) = call("GET", "/api/workflows", None);
+    assert_eq!(status, 200);
+    let names: Vec<&str> = wfs["workflows"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["hello", "slow"]);
+
+    let (status, attempt) = call(
+        "PUT",
+        "/api/attempts",
+        Some(serde_json::json!({"workflowName": "hello", "sessionTime": "2024-02-01", "params": {"who": "api"}})),
+    );
+    assert_eq!(status, 200, "{attempt}");
+    assert_eq!(attempt["sessionTime"], "2024-02-01T00:00:00+00:00");
+    let id = attempt["id"].as_str().unwrap().to_string();
+    let wait_done = |id: &str| {
+        for _ in 0..300 {
+            let (_, a) = call("GET", &format!("/api/attempts/{id}"), None);
+            if a["done"] == true {
+                return a;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        panic!("attempt {id} did not finish");
+    };
+    let done = wait_done(&id);
+    assert_eq!((done["status"].as_str(), done["params"]["who"].as_str()), (Some("success"), Some("api")));
+    let (_, tasks) = call("GET", &format!("/api/attempts/{id}/tasks"), None);
+    let greet = tasks["tasks"].as_array().unwrap().iter().find(|t| t["fullName"] == "+hello+greet").expect("the task is listed");
+    assert_eq!(greet["state"], "success");
+    let (status, logs) = call("GET", &format!("/api/attempts/{id}/logs"), None);
+    assert_eq!(status, 200);
+    assert!(logs["logs"].is_array());
+    let (_, sessions) = call("GET", "/api/sessions?workflow=hello", None);
+    assert_eq!(sessions["sessions"][0]["sessionTime"], "2024-02-01T00:00:00+00:00");
+    assert_eq!(sessions["sessions"][0]["lastAttempt"]["id"].as_str(), Some(id.as_str()));
+
+    // Errors say what is wrong.
+    let (status, err) = call("PUT", "/api/attempts", Some(serde_json::json!({"workflowName": "nope"})));
+    assert_eq!(status, 400);
+    assert!(err["message"].as_str().unwrap().contains("no workflow \"nope\""), "{err}");
+    let (status, _) = call("POST", &format!("/api/attempts/{id}/kill"), None);
+    assert_eq!(status, 409, "a finished attempt cannot be killed");
+    let (status, _) = call("GET", "/api/attempts/4242", None);
+    assert_eq!(status, 404);
+
+    // Kill a running attempt: its waiting task is interrupted and the attempt ends killed.
+    let (status, slow) = call("PUT", "/api/attempts", Some(serde_json::json!({"workflowName": "slow"})));
+    assert_eq!(status, 200, "{slow}");
+    let slow_id = slow["id"].as_str().unwrap().to_string();
+    let (status, killed) = call("POST", &format!("/api/attempts/{slow_id}/kill"), None);
+    assert_eq!((status, &killed["cancelRequested"]), (200, &serde_json::json!(true)));
+    assert_eq!(wait_done(&slow_id)["status"], "killed");
+
+    let page = agent.get(&base).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(page.contains("<title>spade</title>"), "{page}");
+}

@@ -30,6 +30,9 @@ pub struct RunArgs {
     /// Values are strings; `_export` in the workflow wins over them, as in Digdag.
     #[arg(short = 'p', long = "param", value_name = "KEY=VALUE")]
     pub params: Vec<String>,
+    /// Params as a JSON object (values keep their JSON types); -p keys win over its keys.
+    #[arg(long, value_name = "JSON")]
+    pub params_json: Option<String>,
     /// Session time: yyyy-MM-dd, "yyyy-MM-dd HH:mm:ss" (in the workflow's timezone),
     /// an ISO 8601 time with offset, daily, hourly, or last (the last session run here).
     #[arg(long, default_value = "last")]
@@ -162,7 +165,14 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         spade_dig::parse_session_time(&args.session, tz, now).map_err(|e| anyhow!("--session: {e}"))?
     };
-    let mut params = parse_params(&args.params)?;
+    let mut params = match &args.params_json {
+        Some(text) => match serde_json::from_str::<Value>(text) {
+            Ok(Value::Object(map)) => map,
+            _ => bail!("--params-json must be a JSON object, got {text:?}"),
+        },
+        None => Object::new(),
+    };
+    spade_dig::deep_merge(&mut params, &parse_params(&args.params)?);
     schedule_params(workflow, session_time, &mut params);
 
     let session_str = session_time.format("%Y-%m-%dT%H:%M:%S%:z").to_string();

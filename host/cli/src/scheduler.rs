@@ -9,15 +9,18 @@
 //! whose session already exists is skipped, `skip_on_overtime` skips a slot while an attempt
 //! of the workflow is still running, and a changed `schedule:` starts over from the first
 //! slot after now. Workflow files are re-read when they change.
+//!
+//! Like `digdag scheduler`, it also serves the REST API and web UI (spade-server) on
+//! 127.0.0.1:65432; attempts started from there run the same way.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use spade_dig::{Project, Schedule};
@@ -34,6 +37,15 @@ pub struct SchedulerArgs {
     /// Attempts running at once; further due sessions wait their turn.
     #[arg(long, default_value_t = 4)]
     pub max_attempts: usize,
+    /// Address of the REST API and web UI (not with --once).
+    #[arg(long, default_value = "127.0.0.1")]
+    pub bind: String,
+    /// Port of the REST API and web UI (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 65432)]
+    pub port: u16,
+    /// Serve no REST API and web UI.
+    #[arg(long)]
+    pub no_api: bool,
     #[command(flatten)]
     pub place: ProjectArgs,
     #[command(flatten)]
@@ -173,111 +185,27 @@ struct Running {
     child: Child,
 }
 
-struct Scheduler {
+/// What the scheduling loop and the API share.
+struct Shared {
     root: PathBuf,
     store_path: PathBuf,
     project_name: String,
     exec: ExecArgs,
-    max_attempts: usize,
-    project: Arc<Project>,
-    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
-    queue: VecDeque<(String, DateTime<Tz>)>,
-    running: Vec<Running>,
+    project: RwLock<Arc<Project>>,
+    running: Mutex<Vec<Running>>,
 }
 
-impl Scheduler {
-    fn reload_if_changed(&mut self) {
-        let now = fingerprint(&self.root);
-        if now == self.fingerprint {
-            return;
-        }
-        self.fingerprint = now;
-        match spade_dig::load_project(&self.root) {
-            Ok(p) => {
-                eprintln!("scheduler: workflow files changed; reloaded {} workflows", p.workflows.len());
-                self.project = Arc::new(p);
-            }
-            Err(errors) => eprintln!("{errors}\nscheduler: the changed workflow files have errors; keeping the previous ones"),
-        }
+impl Shared {
+    fn project(&self) -> Arc<Project> {
+        self.project.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// Decides the due slots of every scheduled workflow and queues the starts.
-    fn tick(&mut self, store: &mut SqliteStore, now: DateTime<Utc>) -> anyhow::Result<()> {
-        for wf in &self.project.workflows {
-            let Some(schedule) = &wf.schedule else { continue };
-            let mut state = match load_state(store, &wf.name)? {
-                Some(s) if s.definition != definition(schedule) => {
-                    let s = fresh_state(schedule, now);
-                    eprintln!(
-                        "scheduler: the schedule of {} changed; it next runs at {}",
-                        wf.name,
-                        s.next_run_time.map_or("never (past its end)".to_string(), |t| t.to_string())
-                    );
-                    s
-                }
-                Some(s) => s,
-                None => {
-                    let s = fresh_state(schedule, now);
-                    save_state(store, &wf.name, &s)?;
-                    if let Some(t) = s.next_run_time {
-                        eprintln!("scheduler: {} first runs at {t} (session {})", wf.name, s.next_session_time.unwrap_or(t));
-                    }
-                    continue;
-                }
-            };
-            let busy = self.running.iter().any(|r| r.workflow == wf.name) || self.queue.iter().any(|(w, _)| *w == wf.name);
-            let before = state.clone();
-            for decision in plan(schedule, &mut state, now, busy, 1000) {
-                match decision {
-                    Decision::Start(session) => {
-                        let text = session_text(session);
-                        if !store.session_attempts(&self.project_name, &wf.name, &text)?.is_empty() {
-                            eprintln!("scheduler: skipped {} session {text}: the session already exists", wf.name);
-                        } else {
-                            self.queue.push_back((wf.name.clone(), session));
-                        }
-                    }
-                    Decision::Skip(session, why) => {
-                        eprintln!("scheduler: skipped {} session {}: {why}", wf.name, session_text(session));
-                    }
-                }
-            }
-            if state != before {
-                save_state(store, &wf.name, &state)?;
-            }
-        }
-        Ok(())
+    fn is_running(&self, workflow: &str) -> bool {
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.workflow == workflow)
     }
 
-    /// Reaps finished attempts and starts queued ones up to the limit. Returns whether an
-    /// attempt that ended failed.
-    fn pump(&mut self) -> anyhow::Result<bool> {
-        let mut failed = false;
-        self.running.retain_mut(|r| match r.child.try_wait() {
-            Ok(Some(status)) => {
-                failed |= !status.success();
-                eprintln!(
-                    "scheduler: {} session {} {}",
-                    r.workflow,
-                    r.session,
-                    if status.success() { "succeeded" } else { "failed (see `spade attempts`)" }
-                );
-                false
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        });
-        while self.running.len() < self.max_attempts.max(1) {
-            let Some((workflow, session)) = self.queue.pop_front() else { break };
-            let text = session_text(session);
-            let child = self.spawn(&workflow, &text)?;
-            eprintln!("scheduler: started {workflow} session {text} (pid {})", child.id());
-            self.running.push(Running { workflow, session: text, child });
-        }
-        Ok(failed)
-    }
-
-    fn spawn(&self, workflow: &str, session: &str) -> anyhow::Result<Child> {
+    /// Starts `spade run <workflow> --session <session>` and keeps the child for reaping.
+    fn start_child(&self, workflow: &str, session: &str, params: Option<&serde_json::Map<String, serde_json::Value>>) -> anyhow::Result<u32> {
         let exe = std::env::current_exe().context("locating the spade executable")?;
         let e = &self.exec;
         let mut cmd = Command::new(exe);
@@ -299,8 +227,208 @@ impl Scheduler {
         for p in &e.plugins {
             cmd.arg("--plugin").arg(p);
         }
-        cmd.spawn().with_context(|| format!("starting `spade run {workflow}`"))
+        if let Some(params) = params.filter(|p| !p.is_empty()) {
+            cmd.arg("--params-json").arg(serde_json::Value::Object(params.clone()).to_string());
+        }
+        let child = cmd.spawn().with_context(|| format!("starting `spade run {workflow}`"))?;
+        let pid = child.id();
+        eprintln!("scheduler: started {workflow} session {session} (pid {pid})");
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).push(Running {
+            workflow: workflow.to_string(),
+            session: session.to_string(),
+            child,
+        });
+        Ok(pid)
     }
+
+    /// Reaps finished attempts; returns whether one that ended failed.
+    fn reap(&self) -> bool {
+        let mut failed = false;
+        self.running.lock().unwrap_or_else(|e| e.into_inner()).retain_mut(|r| match r.child.try_wait() {
+            Ok(Some(status)) => {
+                failed |= !status.success();
+                eprintln!(
+                    "scheduler: {} session {} {}",
+                    r.workflow,
+                    r.session,
+                    if status.success() { "succeeded" } else { "failed (see `spade attempts`)" }
+                );
+                false
+            }
+            Ok(None) => true,
+            Err(_) => false,
+        });
+        failed
+    }
+}
+
+impl spade_server::Control for Shared {
+    fn workflows(&self) -> Vec<spade_server::WorkflowInfo> {
+        let project = self.project();
+        let mut store = SqliteStore::open(&self.store_path).ok();
+        let now = Utc::now();
+        project
+            .workflows
+            .iter()
+            .map(|wf| {
+                let state = wf.schedule.as_ref().map(|schedule| {
+                    match store.as_mut().and_then(|s| load_state(s, &wf.name).ok().flatten()) {
+                        Some(st) if st.definition == definition(schedule) => st,
+                        _ => fresh_state(schedule, now),
+                    }
+                });
+                let show = |t: Option<DateTime<Utc>>| t.map(|t| session_text(t.with_timezone(&wf.timezone)));
+                spade_server::WorkflowInfo {
+                    name: wf.name.clone(),
+                    timezone: wf.timezone.name().to_string(),
+                    schedule: wf.config.get("schedule").cloned(),
+                    next_run_time: state.as_ref().and_then(|s| show(s.next_run_time)),
+                    next_session_time: state.as_ref().and_then(|s| show(s.next_session_time)),
+                }
+            })
+            .collect()
+    }
+
+    fn start(
+        &self,
+        workflow: &str,
+        session_time: Option<&str>,
+        params: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<spade_server::Started, String> {
+        let project = self.project();
+        let wf = project.workflow(workflow).ok_or_else(|| {
+            let names: Vec<&str> = project.workflows.iter().map(|w| w.name.as_str()).collect();
+            format!("no workflow {workflow:?} in the project (workflows: {})", names.join(", "))
+        })?;
+        let now = Utc::now();
+        let session = match session_time {
+            Some(text) => spade_dig::parse_session_time(text, wf.timezone, now).map_err(|e| format!("sessionTime: {e}"))?,
+            None => now.with_nanosecond(0).unwrap_or(now).with_timezone(&wf.timezone),
+        };
+        let text = session_text(session);
+        let pid = self.start_child(workflow, &text, Some(params)).map_err(|e| format!("{e:#}"))?;
+        Ok(spade_server::Started { session_time: text, pid })
+    }
+}
+
+struct Scheduler {
+    shared: Arc<Shared>,
+    max_attempts: usize,
+    fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
+    queue: VecDeque<(String, DateTime<Tz>)>,
+}
+
+impl Scheduler {
+    fn reload_if_changed(&mut self) {
+        let now = fingerprint(&self.shared.root);
+        if now == self.fingerprint {
+            return;
+        }
+        self.fingerprint = now;
+        match spade_dig::load_project(&self.shared.root) {
+            Ok(p) => {
+                eprintln!("scheduler: workflow files changed; reloaded {} workflows", p.workflows.len());
+                *self.shared.project.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
+            }
+            Err(errors) => eprintln!("{errors}\nscheduler: the changed workflow files have errors; keeping the previous ones"),
+        }
+    }
+
+    /// Decides the due slots of every scheduled workflow and queues the starts.
+    fn tick(&mut self, store: &mut SqliteStore, now: DateTime<Utc>) -> anyhow::Result<()> {
+        let project = self.shared.project();
+        for wf in &project.workflows {
+            let Some(schedule) = &wf.schedule else { continue };
+            let mut state = match load_state(store, &wf.name)? {
+                Some(s) if s.definition != definition(schedule) => {
+                    let s = fresh_state(schedule, now);
+                    eprintln!(
+                        "scheduler: the schedule of {} changed; it next runs at {}",
+                        wf.name,
+                        s.next_run_time.map_or("never (past its end)".to_string(), |t| t.to_string())
+                    );
+                    s
+                }
+                Some(s) => s,
+                None => {
+                    let s = fresh_state(schedule, now);
+                    save_state(store, &wf.name, &s)?;
+                    if let Some(t) = s.next_run_time {
+                        eprintln!("scheduler: {} first runs at {t} (session {})", wf.name, s.next_session_time.unwrap_or(t));
+                    }
+                    continue;
+                }
+            };
+            let busy = self.shared.is_running(&wf.name) || self.queue.iter().any(|(w, _)| *w == wf.name);
+            let before = state.clone();
+            for decision in plan(schedule, &mut state, now, busy, 1000) {
+                match decision {
+                    Decision::Start(session) => {
+                        let text = session_text(session);
+                        if !store.session_attempts(&self.shared.project_name, &wf.name, &text)?.is_empty() {
+                            eprintln!("scheduler: skipped {} session {text}: the session already exists", wf.name);
+                        } else {
+                            self.queue.push_back((wf.name.clone(), session));
+                        }
+                    }
+                    Decision::Skip(session, why) => {
+                        eprintln!("scheduler: skipped {} session {}: {why}", wf.name, session_text(session));
+                    }
+                }
+            }
+            if state != before {
+                save_state(store, &wf.name, &state)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Reaps finished attempts and starts queued ones up to the limit. Returns whether an
+    /// attempt that ended failed.
+    fn pump(&mut self) -> anyhow::Result<bool> {
+        let failed = self.shared.reap();
+        while self.running_count() < self.max_attempts.max(1) {
+            let Some((workflow, session)) = self.queue.pop_front() else { break };
+            self.shared.start_child(&workflow, &session_text(session), None)?;
+        }
+        Ok(failed)
+    }
+
+    fn running_count(&self) -> usize {
+        self.shared.running.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+}
+
+/// Serves the REST API and web UI on a thread of its own.
+fn start_api(shared: Arc<Shared>, bind: &str, port: u16) -> anyhow::Result<()> {
+    let addr = format!("{bind}:{port}");
+    let listener = std::net::TcpListener::bind(&addr)
+        .with_context(|| format!("cannot listen on {addr} for the API (pick another --port, or --no-api)"))?;
+    listener.set_nonblocking(true)?;
+    let local = listener.local_addr()?;
+    eprintln!("scheduler: REST API and web UI on http://{local}/");
+    let config = spade_server::ApiConfig {
+        store_path: shared.store_path.clone(),
+        project: shared.project_name.clone(),
+        control: shared,
+    };
+    std::thread::Builder::new().name("api".into()).spawn(move || {
+        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => return eprintln!("scheduler: cannot start the API: {e}"),
+        };
+        runtime.block_on(async move {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(l) => {
+                    if let Err(e) = spade_server::serve(l, config).await {
+                        eprintln!("scheduler: the API stopped: {e}");
+                    }
+                }
+                Err(e) => eprintln!("scheduler: cannot start the API: {e}"),
+            }
+        });
+    })?;
+    Ok(())
 }
 
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
@@ -320,16 +448,22 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         opened.root.display(),
         if scheduled.is_empty() { String::new() } else { format!(": {}", scheduled.join(", ")) }
     );
-    let mut s = Scheduler {
-        fingerprint: fingerprint(&opened.root),
-        root: opened.root,
+    let shared = Arc::new(Shared {
+        root: opened.root.clone(),
         store_path: opened.store_path,
         project_name: opened.name,
         exec: args.exec,
+        project: RwLock::new(project),
+        running: Mutex::new(Vec::new()),
+    });
+    if !args.once && !args.no_api {
+        start_api(shared.clone(), &args.bind, args.port)?;
+    }
+    let mut s = Scheduler {
+        fingerprint: fingerprint(&opened.root),
+        shared,
         max_attempts: args.max_attempts,
-        project,
         queue: VecDeque::new(),
-        running: Vec::new(),
     };
     if args.once {
         // Only what is due now: slots that come due while these run wait for the next pass.
@@ -337,7 +471,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         let mut failed = false;
         loop {
             failed |= s.pump()?;
-            if s.queue.is_empty() && s.running.is_empty() {
+            if s.queue.is_empty() && s.running_count() == 0 {
                 return Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS });
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -1,0 +1,441 @@
+//! spade-server: the REST API and the web UI over a project's state database.
+//!
+//! Resources and JSON follow Digdag's REST API where spade has the same concepts (string
+//! ids, camelCase fields, list responses wrapped as `{"sessions": [...]}`); `GET /` serves a
+//! single-page UI built on the same API. What runs attempts is not this crate's business:
+//! starting one goes through [`Control`], which the binary implements.
+//!
+//! | method and path | what |
+//! | --- | --- |
+//! | `GET /api/version` | `{"version"}` |
+//! | `GET /api/projects` | the project |
+//! | `GET /api/workflows` | workflows with their schedules and next runs |
+//! | `GET /api/schedules` | the scheduled workflows only |
+//! | `GET /api/sessions[?workflow=]`, `GET /api/sessions/{id}` | sessions with their last attempt |
+//! | `GET /api/sessions/{id}/attempts` | a session's attempts |
+//! | `GET /api/attempts[?session_id=]`, `GET /api/attempts/{id}` | attempts |
+//! | `PUT /api/attempts` `{"workflowName", "sessionTime"?, "params"?}` | start an attempt |
+//! | `POST /api/attempts/{id}/kill` | stop a running attempt (as `spade kill`) |
+//! | `GET /api/attempts/{id}/tasks` | its tasks |
+//! | `GET /api/attempts/{id}/logs[?task=prefix]` | its task log lines |
+//!
+//! Store access is blocking (SQLite): each request opens the database on a blocking thread,
+//! so a slow query never stalls the event loop and the server holds no lock between requests.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use chrono::{TimeZone, Utc};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, SqliteStore, Store, StoreError, TaskRecord};
+
+/// A workflow as the API shows it.
+#[derive(Clone, Debug)]
+pub struct WorkflowInfo {
+    pub name: String,
+    pub timezone: String,
+    /// The `schedule:` config, if any.
+    pub schedule: Option<Value>,
+    /// ISO 8601 times of the next scheduled run and its session.
+    pub next_run_time: Option<String>,
+    pub next_session_time: Option<String>,
+}
+
+/// An attempt that [`Control::start`] started.
+#[derive(Clone, Debug)]
+pub struct Started {
+    /// The session time as stored (ISO 8601 with the workflow's offset).
+    pub session_time: String,
+    pub pid: u32,
+}
+
+/// What the API cannot do from the database alone.
+pub trait Control: Send + Sync + 'static {
+    /// The project's workflows as currently loaded.
+    fn workflows(&self) -> Vec<WorkflowInfo>;
+    /// Start an attempt of `workflow` for `session_time` (none: now) with `params`. Errors
+    /// are messages for the API client (unknown workflow, bad session time).
+    fn start(&self, workflow: &str, session_time: Option<&str>, params: &Map<String, Value>) -> Result<Started, String>;
+}
+
+/// What the server serves.
+#[derive(Clone)]
+pub struct ApiConfig {
+    pub store_path: PathBuf,
+    pub project: String,
+    pub control: Arc<dyn Control>,
+}
+
+/// The API and UI routes.
+pub fn router(config: ApiConfig) -> Router {
+    Router::new()
+        .route("/", get(ui))
+        .route("/api/version", get(version))
+        .route("/api/projects", get(projects))
+        .route("/api/workflows", get(workflows))
+        .route("/api/schedules", get(schedules))
+        .route("/api/sessions", get(sessions))
+        .route("/api/sessions/{id}", get(session))
+        .route("/api/sessions/{id}/attempts", get(session_attempts))
+        .route("/api/attempts", get(attempts).put(start_attempt))
+        .route("/api/attempts/{id}", get(attempt))
+        .route("/api/attempts/{id}/kill", post(kill))
+        .route("/api/attempts/{id}/tasks", get(tasks))
+        .route("/api/attempts/{id}/logs", get(logs))
+        .fallback(not_found)
+        .with_state(Arc::new(config))
+}
+
+/// Serves `router(config)` on `listener` until the process ends.
+pub async fn serve(listener: tokio::net::TcpListener, config: ApiConfig) -> std::io::Result<()> {
+    axum::serve(listener, router(config)).await
+}
+
+type Shared = State<Arc<ApiConfig>>;
+
+/// An API error: status and message, sent as `{"message": ...}`.
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.0, Json(json!({ "message": self.1, "status": self.0.as_u16() }))).into_response()
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let status = match e {
+            StoreError::NoSuchAttempt(_) => StatusCode::NOT_FOUND,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, e.to_string())
+    }
+}
+
+type ApiResult = Result<Json<Value>, ApiError>;
+
+/// Runs `f` with the state database on a blocking thread.
+async fn with_store<T: Send + 'static>(
+    config: &ApiConfig,
+    f: impl FnOnce(&mut SqliteStore) -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let path = config.store_path.clone();
+    tokio::task::spawn_blocking(move || {
+        let mut store = SqliteStore::open(&path)?;
+        f(&mut store)
+    })
+    .await
+    .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {e}")))?
+}
+
+fn parse_id(id: &str, what: &str) -> Result<i64, ApiError> {
+    id.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{what} id {id:?} is not a number")))
+}
+
+fn time_text(ms: i64) -> Value {
+    match Utc.timestamp_millis_opt(ms).single() {
+        Some(t) => Value::String(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
+        None => Value::Null,
+    }
+}
+
+fn project_json(name: &str) -> Value {
+    json!({ "id": "1", "name": name })
+}
+
+fn attempt_json(a: &AttemptInfo, cancel_requested: bool) -> Value {
+    let r = &a.attempt;
+    let done = r.status != AttemptStatus::Running;
+    json!({
+        "id": r.attempt_id.to_string(),
+        "project": project_json(&a.project),
+        "workflow": { "name": r.workflow },
+        "sessionId": r.session_id.to_string(),
+        "sessionUuid": r.session_uuid,
+        "sessionTime": r.session_time,
+        "timezone": a.timezone,
+        "retryAttemptName": if r.name.is_empty() { Value::Null } else { Value::String(r.name.clone()) },
+        "done": done,
+        "success": r.status == AttemptStatus::Success,
+        "status": r.status.as_str(),
+        "cancelRequested": cancel_requested,
+        "params": a.params,
+        "createdAt": time_text(a.created_at_ms),
+        "finishedAt": a.finished_at_ms.map_or(Value::Null, time_text),
+        "taskCounts": {
+            "running": a.tasks.running, "polling": a.tasks.polling, "success": a.tasks.success,
+            "error": a.tasks.error, "canceled": a.tasks.canceled,
+        },
+    })
+}
+
+fn session_json(s: &SessionRecord) -> Value {
+    json!({
+        "id": s.session_id.to_string(),
+        "project": project_json(&s.project),
+        "workflow": { "name": s.workflow },
+        "sessionUuid": s.session_uuid,
+        "sessionTime": s.session_time,
+        "attemptCount": s.attempt_count,
+        "lastAttempt": s.last_attempt_id.map_or(Value::Null, |id| json!({
+            "id": id.to_string(),
+            "status": s.last_status.map(|st| st.as_str()),
+            "done": s.last_status.is_some_and(|st| st != AttemptStatus::Running),
+            "success": s.last_status == Some(AttemptStatus::Success),
+            "createdAt": s.last_attempt_at_ms.map_or(Value::Null, time_text),
+        })),
+    })
+}
+
+fn task_json(i: usize, t: &TaskRecord) -> Value {
+    let (store, export) = match &t.result {
+        Some(d) => (Value::Object(d.store_params.clone()), Value::Object(d.export_params.clone())),
+        None => (json!({}), json!({})),
+    };
+    json!({
+        "id": (i + 1).to_string(),
+        "fullName": t.name,
+        "state": t.state.as_str(),
+        "retryCount": t.retry_count,
+        "isGroup": t.request.is_none() && t.started_at_ms.is_none(),
+        "storeParams": store,
+        "exportParams": export,
+        "error": t.error.as_ref().map_or(json!({}), |m| json!({ "message": m })),
+        "startedAt": t.started_at_ms.map_or(Value::Null, time_text),
+        "updatedAt": time_text(t.updated_at_ms),
+    })
+}
+
+fn workflow_json(w: &WorkflowInfo, project: &str) -> Value {
+    json!({
+        "id": w.name,
+        "name": w.name,
+        "project": project_json(project),
+        "timezone": w.timezone,
+        "schedule": w.schedule,
+        "nextRunTime": w.next_run_time,
+        "nextScheduleTime": w.next_session_time,
+    })
+}
+
+async fn ui() -> Html<&'static str> {
+    Html(include_str!("ui.html"))
+}
+
+async fn not_found() -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, "no such resource; the API is under /api (see GET /api/version)".into())
+}
+
+async fn version() -> Json<Value> {
+    Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn projects(State(c): Shared) -> Json<Value> {
+    Json(json!({ "projects": [project_json(&c.project)] }))
+}
+
+async fn workflows(State(c): Shared) -> Json<Value> {
+    let list: Vec<Value> = c.control.workflows().iter().map(|w| workflow_json(w, &c.project)).collect();
+    Json(json!({ "workflows": list }))
+}
+
+async fn schedules(State(c): Shared) -> Json<Value> {
+    let list: Vec<Value> = c
+        .control
+        .workflows()
+        .iter()
+        .filter(|w| w.schedule.is_some())
+        .map(|w| workflow_json(w, &c.project))
+        .collect();
+    Json(json!({ "schedules": list }))
+}
+
+#[derive(Deserialize)]
+struct SessionQuery {
+    workflow: Option<String>,
+}
+
+async fn sessions(State(c): Shared, Query(q): Query<SessionQuery>) -> ApiResult {
+    let list = with_store(&c, move |s| Ok(s.list_sessions(q.workflow.as_deref())?)).await?;
+    Ok(Json(json!({ "sessions": list.iter().map(session_json).collect::<Vec<_>>() })))
+}
+
+async fn session(State(c): Shared, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id, "session")?;
+    let list = with_store(&c, |s| Ok(s.list_sessions(None)?)).await?;
+    let found = list
+        .iter()
+        .find(|s| s.session_id == id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("no session {id}")))?;
+    Ok(Json(session_json(found)))
+}
+
+async fn attempts_of(c: &ApiConfig, session_id: Option<i64>) -> ApiResult {
+    let list = with_store(c, move |s| {
+        let attempts = s.list_attempts(session_id)?;
+        attempts
+            .into_iter()
+            .map(|a| Ok(attempt_json(&a, s.cancel_requested(a.attempt.attempt_id)?)))
+            .collect::<Result<Vec<_>, ApiError>>()
+    })
+    .await?;
+    Ok(Json(json!({ "attempts": list })))
+}
+
+async fn session_attempts(State(c): Shared, Path(id): Path<String>) -> ApiResult {
+    attempts_of(&c, Some(parse_id(&id, "session")?)).await
+}
+
+#[derive(Deserialize)]
+struct AttemptQuery {
+    session_id: Option<String>,
+}
+
+async fn attempts(State(c): Shared, Query(q): Query<AttemptQuery>) -> ApiResult {
+    let session = q.session_id.as_deref().map(|id| parse_id(id, "session")).transpose()?;
+    attempts_of(&c, session).await
+}
+
+async fn attempt(State(c): Shared, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id, "attempt")?;
+    let a = with_store(&c, move |s| {
+        let info = s.attempt_info(id)?;
+        Ok(attempt_json(&info, s.cancel_requested(id)?))
+    })
+    .await?;
+    Ok(Json(a))
+}
+
+async fn tasks(State(c): Shared, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id, "attempt")?;
+    let list = with_store(&c, move |s| {
+        s.attempt_info(id)?;
+        Ok(s.tasks(id)?)
+    })
+    .await?;
+    Ok(Json(json!({ "tasks": list.iter().enumerate().map(|(i, t)| task_json(i, t)).collect::<Vec<_>>() })))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    task: Option<String>,
+}
+
+async fn logs(State(c): Shared, Path(id): Path<String>, Query(q): Query<LogQuery>) -> ApiResult {
+    let id = parse_id(&id, "attempt")?;
+    let prefix = q.task.unwrap_or_default();
+    let lines = with_store(&c, move |s| {
+        s.attempt_info(id)?;
+        Ok(s.task_logs(id, &prefix)?)
+    })
+    .await?;
+    let list: Vec<Value> = lines
+        .iter()
+        .map(|l| json!({ "taskName": l.task_name, "at": time_text(l.at_ms), "level": l.level, "message": l.message }))
+        .collect();
+    Ok(Json(json!({ "logs": list })))
+}
+
+async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {
+    let id = parse_id(&id, "attempt")?;
+    with_store(&c, move |s| {
+        let info = s.attempt_info(id)?;
+        if info.attempt.status != AttemptStatus::Running {
+            return Err(ApiError(
+                StatusCode::CONFLICT,
+                format!("attempt {id} already ended ({})", info.attempt.status.as_str()),
+            ));
+        }
+        s.request_cancel(id)?;
+        Ok(())
+    })
+    .await?;
+    Ok(Json(json!({ "id": id.to_string(), "cancelRequested": true })))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct StartBody {
+    workflow_name: Option<String>,
+    /// Digdag's field; here a workflow's id is its name.
+    workflow_id: Option<String>,
+    session_time: Option<String>,
+    #[serde(default)]
+    params: Map<String, Value>,
+}
+
+/// How long `PUT /api/attempts` waits for the started process to record its attempt.
+const START_WAIT: Duration = Duration::from_secs(15);
+
+async fn start_attempt(State(c): Shared, body: Result<Json<StartBody>, axum::extract::rejection::JsonRejection>) -> Response {
+    let Json(body) = match body {
+        Ok(b) => b,
+        Err(e) => return ApiError(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
+    };
+    let Some(workflow) = body.workflow_name.or(body.workflow_id) else {
+        return ApiError(StatusCode::BAD_REQUEST, "give workflowName (the workflow to start)".into()).into_response();
+    };
+    let control = c.control.clone();
+    let wf = workflow.clone();
+    let started = tokio::task::spawn_blocking(move || control.start(&wf, body.session_time.as_deref(), &body.params)).await;
+    let started = match started {
+        Ok(Ok(s)) => s,
+        Ok(Err(message)) => return ApiError(StatusCode::BAD_REQUEST, message).into_response(),
+        Err(e) => return ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    };
+    // The child records its attempt when it starts; answer with it once it is there.
+    let project = c.project.clone();
+    let deadline = Instant::now() + START_WAIT;
+    let (wf, session_time) = (workflow.clone(), started.session_time.clone());
+    let known = with_store(&c, {
+        let (project, wf, st) = (project.clone(), wf.clone(), session_time.clone());
+        move |s| Ok(s.session_attempts(&project, &wf, &st)?.iter().map(|a| a.attempt_id).max())
+    })
+    .await
+    .ok()
+    .flatten();
+    while Instant::now() < deadline {
+        let (project, wf2, st) = (project.clone(), wf.clone(), session_time.clone());
+        let found = with_store(&c, move |s| {
+            let newest = s.session_attempts(&project, &wf2, &st)?.into_iter().map(|a| a.attempt_id).max();
+            match newest {
+                Some(id) if Some(id) != known => Ok(Some(attempt_json(&s.attempt_info(id)?, false))),
+                _ => Ok(None),
+            }
+        })
+        .await;
+        match found {
+            Ok(Some(a)) => return Json(a).into_response(),
+            Ok(None) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Err(e) => return e.into_response(),
+        }
+    }
+    (
+        StatusCode::ACCEPTED,
+        Json(json!({
+            "message": format!("started {workflow} for {session_time} (pid {}); its attempt is not recorded yet", started.pid),
+            "workflow": { "name": workflow },
+            "sessionTime": session_time,
+        })),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_errors_for_missing_ids_are_404() {
+        let mut store = SqliteStore::in_memory().unwrap();
+        let err = ApiError::from(store.attempt_info(42).unwrap_err());
+        assert_eq!(err.0, StatusCode::NOT_FOUND, "{}", err.1);
+    }
+}
