@@ -1,0 +1,621 @@
+//! The shared store: the same tables as [`crate::SqliteStore`], in PostgreSQL, so that
+//! several spade processes on several hosts (schedulers, runs, the API) share one state.
+//!
+//! Ids come from sequences; a task's row id is still `attempt_id << 32 | index` (its
+//! attempt's rows stay one contiguous key range). Migrations run under a transaction-level
+//! advisory lock, so hosts starting at once migrate exactly once.
+
+use std::collections::HashMap;
+
+use postgres::{Client, GenericClient, NoTls, Row};
+use spade_api::{Done, TaskRequest};
+
+use crate::{
+    AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
+    TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, from_json, now_ms, task_row_id, to_json,
+};
+
+const SCHEMA_VERSION: i32 = 1;
+
+/// Any number: the advisory lock that serializes migrations of one database.
+const MIGRATION_LOCK: i64 = 0x5350_4144_4501;
+
+/// Migrations, indexed by the version they produce. Never edit a released one: add another.
+const MIGRATIONS: &[&str] = &[
+    // 1: the schema of SQLite's version 1
+    r#"
+    CREATE TABLE projects (
+        id BIGSERIAL PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE revisions (
+        id BIGSERIAL PRIMARY KEY,
+        project_id BIGINT NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        UNIQUE (project_id, name)
+    );
+    CREATE TABLE workflow_definitions (
+        id BIGSERIAL PRIMARY KEY,
+        revision_id BIGINT NOT NULL REFERENCES revisions(id),
+        name TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        config TEXT NOT NULL,
+        UNIQUE (revision_id, name)
+    );
+    CREATE TABLE sessions (
+        id BIGSERIAL PRIMARY KEY,
+        project_id BIGINT NOT NULL REFERENCES projects(id),
+        workflow TEXT NOT NULL,
+        session_time TEXT NOT NULL,
+        uuid TEXT NOT NULL,
+        last_attempt_id BIGINT,
+        UNIQUE (project_id, workflow, session_time)
+    );
+    CREATE TABLE attempts (
+        id BIGSERIAL PRIMARY KEY,
+        session_id BIGINT NOT NULL REFERENCES sessions(id),
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        finished_at BIGINT,
+        cancel_requested BOOLEAN NOT NULL DEFAULT FALSE,
+        pid BIGINT,
+        revision_id BIGINT REFERENCES revisions(id),
+        UNIQUE (session_id, name)
+    );
+    CREATE TABLE tasks (
+        id BIGINT PRIMARY KEY,
+        attempt_id BIGINT NOT NULL REFERENCES attempts(id),
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        retry_count BIGINT NOT NULL DEFAULT 0,
+        request TEXT,
+        result TEXT,
+        error TEXT,
+        started_at BIGINT,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE TABLE task_logs (
+        id BIGSERIAL PRIMARY KEY,
+        attempt_id BIGINT NOT NULL REFERENCES attempts(id),
+        task_name TEXT NOT NULL,
+        at BIGINT NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX task_logs_by_attempt ON task_logs (attempt_id, id);
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+const ATTEMPT_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
+     FROM attempts a JOIN sessions s ON s.id = a.session_id";
+
+const ATTEMPT_INFO_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time,
+        p.name, a.timezone, a.params, a.created_at, a.finished_at
+     FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id";
+
+/// A PostgreSQL-backed store (one connection).
+pub struct PgStore {
+    client: Client,
+    /// The schema this store made for itself ([`PgStore::open_schema`]), dropped by
+    /// [`PgStore::drop_schema`].
+    own_schema: Option<String>,
+}
+
+fn pg_err(what: &str) -> impl Fn(postgres::Error) -> StoreError + '_ {
+    move |e| StoreError::Postgres(format!("{what}: {}", describe(&e)))
+}
+
+/// The server's message when there is one (`relation ... does not exist`), else the error.
+fn describe(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => db.message().to_string(),
+        None => e.to_string(),
+    }
+}
+
+impl From<postgres::Error> for StoreError {
+    fn from(e: postgres::Error) -> Self {
+        StoreError::Postgres(describe(&e))
+    }
+}
+
+fn attempt_from_row(r: &Row) -> AttemptRecord {
+    AttemptRecord {
+        attempt_id: r.get(0),
+        session_id: r.get(1),
+        session_uuid: r.get(2),
+        name: r.get(3),
+        status: AttemptStatus::parse(r.get::<_, &str>(4)),
+        workflow: r.get(5),
+        session_time: r.get(6),
+    }
+}
+
+fn results_by_name(rows: &[Row]) -> Result<HashMap<String, Done>> {
+    let mut out = HashMap::new();
+    for row in rows {
+        let name: String = row.get(0);
+        let result: &str = row.get(1);
+        let done: Done = from_json(&format!("result of task {name}"), result)?;
+        out.insert(name, done);
+    }
+    Ok(out)
+}
+
+fn name_taken(tx: &mut impl GenericClient, session_id: i64, name: &str) -> Result<bool> {
+    Ok(tx.query_opt("SELECT 1 FROM attempts WHERE session_id = $1 AND name = $2", &[&session_id, &name])?.is_some())
+}
+
+impl PgStore {
+    /// Connects to `url` (`postgres://user@host:port/db`), creating and migrating the schema
+    /// as needed.
+    pub fn open(url: &str) -> Result<PgStore> {
+        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Connect { url: redact(url), message: describe(&e) })?;
+        let mut store = PgStore { client, own_schema: None };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Like [`PgStore::open`], in a schema of its own (created now): isolated state, e.g.
+    /// for tests; [`PgStore::drop_schema`] removes it.
+    pub fn open_schema(url: &str, schema: &str) -> Result<PgStore> {
+        if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(StoreError::Postgres(format!("invalid schema name {schema:?}")));
+        }
+        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Connect { url: redact(url), message: describe(&e) })?;
+        let mut store = PgStore { client, own_schema: Some(schema.to_string()) };
+        store.client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"))?;
+        store.migrate()?;
+        Ok(store)
+    }
+
+    /// Drops the schema [`PgStore::open_schema`] created (nothing otherwise).
+    pub fn drop_schema(&mut self) -> Result<()> {
+        if let Some(schema) = self.own_schema.take() {
+            self.client.batch_execute(&format!("DROP SCHEMA {schema} CASCADE"))?;
+        }
+        Ok(())
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let mut tx = self.client.transaction()?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS spade_schema (version INTEGER NOT NULL)")?;
+        let version: i32 = match tx.query_opt("SELECT version FROM spade_schema", &[])? {
+            Some(row) => row.get(0),
+            None => {
+                tx.execute("INSERT INTO spade_schema (version) VALUES (0)", &[])?;
+                0
+            }
+        };
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found: version.into(), known: SCHEMA_VERSION.into() });
+        }
+        for sql in MIGRATIONS.iter().skip(version as usize) {
+            tx.batch_execute(sql).map_err(pg_err("migrating the state database"))?;
+        }
+        tx.execute("UPDATE spade_schema SET version = $1", &[&SCHEMA_VERSION])?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn project_id(&mut self, name: &str) -> Result<i64> {
+        self.client.execute(
+            "INSERT INTO projects (name, created_at) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+            &[&name, &now_ms()],
+        )?;
+        Ok(self.client.query_one("SELECT id FROM projects WHERE name = $1", &[&name])?.get(0))
+    }
+
+    fn complete_attempt_info(&mut self, row: &Row) -> Result<AttemptInfo> {
+        let attempt = attempt_from_row(row);
+        let params = from_json(&format!("params of attempt {}", attempt.attempt_id), row.get::<_, &str>(9))?;
+        let mut tasks = TaskCounts::default();
+        let lo = attempt.attempt_id << 32;
+        let hi = (attempt.attempt_id + 1) << 32;
+        for r in self.client.query("SELECT state, COUNT(*) FROM tasks WHERE id >= $1 AND id < $2 GROUP BY state", &[&lo, &hi])? {
+            tasks.add(TaskState::parse(r.get::<_, &str>(0)), r.get::<_, i64>(1) as u64);
+        }
+        Ok(AttemptInfo {
+            attempt,
+            project: row.get(7),
+            timezone: row.get(8),
+            params,
+            created_at_ms: row.get(10),
+            finished_at_ms: row.get(11),
+            tasks,
+        })
+    }
+}
+
+/// `url` without its password, for messages.
+pub(crate) fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+impl Store for PgStore {
+    fn begin_attempt(&mut self, new: &NewAttempt) -> Result<AttemptRecord> {
+        let project_id = self.project_id(&new.project)?;
+        let mut tx = self.client.transaction()?;
+        tx.execute(
+            "INSERT INTO sessions (project_id, workflow, session_time, uuid) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (project_id, workflow, session_time) DO NOTHING",
+            &[&project_id, &new.workflow, &new.session_time, &uuid::Uuid::new_v4().to_string()],
+        )?;
+        // Locks the session row: two hosts starting attempts of one session pick names in turn.
+        let row = tx.query_one(
+            "SELECT id, uuid FROM sessions WHERE project_id = $1 AND workflow = $2 AND session_time = $3 FOR UPDATE",
+            &[&project_id, &new.workflow, &new.session_time],
+        )?;
+        let (session_id, session_uuid): (i64, String) = (row.get(0), row.get(1));
+        let count: i64 = tx.query_one("SELECT COUNT(*) FROM attempts WHERE session_id = $1", &[&session_id])?.get(0);
+        let name = match &new.name {
+            Some(n) => {
+                if name_taken(&mut tx, session_id, n)? {
+                    return Err(StoreError::DuplicateAttempt {
+                        workflow: new.workflow.clone(),
+                        session_time: new.session_time.clone(),
+                        name: n.clone(),
+                    });
+                }
+                n.clone()
+            }
+            None if count == 0 => String::new(),
+            None => {
+                let mut k = count + 1;
+                loop {
+                    let candidate = format!("run-{k}");
+                    if !name_taken(&mut tx, session_id, &candidate)? {
+                        break candidate;
+                    }
+                    k += 1;
+                }
+            }
+        };
+        let attempt_id: i64 = tx
+            .query_one(
+                "INSERT INTO attempts (session_id, name, status, timezone, params, created_at)
+                 VALUES ($1, $2, 'running', $3, $4, $5) RETURNING id",
+                &[&session_id, &name, &new.timezone, &to_json(&new.params), &now_ms()],
+            )?
+            .get(0);
+        tx.execute("UPDATE sessions SET last_attempt_id = $1 WHERE id = $2", &[&attempt_id, &session_id])?;
+        tx.commit()?;
+        Ok(AttemptRecord {
+            attempt_id,
+            session_id,
+            session_uuid,
+            name,
+            status: AttemptStatus::Running,
+            workflow: new.workflow.clone(),
+            session_time: new.session_time.clone(),
+        })
+    }
+
+    fn saved_results(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, Done>> {
+        let rows = self.client.query(
+            "SELECT t.name, t.result FROM attempts a JOIN tasks t
+                ON t.id >= (a.id << 32) AND t.id < ((a.id + 1) << 32)
+             WHERE a.session_id = $1 AND a.id < $2 AND t.state = 'success' AND t.result IS NOT NULL
+             ORDER BY t.id",
+            &[&session_id, &before_attempt],
+        )?;
+        results_by_name(&rows)
+    }
+
+    fn unfinished_requests(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, TaskRequest>> {
+        let rows = self.client.query(
+            "SELECT t.name, t.state, t.request FROM attempts a JOIN tasks t
+                ON t.id >= (a.id << 32) AND t.id < ((a.id + 1) << 32)
+             WHERE a.session_id = $1 AND a.id < $2 ORDER BY t.id",
+            &[&session_id, &before_attempt],
+        )?;
+        let mut out = HashMap::new();
+        for row in &rows {
+            let name: String = row.get(0);
+            let state = TaskState::parse(row.get::<_, &str>(1));
+            match (state, row.get::<_, Option<&str>>(2)) {
+                (TaskState::Running | TaskState::Polling, Some(r)) => {
+                    let req: TaskRequest = from_json(&format!("request of task {name}"), r)?;
+                    out.insert(name, req);
+                }
+                _ => {
+                    out.remove(&name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, changes: &[TaskChange]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let mut tx = self.client.transaction()?;
+        let upsert = tx.prepare(
+            "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at)
+             VALUES ($9, $1, $2, $3, $4, $5, $6, $7, $8, $10)
+             ON CONFLICT (id) DO UPDATE SET
+                state = excluded.state,
+                retry_count = excluded.retry_count,
+                request = COALESCE(excluded.request, tasks.request),
+                result = excluded.result,
+                error = excluded.error,
+                updated_at = excluded.updated_at,
+                started_at = COALESCE(tasks.started_at, excluded.started_at)",
+        )?;
+        for c in changes {
+            let request = c.request.as_deref().map(to_json);
+            let result = c.result.as_ref().map(to_json);
+            let started = (c.state == TaskState::Running).then_some(now);
+            tx.execute(
+                &upsert,
+                &[
+                    &c.attempt_id,
+                    &c.name,
+                    &c.state.as_str(),
+                    &i64::from(c.retry_count),
+                    &request,
+                    &result,
+                    &c.error,
+                    &now,
+                    &task_row_id(c.attempt_id, c.index),
+                    &started,
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn finish_attempt(&mut self, attempt_id: i64, status: AttemptStatus) -> Result<()> {
+        let n = self.client.execute(
+            "UPDATE attempts SET status = $1, finished_at = $2 WHERE id = $3",
+            &[&status.as_str(), &now_ms(), &attempt_id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAttempt(attempt_id));
+        }
+        Ok(())
+    }
+
+    fn attempt(&mut self, attempt_id: i64) -> Result<AttemptRecord> {
+        let row = self.client.query_opt(&format!("{ATTEMPT_SELECT} WHERE a.id = $1"), &[&attempt_id])?;
+        row.map(|r| attempt_from_row(&r)).ok_or(StoreError::NoSuchAttempt(attempt_id))
+    }
+
+    fn session_attempts(&mut self, project: &str, workflow: &str, session_time: &str) -> Result<Vec<AttemptRecord>> {
+        let rows = self.client.query(
+            &format!(
+                "{ATTEMPT_SELECT} JOIN projects p ON p.id = s.project_id
+                 WHERE p.name = $1 AND s.workflow = $2 AND s.session_time = $3 ORDER BY a.id"
+            ),
+            &[&project, &workflow, &session_time],
+        )?;
+        Ok(rows.iter().map(attempt_from_row).collect())
+    }
+
+    fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
+        let (lo, hi) = (attempt_id << 32, (attempt_id + 1) << 32);
+        let rows = self.client.query(
+            "SELECT name, state, retry_count, request, result, error, updated_at, started_at FROM tasks
+             WHERE id >= $1 AND id < $2 ORDER BY id",
+            &[&lo, &hi],
+        )?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let name: String = r.get(0);
+            let request = match r.get::<_, Option<&str>>(3) {
+                Some(s) => Some(from_json(&format!("request of task {name}"), s)?),
+                None => None,
+            };
+            let result = match r.get::<_, Option<&str>>(4) {
+                Some(s) => Some(from_json(&format!("result of task {name}"), s)?),
+                None => None,
+            };
+            out.push(TaskRecord {
+                state: TaskState::parse(r.get::<_, &str>(1)),
+                retry_count: u32::try_from(r.get::<_, i64>(2)).unwrap_or(u32::MAX),
+                request,
+                result,
+                error: r.get(5),
+                updated_at_ms: r.get(6),
+                started_at_ms: r.get(7),
+                name,
+            });
+        }
+        Ok(out)
+    }
+
+    fn list_sessions(&mut self, workflow: Option<&str>) -> Result<Vec<SessionRecord>> {
+        let rows = self.client.query(
+            "SELECT s.id, s.uuid, p.name, s.workflow, s.session_time,
+                    (SELECT COUNT(*) FROM attempts c WHERE c.session_id = s.id),
+                    s.last_attempt_id, a.status, a.created_at
+             FROM sessions s JOIN projects p ON p.id = s.project_id
+             LEFT JOIN attempts a ON a.id = s.last_attempt_id
+             WHERE $1::TEXT IS NULL OR s.workflow = $1
+             ORDER BY COALESCE(s.last_attempt_id, 0) DESC, s.id DESC",
+            &[&workflow],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| SessionRecord {
+                session_id: r.get(0),
+                session_uuid: r.get(1),
+                project: r.get(2),
+                workflow: r.get(3),
+                session_time: r.get(4),
+                attempt_count: r.get::<_, i64>(5) as u64,
+                last_attempt_id: r.get(6),
+                last_status: r.get::<_, Option<&str>>(7).map(AttemptStatus::parse),
+                last_attempt_at_ms: r.get(8),
+            })
+            .collect())
+    }
+
+    fn list_attempts(&mut self, session_id: Option<i64>) -> Result<Vec<AttemptInfo>> {
+        let rows = self.client.query(
+            &format!("{ATTEMPT_INFO_SELECT} WHERE $1::BIGINT IS NULL OR a.session_id = $1 ORDER BY a.id DESC"),
+            &[&session_id],
+        )?;
+        rows.iter().map(|r| self.complete_attempt_info(r)).collect()
+    }
+
+    fn attempt_info(&mut self, attempt_id: i64) -> Result<AttemptInfo> {
+        let row = self
+            .client
+            .query_opt(&format!("{ATTEMPT_INFO_SELECT} WHERE a.id = $1"), &[&attempt_id])?
+            .ok_or(StoreError::NoSuchAttempt(attempt_id))?;
+        self.complete_attempt_info(&row)
+    }
+
+    fn put_revision(&mut self, project: &str, name: &str, workflows: &[WorkflowDefinition]) -> Result<i64> {
+        let project_id = self.project_id(project)?;
+        let mut tx = self.client.transaction()?;
+        let inserted = tx.query_opt(
+            "INSERT INTO revisions (project_id, name, created_at) VALUES ($1, $2, $3)
+             ON CONFLICT (project_id, name) DO NOTHING RETURNING id",
+            &[&project_id, &name, &now_ms()],
+        )?;
+        let id = match inserted {
+            Some(row) => {
+                let id: i64 = row.get(0);
+                for w in workflows {
+                    tx.execute(
+                        "INSERT INTO workflow_definitions (revision_id, name, timezone, config) VALUES ($1, $2, $3, $4)",
+                        &[&id, &w.name, &w.timezone, &to_json(&w.config)],
+                    )?;
+                }
+                id
+            }
+            None => tx
+                .query_one("SELECT id FROM revisions WHERE project_id = $1 AND name = $2", &[&project_id, &name])?
+                .get(0),
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn link_revision(&mut self, attempt_id: i64, revision_id: i64) -> Result<()> {
+        self.client.execute("UPDATE attempts SET revision_id = $1 WHERE id = $2", &[&revision_id, &attempt_id])?;
+        Ok(())
+    }
+
+    fn append_logs(&mut self, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut tx = self.client.transaction()?;
+        let insert =
+            tx.prepare("INSERT INTO task_logs (attempt_id, task_name, at, level, message) VALUES ($1, $2, $3, $4, $5)")?;
+        for l in lines {
+            tx.execute(&insert, &[&l.attempt_id, &l.task_name, &l.at_ms, &l.level, &l.message])?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn task_logs(&mut self, attempt_id: i64, prefix: &str) -> Result<Vec<LogLine>> {
+        let rows = self.client.query(
+            "SELECT attempt_id, task_name, at, level, message FROM task_logs
+             WHERE attempt_id = $1 AND starts_with(task_name, $2) ORDER BY id",
+            &[&attempt_id, &prefix],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| LogLine { attempt_id: r.get(0), task_name: r.get(1), at_ms: r.get(2), level: r.get(3), message: r.get(4) })
+            .collect())
+    }
+
+    fn attempt_results(&mut self, attempt_id: i64) -> Result<HashMap<String, Done>> {
+        let (lo, hi) = (attempt_id << 32, (attempt_id + 1) << 32);
+        let rows = self.client.query(
+            "SELECT name, result FROM tasks WHERE id >= $1 AND id < $2
+               AND state = 'success' AND result IS NOT NULL ORDER BY id",
+            &[&lo, &hi],
+        )?;
+        results_by_name(&rows)
+    }
+
+    fn claim_attempt(&mut self, attempt_id: i64, pid: u32) -> Result<()> {
+        self.client.execute("UPDATE attempts SET pid = $1 WHERE id = $2", &[&i64::from(pid), &attempt_id])?;
+        Ok(())
+    }
+
+    fn attempt_owner(&mut self, attempt_id: i64) -> Result<Option<u32>> {
+        let row = self
+            .client
+            .query_opt("SELECT pid FROM attempts WHERE id = $1", &[&attempt_id])?
+            .ok_or(StoreError::NoSuchAttempt(attempt_id))?;
+        Ok(row.get::<_, Option<i64>>(0).and_then(|p| u32::try_from(p).ok()))
+    }
+
+    fn request_cancel(&mut self, attempt_id: i64) -> Result<()> {
+        let n = self.client.execute("UPDATE attempts SET cancel_requested = TRUE WHERE id = $1", &[&attempt_id])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAttempt(attempt_id));
+        }
+        Ok(())
+    }
+
+    fn cancel_requested(&mut self, attempt_id: i64) -> Result<bool> {
+        Ok(self
+            .client
+            .query_opt("SELECT cancel_requested FROM attempts WHERE id = $1", &[&attempt_id])?
+            .is_some_and(|r| r.get::<_, bool>(0)))
+    }
+
+    fn get_value(&mut self, key: &str) -> Result<Option<String>> {
+        Ok(self.client.query_opt("SELECT value FROM kv WHERE key = $1", &[&key])?.map(|r| r.get(0)))
+    }
+
+    fn set_value(&mut self, key: &str, value: &str) -> Result<()> {
+        self.client.execute(
+            "INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            &[&key, &value],
+        )?;
+        Ok(())
+    }
+
+    fn swap_value(&mut self, key: &str, expected: Option<&str>, value: &str) -> Result<bool> {
+        let n = match expected {
+            None => self.client.execute(
+                "INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
+                &[&key, &value],
+            )?,
+            Some(old) => {
+                self.client.execute("UPDATE kv SET value = $3 WHERE key = $1 AND value = $2", &[&key, &old, &value])?
+            }
+        };
+        Ok(n == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(redact("postgres://spade:s3cret@db:5432/x"), "postgres://spade@db:5432/x");
+        assert_eq!(redact("postgres://db/x"), "postgres://db/x");
+    }
+}

@@ -1,0 +1,622 @@
+//! The embedded default store: one SQLite file in WAL mode.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use spade_api::{Done, TaskRequest};
+
+use crate::{
+    AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
+    TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, from_json, now_ms, task_row_id, to_json,
+};
+
+const SCHEMA_VERSION: i64 = 1;
+
+/// Migrations, indexed by the version they produce. Never edit a released one: add another.
+const MIGRATIONS: &[&str] = &[
+    // 1: initial schema
+    r#"
+    CREATE TABLE projects (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    -- A revision is one version of the project's workflow files (local mode: named by the
+    -- digest of their definitions); attempts point at the revision they ran.
+    CREATE TABLE revisions (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        UNIQUE (project_id, name)
+    );
+    CREATE TABLE workflow_definitions (
+        id INTEGER PRIMARY KEY,
+        revision_id INTEGER NOT NULL REFERENCES revisions(id),
+        name TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        config TEXT NOT NULL,
+        UNIQUE (revision_id, name)
+    );
+    CREATE TABLE sessions (
+        id INTEGER PRIMARY KEY,
+        project_id INTEGER NOT NULL REFERENCES projects(id),
+        workflow TEXT NOT NULL,
+        session_time TEXT NOT NULL,
+        uuid TEXT NOT NULL,
+        last_attempt_id INTEGER,
+        UNIQUE (project_id, workflow, session_time)
+    );
+    CREATE TABLE attempts (
+        id INTEGER PRIMARY KEY,
+        session_id INTEGER NOT NULL REFERENCES sessions(id),
+        name TEXT NOT NULL,
+        status TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        params TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        finished_at INTEGER,
+        -- `spade kill` sets it; the process running the attempt polls it.
+        cancel_requested INTEGER NOT NULL DEFAULT 0,
+        -- The process running the attempt (local mode), to tell a live run from a dead one.
+        pid INTEGER,
+        revision_id INTEGER REFERENCES revisions(id),
+        UNIQUE (session_id, name)
+    );
+    -- id = attempt_id << 32 | the engine's task index: rows of an attempt are one
+    -- contiguous, append-mostly range of the table b-tree, and no secondary index has to
+    -- be updated on every state change (each change is a commit on the hot path).
+    CREATE TABLE tasks (
+        id INTEGER PRIMARY KEY,
+        attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+        name TEXT NOT NULL,
+        state TEXT NOT NULL,
+        retry_count INTEGER NOT NULL DEFAULT 0,
+        request TEXT,
+        result TEXT,
+        error TEXT,
+        -- First time the task started running (its operator was first called), if ever.
+        started_at INTEGER,
+        updated_at INTEGER NOT NULL
+    );
+    -- Task log lines (plugin logs, captured stdout/stderr), capped per task by the engine.
+    CREATE TABLE task_logs (
+        id INTEGER PRIMARY KEY,
+        attempt_id INTEGER NOT NULL REFERENCES attempts(id),
+        task_name TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        level TEXT NOT NULL,
+        message TEXT NOT NULL
+    );
+    CREATE INDEX task_logs_by_attempt ON task_logs (attempt_id, id);
+    CREATE TABLE kv (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    );
+    "#,
+];
+
+/// Rows of `(name, result JSON)` as a map; a later row of the same name wins.
+fn results_by_name(mut rows: rusqlite::Rows<'_>) -> Result<HashMap<String, Done>> {
+    let mut out = HashMap::new();
+    while let Some(row) = rows.next()? {
+        let name: String = row.get(0)?;
+        let result: String = row.get(1)?;
+        let done: Done = from_json(&format!("result of task {name}"), &result)?;
+        out.insert(name, done);
+    }
+    Ok(out)
+}
+
+fn name_taken(conn: &Connection, session_id: i64, name: &str) -> Result<bool> {
+    Ok(conn
+        .query_row("SELECT 1 FROM attempts WHERE session_id = ?1 AND name = ?2", params![session_id, name], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+/// Maps `SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time`.
+fn attempt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
+    Ok(AttemptRecord {
+        attempt_id: r.get(0)?,
+        session_id: r.get(1)?,
+        session_uuid: r.get(2)?,
+        name: r.get(3)?,
+        status: AttemptStatus::parse(&r.get::<_, String>(4)?),
+        workflow: r.get(5)?,
+        session_time: r.get(6)?,
+    })
+}
+
+const ATTEMPT_INFO_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time,
+        p.name, a.timezone, a.params, a.created_at, a.finished_at
+     FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id";
+
+/// A row of [`ATTEMPT_INFO_SELECT`], before its params are parsed and its tasks counted.
+struct RawAttemptInfo {
+    attempt: AttemptRecord,
+    project: String,
+    timezone: String,
+    params: String,
+    created_at_ms: i64,
+    finished_at_ms: Option<i64>,
+}
+
+fn attempt_info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAttemptInfo> {
+    Ok(RawAttemptInfo {
+        attempt: attempt_from_row(r)?,
+        project: r.get(7)?,
+        timezone: r.get(8)?,
+        params: r.get(9)?,
+        created_at_ms: r.get(10)?,
+        finished_at_ms: r.get(11)?,
+    })
+}
+
+/// The embedded default store: one SQLite file in WAL mode.
+pub struct SqliteStore {
+    conn: Connection,
+}
+
+impl SqliteStore {
+    /// Open (creating and migrating as needed) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let conn = Connection::open(path)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        Self::init(conn)
+    }
+
+    /// A private in-memory database (tests).
+    pub fn in_memory() -> Result<Self> {
+        Self::init(Connection::open_in_memory()?)
+    }
+
+    /// A scratch database for runs that keep nothing (`--no-save`): a file, so attempts
+    /// started by `require>` can open it too, but without durability (no fsync, no WAL).
+    pub fn open_scratch(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)
+            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let store = Self::init(conn)?;
+        store.conn.pragma_update(None, "synchronous", "OFF")?;
+        Ok(store)
+    }
+
+    fn init(conn: Connection) -> Result<Self> {
+        // First, so that everything below waits for another process's lock, not fails.
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        // WAL + NORMAL: a commit is durable against a process crash (kill -9); only an OS
+        // crash can lose the last commits, never corrupt the file.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        // Checkpoint less often: a page rewritten by many commits is copied back once.
+        conn.pragma_update(None, "wal_autocheckpoint", 10_000)?;
+        let mut store = SqliteStore { conn };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    fn migrate(&mut self) -> Result<()> {
+        let version: i64 = self.conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version == SCHEMA_VERSION {
+            return Ok(());
+        }
+        // Two processes may open a new database at once (`spade run` and `spade attempts`):
+        // take the write lock first and look again, so only one of them migrates.
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let version: i64 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
+        if version > SCHEMA_VERSION {
+            return Err(StoreError::TooNew { found: version, known: SCHEMA_VERSION });
+        }
+        for sql in MIGRATIONS.iter().skip(version as usize) {
+            tx.execute_batch(sql)?;
+        }
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Parses the params of an attempt row and counts its tasks.
+    fn complete_attempt_info(&self, raw: RawAttemptInfo) -> Result<AttemptInfo> {
+        let RawAttemptInfo { attempt, project, timezone, params, created_at_ms, finished_at_ms } = raw;
+        let params = from_json(&format!("params of attempt {}", attempt.attempt_id), &params)?;
+        let mut tasks = TaskCounts::default();
+        // The row-id range of the attempt (see `task_row_id`): no index on attempt_id.
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT state, COUNT(*) FROM tasks WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32) GROUP BY state",
+        )?;
+        let mut rows = stmt.query([attempt.attempt_id])?;
+        while let Some(row) = rows.next()? {
+            tasks.add(TaskState::parse(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64);
+        }
+        Ok(AttemptInfo { attempt, project, timezone, params, created_at_ms, finished_at_ms, tasks })
+    }
+
+    fn project_id(&self, name: &str) -> Result<i64> {
+        self.conn.execute(
+            "INSERT INTO projects (name, created_at) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![name, now_ms()],
+        )?;
+        Ok(self.conn.query_row("SELECT id FROM projects WHERE name = ?1", [name], |r| r.get(0))?)
+    }
+}
+
+impl Store for SqliteStore {
+    fn begin_attempt(&mut self, new: &NewAttempt) -> Result<AttemptRecord> {
+        let project_id = self.project_id(&new.project)?;
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO sessions (project_id, workflow, session_time, uuid) VALUES (?1, ?2, ?3, ?4)
+             ON CONFLICT(project_id, workflow, session_time) DO NOTHING",
+            params![project_id, new.workflow, new.session_time, uuid::Uuid::new_v4().to_string()],
+        )?;
+        let (session_id, session_uuid): (i64, String) = tx.query_row(
+            "SELECT id, uuid FROM sessions WHERE project_id = ?1 AND workflow = ?2 AND session_time = ?3",
+            params![project_id, new.workflow, new.session_time],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let count: i64 =
+            tx.query_row("SELECT COUNT(*) FROM attempts WHERE session_id = ?1", [session_id], |r| r.get(0))?;
+        let name = match &new.name {
+            Some(n) => {
+                if name_taken(&tx, session_id, n)? {
+                    return Err(StoreError::DuplicateAttempt {
+                        workflow: new.workflow.clone(),
+                        session_time: new.session_time.clone(),
+                        name: n.clone(),
+                    });
+                }
+                n.clone()
+            }
+            None if count == 0 => String::new(),
+            None => {
+                // Local re-runs of a session get a fresh, readable name.
+                let mut k = count + 1;
+                loop {
+                    let candidate = format!("run-{k}");
+                    if !name_taken(&tx, session_id, &candidate)? {
+                        break candidate;
+                    }
+                    k += 1;
+                }
+            }
+        };
+        tx.execute(
+            "INSERT INTO attempts (session_id, name, status, timezone, params, created_at)
+             VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
+            params![session_id, name, new.timezone, to_json(&new.params), now_ms()],
+        )?;
+        let attempt_id = tx.last_insert_rowid();
+        tx.execute("UPDATE sessions SET last_attempt_id = ?1 WHERE id = ?2", params![attempt_id, session_id])?;
+        tx.commit()?;
+        Ok(AttemptRecord {
+            attempt_id,
+            session_id,
+            session_uuid,
+            name,
+            status: AttemptStatus::Running,
+            workflow: new.workflow.clone(),
+            session_time: new.session_time.clone(),
+        })
+    }
+
+    fn saved_results(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, Done>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.name, t.result FROM attempts a JOIN tasks t
+                ON t.id >= (a.id << 32) AND t.id < ((a.id + 1) << 32)
+             WHERE a.session_id = ?1 AND a.id < ?2 AND t.state = 'success' AND t.result IS NOT NULL
+             ORDER BY t.id",
+        )?;
+        results_by_name(stmt.query(params![session_id, before_attempt])?)
+    }
+
+    fn unfinished_requests(&mut self, session_id: i64, before_attempt: i64) -> Result<HashMap<String, TaskRequest>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT t.name, t.state, t.request FROM attempts a JOIN tasks t
+                ON t.id >= (a.id << 32) AND t.id < ((a.id + 1) << 32)
+             WHERE a.session_id = ?1 AND a.id < ?2 ORDER BY t.id",
+        )?;
+        let mut rows = stmt.query(params![session_id, before_attempt])?;
+        let mut out = HashMap::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let state = TaskState::parse(&row.get::<_, String>(1)?);
+            let request: Option<String> = row.get(2)?;
+            match (state, request) {
+                (TaskState::Running | TaskState::Polling, Some(r)) => {
+                    let req: TaskRequest = from_json(&format!("request of task {name}"), &r)?;
+                    out.insert(name, req);
+                }
+                _ => {
+                    out.remove(&name);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn write(&mut self, changes: &[TaskChange]) -> Result<()> {
+        if changes.is_empty() {
+            return Ok(());
+        }
+        let now = now_ms();
+        let tx = self.conn.transaction()?;
+        {
+            let mut upsert = tx.prepare_cached(
+                "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
+                 ON CONFLICT(id) DO UPDATE SET
+                    state = excluded.state,
+                    retry_count = excluded.retry_count,
+                    request = COALESCE(excluded.request, tasks.request),
+                    result = excluded.result,
+                    error = excluded.error,
+                    updated_at = excluded.updated_at,
+                    started_at = COALESCE(tasks.started_at, excluded.started_at)",
+            )?;
+            for c in changes {
+                upsert.execute(params![
+                    c.attempt_id,
+                    c.name,
+                    c.state.as_str(),
+                    c.retry_count,
+                    c.request.as_deref().map(to_json),
+                    c.result.as_ref().map(to_json),
+                    c.error,
+                    now,
+                    task_row_id(c.attempt_id, c.index),
+                    (c.state == TaskState::Running).then_some(now),
+                ])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn finish_attempt(&mut self, attempt_id: i64, status: AttemptStatus) -> Result<()> {
+        let n = self.conn.execute(
+            "UPDATE attempts SET status = ?1, finished_at = ?2 WHERE id = ?3",
+            params![status.as_str(), now_ms(), attempt_id],
+        )?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAttempt(attempt_id));
+        }
+        Ok(())
+    }
+
+    fn attempt(&mut self, attempt_id: i64) -> Result<AttemptRecord> {
+        self.conn
+            .query_row(
+                "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
+                 FROM attempts a JOIN sessions s ON s.id = a.session_id WHERE a.id = ?1",
+                [attempt_id],
+                attempt_from_row,
+            )
+            .optional()?
+            .ok_or(StoreError::NoSuchAttempt(attempt_id))
+    }
+
+    fn session_attempts(&mut self, project: &str, workflow: &str, session_time: &str) -> Result<Vec<AttemptRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
+             FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id
+             WHERE p.name = ?1 AND s.workflow = ?2 AND s.session_time = ?3 ORDER BY a.id",
+        )?;
+        let rows = stmt.query_map(params![project, workflow, session_time], attempt_from_row)?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, state, retry_count, request, result, error, updated_at, started_at FROM tasks
+             WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32) ORDER BY id",
+        )?;
+        let rows = stmt.query_map([attempt_id], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, u32>(2)?,
+                r.get::<_, Option<String>>(3)?,
+                r.get::<_, Option<String>>(4)?,
+                r.get::<_, Option<String>>(5)?,
+                r.get::<_, i64>(6)?,
+                r.get::<_, Option<i64>>(7)?,
+            ))
+        })?;
+        let mut out = Vec::new();
+        for row in rows {
+            let (name, state, retry_count, request, result, error, updated_at_ms, started_at_ms) = row?;
+            let request = match request {
+                Some(s) => Some(from_json(&format!("request of task {name}"), &s)?),
+                None => None,
+            };
+            let result = match result {
+                Some(s) => Some(from_json(&format!("result of task {name}"), &s)?),
+                None => None,
+            };
+            out.push(TaskRecord {
+                name,
+                state: TaskState::parse(&state),
+                retry_count,
+                request,
+                result,
+                error,
+                updated_at_ms,
+                started_at_ms,
+            });
+        }
+        Ok(out)
+    }
+
+    fn list_sessions(&mut self, workflow: Option<&str>) -> Result<Vec<SessionRecord>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT s.id, s.uuid, p.name, s.workflow, s.session_time,
+                    (SELECT COUNT(*) FROM attempts c WHERE c.session_id = s.id),
+                    s.last_attempt_id, a.status, a.created_at
+             FROM sessions s JOIN projects p ON p.id = s.project_id
+             LEFT JOIN attempts a ON a.id = s.last_attempt_id
+             WHERE ?1 IS NULL OR s.workflow = ?1
+             ORDER BY COALESCE(s.last_attempt_id, 0) DESC, s.id DESC",
+        )?;
+        let rows = stmt.query_map([workflow], |r| {
+            Ok(SessionRecord {
+                session_id: r.get(0)?,
+                session_uuid: r.get(1)?,
+                project: r.get(2)?,
+                workflow: r.get(3)?,
+                session_time: r.get(4)?,
+                attempt_count: r.get::<_, i64>(5)? as u64,
+                last_attempt_id: r.get(6)?,
+                last_status: r.get::<_, Option<String>>(7)?.map(|s| AttemptStatus::parse(&s)),
+                last_attempt_at_ms: r.get(8)?,
+            })
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn list_attempts(&mut self, session_id: Option<i64>) -> Result<Vec<AttemptInfo>> {
+        let rows = {
+            let mut stmt = self
+                .conn
+                .prepare(&format!("{ATTEMPT_INFO_SELECT} WHERE ?1 IS NULL OR a.session_id = ?1 ORDER BY a.id DESC"))?;
+            stmt.query_map([session_id], attempt_info_from_row)?.collect::<std::result::Result<Vec<_>, _>>()?
+        };
+        rows.into_iter().map(|row| self.complete_attempt_info(row)).collect()
+    }
+
+    fn attempt_info(&mut self, attempt_id: i64) -> Result<AttemptInfo> {
+        let row = self
+            .conn
+            .query_row(&format!("{ATTEMPT_INFO_SELECT} WHERE a.id = ?1"), [attempt_id], attempt_info_from_row)
+            .optional()?
+            .ok_or(StoreError::NoSuchAttempt(attempt_id))?;
+        self.complete_attempt_info(row)
+    }
+
+    fn put_revision(&mut self, project: &str, name: &str, workflows: &[WorkflowDefinition]) -> Result<i64> {
+        let project_id = self.project_id(project)?;
+        let tx = self.conn.transaction()?;
+        let existing: Option<i64> = tx
+            .query_row("SELECT id FROM revisions WHERE project_id = ?1 AND name = ?2", params![project_id, name], |r| r.get(0))
+            .optional()?;
+        let id = match existing {
+            Some(id) => id,
+            None => {
+                tx.execute(
+                    "INSERT INTO revisions (project_id, name, created_at) VALUES (?1, ?2, ?3)",
+                    params![project_id, name, now_ms()],
+                )?;
+                let id = tx.last_insert_rowid();
+                for w in workflows {
+                    tx.execute(
+                        "INSERT INTO workflow_definitions (revision_id, name, timezone, config) VALUES (?1, ?2, ?3, ?4)",
+                        params![id, w.name, w.timezone, to_json(&w.config)],
+                    )?;
+                }
+                id
+            }
+        };
+        tx.commit()?;
+        Ok(id)
+    }
+
+    fn link_revision(&mut self, attempt_id: i64, revision_id: i64) -> Result<()> {
+        self.conn.execute("UPDATE attempts SET revision_id = ?1 WHERE id = ?2", params![revision_id, attempt_id])?;
+        Ok(())
+    }
+
+    fn append_logs(&mut self, lines: &[LogLine]) -> Result<()> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        {
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO task_logs (attempt_id, task_name, at, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            for l in lines {
+                insert.execute(params![l.attempt_id, l.task_name, l.at_ms, l.level, l.message])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    fn task_logs(&mut self, attempt_id: i64, prefix: &str) -> Result<Vec<LogLine>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT attempt_id, task_name, at, level, message FROM task_logs
+             WHERE attempt_id = ?1 AND substr(task_name, 1, length(?2)) = ?2 ORDER BY id",
+        )?;
+        let rows = stmt.query_map(params![attempt_id, prefix], |r| {
+            Ok(LogLine { attempt_id: r.get(0)?, task_name: r.get(1)?, at_ms: r.get(2)?, level: r.get(3)?, message: r.get(4)? })
+        })?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
+    fn attempt_results(&mut self, attempt_id: i64) -> Result<HashMap<String, Done>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name, result FROM tasks WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32)
+               AND state = 'success' AND result IS NOT NULL ORDER BY id",
+        )?;
+        results_by_name(stmt.query([attempt_id])?)
+    }
+
+    fn claim_attempt(&mut self, attempt_id: i64, pid: u32) -> Result<()> {
+        self.conn.execute("UPDATE attempts SET pid = ?1 WHERE id = ?2", params![pid, attempt_id])?;
+        Ok(())
+    }
+
+    fn attempt_owner(&mut self, attempt_id: i64) -> Result<Option<u32>> {
+        self.conn
+            .query_row("SELECT pid FROM attempts WHERE id = ?1", [attempt_id], |r| r.get::<_, Option<u32>>(0))
+            .optional()?
+            .ok_or(StoreError::NoSuchAttempt(attempt_id))
+    }
+
+    fn request_cancel(&mut self, attempt_id: i64) -> Result<()> {
+        let n = self.conn.execute("UPDATE attempts SET cancel_requested = 1 WHERE id = ?1", [attempt_id])?;
+        if n == 0 {
+            return Err(StoreError::NoSuchAttempt(attempt_id));
+        }
+        Ok(())
+    }
+
+    fn cancel_requested(&mut self, attempt_id: i64) -> Result<bool> {
+        Ok(self
+            .conn
+            .query_row("SELECT cancel_requested FROM attempts WHERE id = ?1", [attempt_id], |r| r.get::<_, i64>(0))
+            .optional()?
+            .unwrap_or(0)
+            != 0)
+    }
+
+    fn get_value(&mut self, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    }
+
+    fn set_value(&mut self, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(
+            "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            params![key, value],
+        )?;
+        Ok(())
+    }
+
+    fn swap_value(&mut self, key: &str, expected: Option<&str>, value: &str) -> Result<bool> {
+        let n = match expected {
+            None => self.conn.execute(
+                "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
+                params![key, value],
+            )?,
+            Some(old) => {
+                self.conn.execute("UPDATE kv SET value = ?3 WHERE key = ?1 AND value = ?2", params![key, old, value])?
+            }
+        };
+        Ok(n == 1)
+    }
+}
+

@@ -1,0 +1,330 @@
+//! The store contract, checked on every backend (PostgreSQL when reachable).
+
+use super::*;
+
+/// PostgreSQL for the tests: `$SPADE_TEST_POSTGRES`, else the local server every dev and CI
+/// machine of this project runs. Each test gets a schema of its own, dropped afterwards.
+fn postgres_url() -> String {
+std::env::var("SPADE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+/// Runs `test` against a fresh SQLite store and a fresh PostgreSQL schema (skipped with a
+/// note when no server answers, unless `SPADE_TEST_POSTGRES` is set).
+fn each_store(test: impl Fn(&mut dyn Store)) {
+test(&mut SqliteStore::in_memory().unwrap());
+let schema = format!("spade_test_{}", uuid::Uuid::new_v4().simple());
+match PgStore::open_schema(&postgres_url(), &schema) {
+    Ok(mut pg) => {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| test(&mut pg)));
+        pg.drop_schema().unwrap();
+        if let Err(panic) = result {
+            std::panic::resume_unwind(panic);
+        }
+    }
+    Err(e) if std::env::var_os("SPADE_TEST_POSTGRES").is_none() => {
+        eprintln!("note: PostgreSQL not reachable at {} ({e}); tested SQLite only", postgres_url());
+    }
+    Err(e) => panic!("SPADE_TEST_POSTGRES is set but {} does not answer: {e}", postgres_url()),
+}
+}
+
+fn new_attempt(name: Option<&str>) -> NewAttempt {
+    NewAttempt {
+        project: "p".into(),
+        workflow: "wf".into(),
+        session_time: "2024-01-01T00:00:00+00:00".into(),
+        timezone: "UTC".into(),
+        name: name.map(str::to_string),
+        params: Object::new(),
+    }
+}
+
+#[test]
+fn sessions_are_unique_and_attempt_names_too() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        let b = s.begin_attempt(&new_attempt(None)).unwrap();
+        assert_eq!(a.session_id, b.session_id);
+        assert_eq!(a.name, "");
+        assert_ne!(a.attempt_id, b.attempt_id);
+        assert_ne!(b.name, "");
+        s.begin_attempt(&new_attempt(Some("x"))).unwrap();
+        let err = s.begin_attempt(&new_attempt(Some("x"))).unwrap_err();
+        assert!(err.to_string().contains("already has an attempt named 'x'"), "{err}");
+    });
+}
+
+#[test]
+fn saved_results_replay_latest_success_of_earlier_attempts() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        let mut done = Done::default();
+        done.store_params.insert("k".into(), "v".into());
+        s.write(&[
+            TaskChange {
+                attempt_id: a.attempt_id,
+                index: 0,
+                name: "+wf+a".into(),
+                state: TaskState::Success,
+                retry_count: 0,
+                request: None,
+                result: Some(done.clone()),
+                error: None,
+            },
+            TaskChange {
+                attempt_id: a.attempt_id,
+                index: 1,
+                name: "+wf+b".into(),
+                state: TaskState::Error,
+                retry_count: 0,
+                request: None,
+                result: None,
+                error: Some("boom".into()),
+            },
+        ])
+        .unwrap();
+        let b = s.begin_attempt(&new_attempt(None)).unwrap();
+        let saved = s.saved_results(b.session_id, b.attempt_id).unwrap();
+        assert_eq!(saved.len(), 1);
+        assert_eq!(saved["+wf+a"], done);
+        // The running attempt's own rows are not "earlier".
+        assert!(s.saved_results(a.session_id, a.attempt_id).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn task_logs_are_kept_per_attempt_and_filtered_by_prefix() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        let line = |task: &str, msg: &str| LogLine {
+            attempt_id: a.attempt_id,
+            task_name: task.into(),
+            at_ms: 1,
+            level: "info".into(),
+            message: msg.into(),
+        };
+        s.append_logs(&[line("+wf+a", "one"), line("+wf+b", "two"), line("+wf+a", "three")]).unwrap();
+        let all = s.task_logs(a.attempt_id, "").unwrap();
+        assert_eq!(all.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
+        let a_only = s.task_logs(a.attempt_id, "+wf+a").unwrap();
+        assert_eq!(a_only.len(), 2);
+        assert!(s.task_logs(a.attempt_id + 1, "").unwrap().is_empty());
+    });
+}
+
+#[test]
+fn revisions_are_recorded_once_per_name() {
+    each_store(|s| {
+        let wf = WorkflowDefinition { name: "wf".into(), timezone: "UTC".into(), config: Object::new() };
+        let r1 = s.put_revision("p", "abc", std::slice::from_ref(&wf)).unwrap();
+        assert_eq!(s.put_revision("p", "abc", &[wf.clone()]).unwrap(), r1);
+        assert_ne!(s.put_revision("p", "def", &[wf]).unwrap(), r1);
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.link_revision(a.attempt_id, r1).unwrap();
+    });
+}
+
+#[test]
+fn kill_requests_and_owners_are_recorded() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        assert_eq!(s.attempt_owner(a.attempt_id).unwrap(), None);
+        s.claim_attempt(a.attempt_id, 4242).unwrap();
+        assert_eq!(s.attempt_owner(a.attempt_id).unwrap(), Some(4242));
+        assert!(!s.cancel_requested(a.attempt_id).unwrap());
+        s.request_cancel(a.attempt_id).unwrap();
+        assert!(s.cancel_requested(a.attempt_id).unwrap());
+        assert!(matches!(s.request_cancel(999), Err(StoreError::NoSuchAttempt(999))));
+    });
+}
+
+#[test]
+fn attempt_results_are_that_attempts_successes() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+ok", TaskState::Success), change(a.attempt_id, 1, "+wf+bad", TaskState::Error)])
+            .unwrap();
+        let r = s.attempt_results(a.attempt_id).unwrap();
+        assert_eq!(r.keys().collect::<Vec<_>>(), vec!["+wf+ok"]);
+    });
+}
+
+#[test]
+fn a_task_keeps_the_time_it_first_started() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+t", TaskState::Running), change(a.attempt_id, 1, "+wf+g", TaskState::Success)])
+            .unwrap();
+        let started = s.tasks(a.attempt_id).unwrap()[0].started_at_ms;
+        assert!(started.is_some());
+        s.write(&[change(a.attempt_id, 0, "+wf+t", TaskState::Success)]).unwrap();
+        let tasks = s.tasks(a.attempt_id).unwrap();
+        assert_eq!(tasks[0].started_at_ms, started, "a later change keeps the start time");
+        assert_eq!(tasks[1].started_at_ms, None, "a task that never ran has none");
+    });
+}
+
+#[test]
+fn concurrent_first_opens_migrate_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let path = path.clone();
+            std::thread::spawn(move || SqliteStore::open(&path).map(|_| ()))
+        })
+        .collect();
+    for h in handles {
+        h.join().unwrap().unwrap();
+    }
+}
+
+#[test]
+fn reopening_keeps_state_and_schema_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let mut s = SqliteStore::open(&path).unwrap();
+        s.set_value("last_session", "x").unwrap();
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.get_value("last_session").unwrap().as_deref(), Some("x"));
+}
+
+fn change(attempt_id: i64, index: u32, name: &str, state: TaskState) -> TaskChange {
+    TaskChange {
+        attempt_id,
+        index,
+        name: name.into(),
+        state,
+        retry_count: 0,
+        request: None,
+        result: (state == TaskState::Success).then(Done::default),
+        error: (state == TaskState::Error).then(|| "boom".to_string()),
+    }
+}
+
+#[test]
+fn list_sessions_filters_by_workflow_and_shows_the_latest_attempt() {
+    each_store(|s| {
+        assert!(s.list_sessions(None).unwrap().is_empty());
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.finish_attempt(a.attempt_id, AttemptStatus::Error).unwrap();
+        let b = s.begin_attempt(&new_attempt(None)).unwrap();
+        let other = s
+            .begin_attempt(&NewAttempt { workflow: "other".into(), ..new_attempt(None) })
+            .unwrap();
+
+        let all = s.list_sessions(None).unwrap();
+        assert_eq!(all.len(), 2);
+        // Newest activity first.
+        assert_eq!(all[0].workflow, "other");
+        assert_eq!(all[0].session_id, other.session_id);
+
+        let wf = s.list_sessions(Some("wf")).unwrap();
+        assert_eq!(wf.len(), 1);
+        let session = &wf[0];
+        assert_eq!(session.session_id, a.session_id);
+        assert_eq!(session.session_uuid, a.session_uuid);
+        assert_eq!(session.project, "p");
+        assert_eq!(session.session_time, "2024-01-01T00:00:00+00:00");
+        assert_eq!(session.attempt_count, 2);
+        assert_eq!(session.last_attempt_id, Some(b.attempt_id));
+        assert_eq!(session.last_status, Some(AttemptStatus::Running));
+        assert!(session.last_attempt_at_ms.is_some());
+        assert!(s.list_sessions(Some("missing")).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn list_attempts_counts_tasks_per_state_and_filters_by_session() {
+    each_store(|s| {
+        let mut with_params = new_attempt(None);
+        with_params.params.insert("k".into(), "v".into());
+        let a = s.begin_attempt(&with_params).unwrap();
+        s.write(&[
+            change(a.attempt_id, 0, "+wf+a", TaskState::Success),
+            change(a.attempt_id, 1, "+wf+b", TaskState::Success),
+            change(a.attempt_id, 2, "+wf+c", TaskState::Error),
+            change(a.attempt_id, 3, "+wf+d", TaskState::Running),
+        ])
+        .unwrap();
+        s.finish_attempt(a.attempt_id, AttemptStatus::Error).unwrap();
+        let b = s.begin_attempt(&new_attempt(None)).unwrap();
+        let other = s
+            .begin_attempt(&NewAttempt { workflow: "other".into(), ..new_attempt(None) })
+            .unwrap();
+
+        let all = s.list_attempts(None).unwrap();
+        let ids: Vec<i64> = all.iter().map(|i| i.attempt.attempt_id).collect();
+        assert_eq!(ids, vec![other.attempt_id, b.attempt_id, a.attempt_id]);
+
+        let session = s.list_attempts(Some(a.session_id)).unwrap();
+        assert_eq!(session.len(), 2);
+        let first = &session[1];
+        assert_eq!(first.attempt, AttemptRecord { status: AttemptStatus::Error, ..a.clone() });
+        assert_eq!(first.project, "p");
+        assert_eq!(first.timezone, "UTC");
+        assert_eq!(first.params.get("k"), Some(&serde_json::Value::String("v".into())));
+        assert!(first.finished_at_ms.is_some());
+        assert_eq!(
+            first.tasks,
+            TaskCounts { running: 1, polling: 0, success: 2, error: 1, canceled: 0 }
+        );
+        assert_eq!(first.tasks.total(), 4);
+        assert_eq!(session[0].finished_at_ms, None);
+        assert_eq!(session[0].tasks.total(), 0);
+        assert!(s.list_attempts(Some(9999)).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn attempt_info_reads_one_attempt_or_names_the_missing_id() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+a", TaskState::Canceled)]).unwrap();
+        let info = s.attempt_info(a.attempt_id).unwrap();
+        assert_eq!(info.attempt, a);
+        assert_eq!(info.tasks.canceled, 1);
+        assert_eq!(info.tasks.total(), 1);
+        let err = s.attempt_info(a.attempt_id + 100).unwrap_err();
+        assert!(matches!(err, StoreError::NoSuchAttempt(id) if id == a.attempt_id + 100), "{err}");
+    });
+}
+
+#[test]
+fn swap_value_lets_one_writer_win() {
+    each_store(|s| {
+        assert!(s.swap_value("k", None, "1").unwrap(), "unset: the first swap wins");
+        assert!(!s.swap_value("k", None, "x").unwrap(), "set: expecting unset loses");
+        assert!(!s.swap_value("k", Some("0"), "x").unwrap(), "a stale expectation loses");
+        assert!(s.swap_value("k", Some("1"), "2").unwrap());
+        assert_eq!(s.get_value("k").unwrap().as_deref(), Some("2"));
+    });
+}
+
+#[test]
+fn postgres_hosts_starting_at_once_migrate_once_and_share_state() {
+    let schema = format!("spade_test_{}", uuid::Uuid::new_v4().simple());
+    let Ok(mut first) = PgStore::open_schema(&postgres_url(), &schema) else {
+        eprintln!("note: PostgreSQL not reachable at {}; skipped", postgres_url());
+        return;
+    };
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let (url, schema) = (postgres_url(), schema.clone());
+            std::thread::spawn(move || {
+                let mut s = PgStore::open_schema(&url, &schema).unwrap();
+                s.begin_attempt(&new_attempt(None)).unwrap().attempt_id
+            })
+        })
+        .collect();
+    let mut ids: Vec<i64> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 4, "four attempts of one session, none lost");
+    let names: Vec<String> =
+        first.session_attempts("p", "wf", "2024-01-01T00:00:00+00:00").unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names.iter().filter(|n| n.is_empty()).count(), 1, "one first attempt: {names:?}");
+    first.drop_schema().unwrap();
+}
