@@ -610,3 +610,68 @@ fn api_starts_inspects_and_kills_attempts() {
     let page = agent.get(&base).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(page.contains("<title>spade</title>"), "{page}");
 }
+
+/// Two schedulers sharing one PostgreSQL state (two hosts) start every due slot exactly
+/// once between them; inspection reads the same state.
+#[test]
+fn schedulers_sharing_postgres_start_each_slot_once() {
+    let base = std::env::var("SPADE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("spade_e2e_{}", std::process::id());
+    let mut admin = match postgres::Client::connect(&base, postgres::NoTls) {
+        Ok(c) => c,
+        Err(e) if std::env::var_os("SPADE_TEST_POSTGRES").is_none() => {
+            eprintln!("note: PostgreSQL not reachable at {base} ({e}); skipped");
+            return;
+        }
+        Err(e) => panic!("SPADE_TEST_POSTGRES is set but {base} does not answer: {e}"),
+    };
+    admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).unwrap();
+    let sep = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("tick.dig"),
+        "timezone: UTC\nschedule:\n  seconds_interval>: 1\n+hello:\n  echo>: \"tick ${session_time}\"\n",
+    )
+    .unwrap();
+    let scheduler = || {
+        Command::new(env!("CARGO_BIN_EXE_spade"))
+            .args(["scheduler", "--once"])
+            .current_dir(tmp.path())
+            .env("SPADE_STATE", &url)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let init = scheduler().wait_with_output().unwrap();
+    assert!(init.status.success(), "{}", String::from_utf8_lossy(&init.stderr));
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    let (a, b) = (scheduler(), scheduler());
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    assert!(a.status.success(), "{}", String::from_utf8_lossy(&a.stderr));
+    assert!(b.status.success(), "{}", String::from_utf8_lossy(&b.stderr));
+    let mut ticks: Vec<String> = [&a, &b].iter().flat_map(|o| stdout_lines(o)).collect();
+    let started = ticks.len();
+    ticks.sort();
+    ticks.dedup();
+    assert!(started >= 2, "slots passed during 2.5 s");
+    assert_eq!(ticks.len(), started, "a slot ran twice: {ticks:?}");
+
+    let sessions = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["sessions"])
+        .current_dir(tmp.path())
+        .env("SPADE_STATE", &url)
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&sessions.stdout);
+    for t in &ticks {
+        let time = t.trim_start_matches("tick ");
+        let row = listed.lines().find(|l| l.contains(time)).unwrap_or_else(|| panic!("{time} in {listed}"));
+        assert!(row.contains("success"), "{row}");
+    }
+    let attempts: i64 = admin.query_one(&format!("SELECT COUNT(*) FROM {schema}.attempts"), &[]).unwrap().get(0);
+    let sessions: i64 = admin.query_one(&format!("SELECT COUNT(*) FROM {schema}.sessions"), &[]).unwrap().get(0);
+    assert_eq!(attempts, sessions, "one attempt per session");
+    admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+}

@@ -5,14 +5,14 @@
 //! everything again. `kill` asks the process running the attempt to stop (through the
 //! state database, polled by the engine); the running plugin call is interrupted at once.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, anyhow, bail};
 use chrono::DateTime;
 use spade_dig::deep_merge;
-use spade_store::{AttemptStatus, NewAttempt, SqliteStore, Store};
+use spade_store::{AttemptStatus, NewAttempt, StoreLocation};
 
 use crate::run::{ExecArgs, ProjectArgs, execute, open_project, parse_params, schedule_params};
 
@@ -110,11 +110,13 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
 
 pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
     let root = crate::project_dir(&args.place.project)?;
-    let path: PathBuf = args.place.state.clone().unwrap_or_else(|| root.join(".spade/state.db"));
-    if !path.exists() {
+    let location = crate::state_location(&root, &args.place.state);
+    if let StoreLocation::Sqlite(path) = &location
+        && !path.exists()
+    {
         bail!("no state database at {} (run a workflow first, or pass --project/--state)", path.display());
     }
-    let mut store = SqliteStore::open(&path)?;
+    let mut store = location.open()?;
     let attempt = store.attempt(args.attempt_id)?;
     if attempt.status != AttemptStatus::Running {
         bail!("attempt {} already finished ({}); nothing to kill", args.attempt_id, attempt.status.as_str());

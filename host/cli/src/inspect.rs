@@ -8,7 +8,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context, bail};
 use chrono::{Local, TimeZone};
-use spade_store::{AttemptInfo, SqliteStore, Store, StoreError, TaskRecord};
+use spade_store::{AttemptInfo, Store, StoreError, StoreLocation, TaskRecord};
 
 /// Where the state database is: the options every inspection command shares.
 #[derive(clap::Args)]
@@ -16,9 +16,9 @@ pub struct StateArgs {
     /// Project directory (default: the current directory).
     #[arg(long)]
     pub project: Option<PathBuf>,
-    /// State database (default: <project>/.spade/state.db).
-    #[arg(long, value_name = "FILE")]
-    pub state: Option<PathBuf>,
+    /// State database: a file or a PostgreSQL URL [default: <project>/.spade/state.db].
+    #[arg(long, value_name = "FILE|URL", env = "SPADE_STATE", hide_env_values = true)]
+    pub state: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -58,22 +58,21 @@ pub struct LogArgs {
 }
 
 /// Open an existing state database; inspection must not create an empty one by accident.
-fn open(args: &StateArgs) -> anyhow::Result<SqliteStore> {
-    let path = match &args.state {
-        Some(path) => path.clone(),
-        None => crate::project_dir(&args.project)?.join(".spade/state.db"),
-    };
-    if !path.is_file() {
+fn open(args: &StateArgs) -> anyhow::Result<Box<dyn Store>> {
+    let location = crate::state_location(&crate::project_dir(&args.project)?, &args.state);
+    if let StoreLocation::Sqlite(path) = &location
+        && !path.is_file()
+    {
         bail!(
             "no state database at {}: nothing has run here yet (run `spade run <workflow>` first, \
              or point --project/--state at the project)",
             path.display()
         );
     }
-    SqliteStore::open(&path).with_context(|| format!("opening {}", path.display()))
+    location.open().with_context(|| format!("opening {location}"))
 }
 
-fn attempt_info(store: &mut SqliteStore, attempt_id: i64) -> anyhow::Result<AttemptInfo> {
+fn attempt_info(store: &mut dyn Store, attempt_id: i64) -> anyhow::Result<AttemptInfo> {
     match store.attempt_info(attempt_id) {
         Err(StoreError::NoSuchAttempt(id)) => {
             bail!("no attempt with id {id} in this state database; `spade attempts` lists them")
@@ -249,7 +248,7 @@ fn header(info: &AttemptInfo) {
 
 pub fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
     let mut store = open(&args.state)?;
-    let info = attempt_info(&mut store, args.attempt_id)?;
+    let info = attempt_info(store.as_mut(), args.attempt_id)?;
     header(&info);
     let tasks = store.tasks(args.attempt_id)?;
     if tasks.is_empty() {
@@ -274,7 +273,7 @@ pub fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
 
 pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     let mut store = open(&args.state)?;
-    let info = attempt_info(&mut store, args.attempt_id)?;
+    let info = attempt_info(store.as_mut(), args.attempt_id)?;
     header(&info);
     let prefix = args.task_prefix.as_deref().unwrap_or("");
     let tasks: Vec<TaskRecord> = store.tasks(args.attempt_id)?.into_iter().filter(|t| t.name.starts_with(prefix)).collect();

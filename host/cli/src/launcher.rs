@@ -13,13 +13,13 @@ use chrono::{DateTime, Utc};
 use spade_api::{AttemptRef, AttemptState, CancelToken, OperatorHost, StartRequest};
 use spade_dig::Project;
 use spade_engine::{AttemptInput, Console, EngineOptions, Launcher, run_attempt};
-use spade_store::{AttemptRecord, AttemptStatus, NewAttempt, SqliteStore, Store};
+use spade_store::{AttemptRecord, AttemptStatus, NewAttempt, Store, StoreLocation};
 
 pub struct LocalLauncher {
     pub project: Arc<Project>,
     pub project_name: String,
     pub project_root: PathBuf,
-    pub store_path: PathBuf,
+    pub location: StoreLocation,
     pub host: Arc<dyn OperatorHost>,
     pub console: Arc<dyn Console>,
     pub opts: EngineOptions,
@@ -45,7 +45,7 @@ impl LocalLauncher {
         project: Arc<Project>,
         project_name: String,
         project_root: PathBuf,
-        store_path: PathBuf,
+        location: StoreLocation,
         host: Arc<dyn OperatorHost>,
         console: Arc<dyn Console>,
         opts: EngineOptions,
@@ -56,7 +56,7 @@ impl LocalLauncher {
             project,
             project_name,
             project_root,
-            store_path,
+            location,
             host,
             console,
             opts,
@@ -83,7 +83,7 @@ impl LocalLauncher {
 
     fn start(
         &self,
-        store: &mut SqliteStore,
+        store: &mut dyn Store,
         workflow_index: usize,
         session_time: DateTime<chrono_tz::Tz>,
         name: Option<String>,
@@ -118,7 +118,7 @@ impl LocalLauncher {
         std::thread::spawn(move || {
             let attempt_id = attempt.attempt_id;
             let outcome = (|| -> Result<bool, String> {
-                let mut store = SqliteStore::open(&me.store_path).map_err(|e| e.to_string())?;
+                let mut store = me.location.open().map_err(|e| e.to_string())?;
                 let wf = &me.project.workflows[workflow_index];
                 let retry_attempt_name = (!attempt.name.is_empty()).then(|| attempt.name.clone());
                 let input = AttemptInput {
@@ -135,7 +135,7 @@ impl LocalLauncher {
                     cancel: me.cancel.clone(),
                 };
                 let launcher: Arc<dyn Launcher> = me.clone();
-                let summary = run_attempt(input, me.host.clone(), &mut store, me.console.clone(), Some(launcher), &me.opts)
+                let summary = run_attempt(input, me.host.clone(), store.as_mut(), me.console.clone(), Some(launcher), &me.opts)
                     .map_err(|e| e.to_string())?;
                 Ok(summary.success)
             })();
@@ -176,7 +176,7 @@ impl Launcher for LocalLauncher {
                 .map_err(|e| format!("session_time: {e}"))?,
         };
         let session_str = session_time.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
-        let mut store = SqliteStore::open(&self.store_path).map_err(|e| e.to_string())?;
+        let mut store = self.location.open().map_err(|e| e.to_string())?;
         let attempts = store
             .session_attempts(&self.project_name, &req.workflow_name, &session_str)
             .map_err(|e| e.to_string())?;
@@ -184,10 +184,10 @@ impl Launcher for LocalLauncher {
             if let Some(a) = attempts.iter().find(|a| &a.name == name) {
                 return Ok(self.reference(a));
             }
-            return self.start(&mut store, index, session_time, Some(name.clone()), req);
+            return self.start(store.as_mut(), index, session_time, Some(name.clone()), req);
         }
         let Some(last) = attempts.last() else {
-            return self.start(&mut store, index, session_time, None, req);
+            return self.start(store.as_mut(), index, session_time, None, req);
         };
         let rerun = match (self.live_state(last), req.rerun_on.as_str()) {
             (AttemptState::Running, _) => false,
@@ -197,14 +197,14 @@ impl Launcher for LocalLauncher {
         };
         if rerun {
             let name = uuid::Uuid::new_v4().to_string();
-            self.start(&mut store, index, session_time, Some(name), req)
+            self.start(store.as_mut(), index, session_time, Some(name), req)
         } else {
             Ok(self.reference(last))
         }
     }
 
     fn status(&self, attempt_id: i64) -> Result<AttemptRef, String> {
-        let mut store = SqliteStore::open(&self.store_path).map_err(|e| e.to_string())?;
+        let mut store = self.location.open().map_err(|e| e.to_string())?;
         let a = store.attempt(attempt_id).map_err(|e| e.to_string())?;
         Ok(self.reference(&a))
     }

@@ -69,6 +69,15 @@ enum Command {
     Log(inspect::LogArgs),
 }
 
+/// The state database: `--state` (a file or a `postgres://` URL), else the project's
+/// `.spade/state.db`.
+pub fn state_location(root: &std::path::Path, state: &Option<String>) -> spade_store::StoreLocation {
+    match state {
+        Some(text) => spade_store::StoreLocation::parse(text),
+        None => spade_store::StoreLocation::Sqlite(root.join(".spade/state.db")),
+    }
+}
+
 /// The project directory: `--project` or the current directory.
 pub fn project_dir(project: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
     Ok(match project {

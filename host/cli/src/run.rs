@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use spade_api::{CancelToken, Done, Limits, Object, TaskRequest};
 use spade_dig::Project;
 use spade_engine::{AttemptInput, EngineOptions, run_attempt};
-use spade_store::{AttemptRecord, NewAttempt, SqliteStore, Store, WorkflowDefinition};
+use spade_store::{AttemptRecord, NewAttempt, SqliteStore, Store, StoreLocation, WorkflowDefinition};
 
 use crate::launcher::LocalLauncher;
 
@@ -55,9 +55,10 @@ pub struct ProjectArgs {
     /// Project directory (default: the current directory).
     #[arg(long)]
     pub project: Option<PathBuf>,
-    /// State database (default: <project>/.spade/state.db).
-    #[arg(long, value_name = "FILE")]
-    pub state: Option<PathBuf>,
+    /// State database: a file, or a PostgreSQL URL (postgres://user@host/db) shared by
+    /// several hosts [default: <project>/.spade/state.db].
+    #[arg(long, value_name = "FILE|URL", env = "SPADE_STATE", hide_env_values = true)]
+    pub state: Option<String>,
 }
 
 /// How tasks run.
@@ -90,8 +91,8 @@ pub struct Opened {
     pub project: Arc<Project>,
     pub root: PathBuf,
     pub name: String,
-    pub store_path: PathBuf,
-    pub store: SqliteStore,
+    pub location: StoreLocation,
+    pub store: Box<dyn Store>,
     /// Keeps a `--no-save` scratch database alive for the run.
     _scratch: Option<tempfile::TempDir>,
 }
@@ -116,13 +117,18 @@ pub fn open_project(place: &ProjectArgs, no_save: bool) -> anyhow::Result<Option
     // --no-save keeps state in a scratch database that disappears with the run
     // (require>'d attempts still need a shared store to find each other).
     let scratch = if no_save { Some(tempfile::tempdir()?) } else { None };
-    let store_path = match (&scratch, &place.state) {
-        (Some(dir), _) => dir.path().join("state.db"),
-        (None, Some(path)) => path.clone(),
-        (None, None) => root.join(".spade/state.db"),
+    let (location, store): (StoreLocation, Box<dyn Store>) = match &scratch {
+        Some(dir) => {
+            let path = dir.path().join("state.db");
+            (StoreLocation::Sqlite(path.clone()), Box::new(SqliteStore::open_scratch(&path)?))
+        }
+        None => {
+            let location = crate::state_location(&root, &place.state);
+            let store = location.open().with_context(|| format!("opening the state database {location}"))?;
+            (location, store)
+        }
     };
-    let store = if no_save { SqliteStore::open_scratch(&store_path)? } else { SqliteStore::open(&store_path)? };
-    Ok(Some(Opened { project: Arc::new(project), root, name, store_path, store, _scratch: scratch }))
+    Ok(Some(Opened { project: Arc::new(project), root, name, location, store, _scratch: scratch }))
 }
 
 const LAST_SESSION_KEY: &str = "last_session_time";
@@ -266,7 +272,7 @@ pub fn execute(
         opened.project.clone(),
         opened.name.clone(),
         opened.root.clone(),
-        opened.store_path.clone(),
+        opened.location.clone(),
         host.clone(),
         console.clone(),
         opts.clone(),
@@ -291,8 +297,8 @@ pub fn execute(
         frozen,
         cancel,
     };
-    let watcher = KillWatcher::start(&opened.store_path, attempt_id, cancel_for_watcher);
-    let summary = run_attempt(input, host, &mut opened.store, console.clone(), Some(launcher), &opts);
+    let watcher = KillWatcher::start(&opened.location, attempt_id, cancel_for_watcher);
+    let summary = run_attempt(input, host, opened.store.as_mut(), console.clone(), Some(launcher), &opts);
     watcher.stop();
     let summary = summary?;
     console.finish();
@@ -326,12 +332,12 @@ struct KillWatcher {
 }
 
 impl KillWatcher {
-    fn start(store_path: &std::path::Path, attempt_id: i64, cancel: CancelToken) -> Self {
+    fn start(location: &StoreLocation, attempt_id: i64, cancel: CancelToken) -> Self {
         use std::sync::mpsc::RecvTimeoutError;
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let path = store_path.to_path_buf();
+        let location = location.clone();
         let thread = std::thread::spawn(move || {
-            let Ok(mut store) = SqliteStore::open(&path) else { return };
+            let Ok(mut store) = location.open() else { return };
             while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(200)) {
                 if store.cancel_requested(attempt_id).unwrap_or(false) {
                     cancel.cancel();

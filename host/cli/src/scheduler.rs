@@ -24,7 +24,7 @@ use chrono::{DateTime, Timelike, Utc};
 use chrono_tz::Tz;
 use serde::{Deserialize, Serialize};
 use spade_dig::{Project, Schedule};
-use spade_store::{SqliteStore, Store};
+use spade_store::{Store, StoreLocation};
 
 use crate::run::{ExecArgs, ProjectArgs};
 
@@ -147,15 +147,16 @@ fn state_key(workflow: &str) -> String {
     format!("schedule:{workflow}")
 }
 
-fn load_state(store: &mut SqliteStore, workflow: &str) -> anyhow::Result<Option<SlotState>> {
-    Ok(store
-        .get_value(&state_key(workflow))?
-        .and_then(|text| serde_json::from_str(&text).ok()))
+/// The workflow's state and its stored text (what [`save_state`] must find to replace it).
+fn load_state(store: &mut dyn Store, workflow: &str) -> anyhow::Result<(Option<SlotState>, Option<String>)> {
+    let text = store.get_value(&state_key(workflow))?;
+    Ok((text.as_deref().and_then(|t| serde_json::from_str(t).ok()), text))
 }
 
-fn save_state(store: &mut SqliteStore, workflow: &str, state: &SlotState) -> anyhow::Result<()> {
-    store.set_value(&state_key(workflow), &serde_json::to_string(state)?)?;
-    Ok(())
+/// Replaces the stored state `old` with `state`; false when another scheduler sharing the
+/// store (another host) changed it first, which then owns the slots it decided.
+fn save_state(store: &mut dyn Store, workflow: &str, old: Option<&str>, state: &SlotState) -> anyhow::Result<bool> {
+    Ok(store.swap_value(&state_key(workflow), old, &serde_json::to_string(state)?)?)
 }
 
 fn session_text(t: DateTime<Tz>) -> String {
@@ -188,7 +189,7 @@ struct Running {
 /// What the scheduling loop and the API share.
 struct Shared {
     root: PathBuf,
-    store_path: PathBuf,
+    location: StoreLocation,
     project_name: String,
     exec: ExecArgs,
     project: RwLock<Arc<Project>>,
@@ -215,8 +216,11 @@ impl Shared {
             .arg(session)
             .arg("--project")
             .arg(&self.root)
-            .arg("--state")
-            .arg(&self.store_path)
+            // Through the environment: a PostgreSQL URL may hold a password.
+            .env("SPADE_STATE", match &self.location {
+                StoreLocation::Sqlite(path) => path.as_os_str().to_owned(),
+                StoreLocation::Postgres(url) => url.into(),
+            })
             .args(["--max-tasks", &e.max_tasks.to_string()])
             .args(["--task-timeout", &e.task_timeout.to_string()])
             .args(["--task-memory", &e.task_memory.to_string()])
@@ -265,14 +269,14 @@ impl Shared {
 impl spade_server::Control for Shared {
     fn workflows(&self) -> Vec<spade_server::WorkflowInfo> {
         let project = self.project();
-        let mut store = SqliteStore::open(&self.store_path).ok();
+        let mut store = self.location.open().ok();
         let now = Utc::now();
         project
             .workflows
             .iter()
             .map(|wf| {
                 let state = wf.schedule.as_ref().map(|schedule| {
-                    match store.as_mut().and_then(|s| load_state(s, &wf.name).ok().flatten()) {
+                    match store.as_mut().and_then(|s| load_state(s.as_mut(), &wf.name).ok()).and_then(|(st, _)| st) {
                         Some(st) if st.definition == definition(schedule) => st,
                         _ => fresh_state(schedule, now),
                     }
@@ -335,11 +339,12 @@ impl Scheduler {
     }
 
     /// Decides the due slots of every scheduled workflow and queues the starts.
-    fn tick(&mut self, store: &mut SqliteStore, now: DateTime<Utc>) -> anyhow::Result<()> {
+    fn tick(&mut self, store: &mut dyn Store, now: DateTime<Utc>) -> anyhow::Result<()> {
         let project = self.shared.project();
         for wf in &project.workflows {
             let Some(schedule) = &wf.schedule else { continue };
-            let mut state = match load_state(store, &wf.name)? {
+            let (loaded, stored) = load_state(store, &wf.name)?;
+            let mut state = match loaded {
                 Some(s) if s.definition != definition(schedule) => {
                     let s = fresh_state(schedule, now);
                     eprintln!(
@@ -352,7 +357,9 @@ impl Scheduler {
                 Some(s) => s,
                 None => {
                     let s = fresh_state(schedule, now);
-                    save_state(store, &wf.name, &s)?;
+                    if !save_state(store, &wf.name, stored.as_deref(), &s)? {
+                        continue;
+                    }
                     if let Some(t) = s.next_run_time {
                         eprintln!("scheduler: {} first runs at {t} (session {})", wf.name, s.next_session_time.unwrap_or(t));
                     }
@@ -361,7 +368,12 @@ impl Scheduler {
             };
             let busy = self.shared.is_running(&wf.name) || self.queue.iter().any(|(w, _)| *w == wf.name);
             let before = state.clone();
-            for decision in plan(schedule, &mut state, now, busy, 1000) {
+            let decisions = plan(schedule, &mut state, now, busy, 1000);
+            if state != before && !save_state(store, &wf.name, stored.as_deref(), &state)? {
+                // Another scheduler on the same store got there first: its slots.
+                continue;
+            }
+            for decision in decisions {
                 match decision {
                     Decision::Start(session) => {
                         let text = session_text(session);
@@ -375,9 +387,6 @@ impl Scheduler {
                         eprintln!("scheduler: skipped {} session {}: {why}", wf.name, session_text(session));
                     }
                 }
-            }
-            if state != before {
-                save_state(store, &wf.name, &state)?;
             }
         }
         Ok(())
@@ -408,7 +417,7 @@ fn start_api(shared: Arc<Shared>, bind: &str, port: u16) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     eprintln!("scheduler: REST API and web UI on http://{local}/");
     let config = spade_server::ApiConfig {
-        store_path: shared.store_path.clone(),
+        location: shared.location.clone(),
         project: shared.project_name.clone(),
         control: shared,
     };
@@ -450,7 +459,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     );
     let shared = Arc::new(Shared {
         root: opened.root.clone(),
-        store_path: opened.store_path,
+        location: opened.location,
         project_name: opened.name,
         exec: args.exec,
         project: RwLock::new(project),
@@ -467,7 +476,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     };
     if args.once {
         // Only what is due now: slots that come due while these run wait for the next pass.
-        s.tick(&mut store, Utc::now())?;
+        s.tick(store.as_mut(), Utc::now())?;
         let mut failed = false;
         loop {
             failed |= s.pump()?;
@@ -479,7 +488,7 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     }
     loop {
         s.reload_if_changed();
-        s.tick(&mut store, Utc::now())?;
+        s.tick(store.as_mut(), Utc::now())?;
         s.pump()?;
         // Slots are whole seconds; a short sleep keeps starting, reaping and reloading prompt.
         std::thread::sleep(Duration::from_millis(250));
@@ -495,7 +504,7 @@ pub fn schedules(args: SchedulesArgs) -> anyhow::Result<ExitCode> {
     let mut rows: BTreeMap<String, (String, String, String, String)> = BTreeMap::new();
     for wf in &opened.project.workflows {
         let Some(schedule) = &wf.schedule else { continue };
-        let state = match load_state(&mut opened.store, &wf.name)? {
+        let state = match load_state(opened.store.as_mut(), &wf.name)?.0 {
             Some(s) if s.definition == definition(schedule) => s,
             _ => fresh_state(schedule, now),
         };

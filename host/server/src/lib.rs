@@ -19,10 +19,9 @@
 //! | `GET /api/attempts/{id}/tasks` | its tasks |
 //! | `GET /api/attempts/{id}/logs[?task=prefix]` | its task log lines |
 //!
-//! Store access is blocking (SQLite): each request opens the database on a blocking thread,
+//! Store access is blocking (SQLite or PostgreSQL): each request opens the database on a blocking thread,
 //! so a slow query never stalls the event loop and the server holds no lock between requests.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,7 +33,7 @@ use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
-use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, SqliteStore, Store, StoreError, TaskRecord};
+use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, Store, StoreError, StoreLocation, TaskRecord};
 
 /// A workflow as the API shows it.
 #[derive(Clone, Debug)]
@@ -68,7 +67,7 @@ pub trait Control: Send + Sync + 'static {
 /// What the server serves.
 #[derive(Clone)]
 pub struct ApiConfig {
-    pub store_path: PathBuf,
+    pub location: StoreLocation,
     pub project: String,
     pub control: Arc<dyn Control>,
 }
@@ -124,12 +123,12 @@ type ApiResult = Result<Json<Value>, ApiError>;
 /// Runs `f` with the state database on a blocking thread.
 async fn with_store<T: Send + 'static>(
     config: &ApiConfig,
-    f: impl FnOnce(&mut SqliteStore) -> Result<T, ApiError> + Send + 'static,
+    f: impl FnOnce(&mut dyn Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let path = config.store_path.clone();
+    let location = config.location.clone();
     tokio::task::spawn_blocking(move || {
-        let mut store = SqliteStore::open(&path)?;
-        f(&mut store)
+        let mut store = location.open()?;
+        f(store.as_mut())
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("the request failed: {e}")))?
@@ -434,7 +433,7 @@ mod tests {
 
     #[test]
     fn store_errors_for_missing_ids_are_404() {
-        let mut store = SqliteStore::in_memory().unwrap();
+        let mut store = spade_store::SqliteStore::in_memory().unwrap();
         let err = ApiError::from(store.attempt_info(42).unwrap_err());
         assert_eq!(err.0, StatusCode::NOT_FOUND, "{}", err.1);
     }
