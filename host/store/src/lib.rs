@@ -307,5 +307,70 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> 
 }
 
 
+/// The name of a new attempt of a session that has `count` attempts: the one asked for
+/// (unless taken), `""` for the first, else a fresh readable `run-N`.
+pub(crate) fn attempt_name(
+    new: &NewAttempt,
+    count: i64,
+    mut taken: impl FnMut(&str) -> Result<bool>,
+) -> Result<String> {
+    match &new.name {
+        Some(n) if taken(n)? => Err(StoreError::DuplicateAttempt {
+            workflow: new.workflow.clone(),
+            session_time: new.session_time.clone(),
+            name: n.clone(),
+        }),
+        Some(n) => Ok(n.clone()),
+        None if count == 0 => Ok(String::new()),
+        None => {
+            let mut k = count + 1;
+            loop {
+                let candidate = format!("run-{k}");
+                if !taken(&candidate)? {
+                    return Ok(candidate);
+                }
+                k += 1;
+            }
+        }
+    }
+}
+
+/// A task row, its JSON columns parsed.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn task_record(
+    name: String,
+    state: &str,
+    retry_count: u32,
+    request: Option<&str>,
+    result: Option<&str>,
+    error: Option<String>,
+    updated_at_ms: i64,
+    started_at_ms: Option<i64>,
+) -> Result<TaskRecord> {
+    let request = request.map(|s| from_json(&format!("request of task {name}"), s)).transpose()?;
+    let result = result.map(|s| from_json(&format!("result of task {name}"), s)).transpose()?;
+    Ok(TaskRecord { state: TaskState::parse(state), retry_count, request, result, error, updated_at_ms, started_at_ms, name })
+}
+
+/// Frozen requests of the tasks still running or polling at the end of their attempt, from
+/// `(name, state, request)` rows in task order (a later row of a name replaces earlier ones).
+pub(crate) fn unfinished<'a>(
+    rows: impl Iterator<Item = (String, &'a str, Option<&'a str>)>,
+) -> Result<HashMap<String, TaskRequest>> {
+    let mut out = HashMap::new();
+    for (name, state, request) in rows {
+        match (TaskState::parse(state), request) {
+            (TaskState::Running | TaskState::Polling, Some(r)) => {
+                let req: TaskRequest = from_json(&format!("request of task {name}"), r)?;
+                out.insert(name, req);
+            }
+            _ => {
+                out.remove(&name);
+            }
+        }
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests;

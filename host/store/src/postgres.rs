@@ -12,7 +12,8 @@ use spade_api::{Done, TaskRequest};
 
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
-    TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, from_json, now_ms, task_row_id, to_json,
+    TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
+    task_row_id, to_json, unfinished,
 };
 
 const SCHEMA_VERSION: i32 = 1;
@@ -265,29 +266,7 @@ impl Store for PgStore {
         )?;
         let (session_id, session_uuid): (i64, String) = (row.get(0), row.get(1));
         let count: i64 = tx.query_one("SELECT COUNT(*) FROM attempts WHERE session_id = $1", &[&session_id])?.get(0);
-        let name = match &new.name {
-            Some(n) => {
-                if name_taken(&mut tx, session_id, n)? {
-                    return Err(StoreError::DuplicateAttempt {
-                        workflow: new.workflow.clone(),
-                        session_time: new.session_time.clone(),
-                        name: n.clone(),
-                    });
-                }
-                n.clone()
-            }
-            None if count == 0 => String::new(),
-            None => {
-                let mut k = count + 1;
-                loop {
-                    let candidate = format!("run-{k}");
-                    if !name_taken(&mut tx, session_id, &candidate)? {
-                        break candidate;
-                    }
-                    k += 1;
-                }
-            }
-        };
+        let name = attempt_name(new, count, |n| name_taken(&mut tx, session_id, n))?;
         let attempt_id: i64 = tx
             .query_one(
                 "INSERT INTO attempts (session_id, name, status, timezone, params, created_at)
@@ -326,21 +305,7 @@ impl Store for PgStore {
              WHERE a.session_id = $1 AND a.id < $2 ORDER BY t.id",
             &[&session_id, &before_attempt],
         )?;
-        let mut out = HashMap::new();
-        for row in &rows {
-            let name: String = row.get(0);
-            let state = TaskState::parse(row.get::<_, &str>(1));
-            match (state, row.get::<_, Option<&str>>(2)) {
-                (TaskState::Running | TaskState::Polling, Some(r)) => {
-                    let req: TaskRequest = from_json(&format!("request of task {name}"), r)?;
-                    out.insert(name, req);
-                }
-                _ => {
-                    out.remove(&name);
-                }
-            }
-        }
-        Ok(out)
+        unfinished(rows.iter().map(|r| (r.get::<_, String>(0), r.get::<_, &str>(1), r.get::<_, Option<&str>>(2))))
     }
 
     fn write(&mut self, changes: &[TaskChange]) -> Result<()> {
@@ -419,29 +384,20 @@ impl Store for PgStore {
              WHERE id >= $1 AND id < $2 ORDER BY id",
             &[&lo, &hi],
         )?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let name: String = r.get(0);
-            let request = match r.get::<_, Option<&str>>(3) {
-                Some(s) => Some(from_json(&format!("request of task {name}"), s)?),
-                None => None,
-            };
-            let result = match r.get::<_, Option<&str>>(4) {
-                Some(s) => Some(from_json(&format!("result of task {name}"), s)?),
-                None => None,
-            };
-            out.push(TaskRecord {
-                state: TaskState::parse(r.get::<_, &str>(1)),
-                retry_count: u32::try_from(r.get::<_, i64>(2)).unwrap_or(u32::MAX),
-                request,
-                result,
-                error: r.get(5),
-                updated_at_ms: r.get(6),
-                started_at_ms: r.get(7),
-                name,
-            });
-        }
-        Ok(out)
+        rows.iter()
+            .map(|r| {
+                task_record(
+                    r.get(0),
+                    r.get(1),
+                    u32::try_from(r.get::<_, i64>(2)).unwrap_or(u32::MAX),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                    r.get(7),
+                )
+            })
+            .collect()
     }
 
     fn list_sessions(&mut self, workflow: Option<&str>) -> Result<Vec<SessionRecord>> {

@@ -8,7 +8,8 @@ use spade_api::{Done, TaskRequest};
 
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
-    TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, from_json, now_ms, task_row_id, to_json,
+    TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
+    task_row_id, to_json, unfinished,
 };
 
 const SCHEMA_VERSION: i64 = 1;
@@ -261,30 +262,7 @@ impl Store for SqliteStore {
         )?;
         let count: i64 =
             tx.query_row("SELECT COUNT(*) FROM attempts WHERE session_id = ?1", [session_id], |r| r.get(0))?;
-        let name = match &new.name {
-            Some(n) => {
-                if name_taken(&tx, session_id, n)? {
-                    return Err(StoreError::DuplicateAttempt {
-                        workflow: new.workflow.clone(),
-                        session_time: new.session_time.clone(),
-                        name: n.clone(),
-                    });
-                }
-                n.clone()
-            }
-            None if count == 0 => String::new(),
-            None => {
-                // Local re-runs of a session get a fresh, readable name.
-                let mut k = count + 1;
-                loop {
-                    let candidate = format!("run-{k}");
-                    if !name_taken(&tx, session_id, &candidate)? {
-                        break candidate;
-                    }
-                    k += 1;
-                }
-            }
-        };
+        let name = attempt_name(new, count, |n| name_taken(&tx, session_id, n))?;
         tx.execute(
             "INSERT INTO attempts (session_id, name, status, timezone, params, created_at)
              VALUES (?1, ?2, 'running', ?3, ?4, ?5)",
@@ -320,23 +298,12 @@ impl Store for SqliteStore {
                 ON t.id >= (a.id << 32) AND t.id < ((a.id + 1) << 32)
              WHERE a.session_id = ?1 AND a.id < ?2 ORDER BY t.id",
         )?;
-        let mut rows = stmt.query(params![session_id, before_attempt])?;
-        let mut out = HashMap::new();
-        while let Some(row) = rows.next()? {
-            let name: String = row.get(0)?;
-            let state = TaskState::parse(&row.get::<_, String>(1)?);
-            let request: Option<String> = row.get(2)?;
-            match (state, request) {
-                (TaskState::Running | TaskState::Polling, Some(r)) => {
-                    let req: TaskRequest = from_json(&format!("request of task {name}"), &r)?;
-                    out.insert(name, req);
-                }
-                _ => {
-                    out.remove(&name);
-                }
-            }
-        }
-        Ok(out)
+        let rows = stmt
+            .query_map(params![session_id, before_attempt], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Option<String>>(2)?))
+            })?
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        unfinished(rows.iter().map(|(n, s, r)| (n.clone(), s.as_str(), r.as_deref())))
     }
 
     fn write(&mut self, changes: &[TaskChange]) -> Result<()> {
@@ -430,24 +397,16 @@ impl Store for SqliteStore {
         let mut out = Vec::new();
         for row in rows {
             let (name, state, retry_count, request, result, error, updated_at_ms, started_at_ms) = row?;
-            let request = match request {
-                Some(s) => Some(from_json(&format!("request of task {name}"), &s)?),
-                None => None,
-            };
-            let result = match result {
-                Some(s) => Some(from_json(&format!("result of task {name}"), &s)?),
-                None => None,
-            };
-            out.push(TaskRecord {
+            out.push(task_record(
                 name,
-                state: TaskState::parse(&state),
+                &state,
                 retry_count,
-                request,
-                result,
+                request.as_deref(),
+                result.as_deref(),
                 error,
                 updated_at_ms,
                 started_at_ms,
-            });
+            )?);
         }
         Ok(out)
     }
