@@ -590,6 +590,17 @@ fn api_starts_inspects_and_kills_attempts() {
     assert_eq!(sessions["sessions"][0]["sessionTime"], "2024-02-01T00:00:00+00:00");
     assert_eq!(sessions["sessions"][0]["lastAttempt"]["id"].as_str(), Some(id.as_str()));
 
+    // The same session again: a new attempt of it, answered as such.
+    let (status, again) = call(
+        "PUT",
+        "/api/attempts",
+        Some(serde_json::json!({"workflowName": "hello", "sessionTime": "2024-02-01T00:00:00Z", "params": {"who": "api"}})),
+    );
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["sessionId"], done["sessionId"]);
+    assert_ne!(again["id"], done["id"]);
+    wait_done(again["id"].as_str().unwrap());
+
     // Errors say what is wrong.
     let (status, err) = call("PUT", "/api/attempts", Some(serde_json::json!({"workflowName": "nope"})));
     assert_eq!(status, 400);
@@ -674,4 +685,33 @@ fn schedulers_sharing_postgres_start_each_slot_once() {
     let sessions: i64 = admin.query_one(&format!("SELECT COUNT(*) FROM {schema}.sessions"), &[]).unwrap().get(0);
     assert_eq!(attempts, sessions, "one attempt per session");
     admin.batch_execute(&format!("DROP SCHEMA {schema} CASCADE")).unwrap();
+}
+
+/// `spade backfill` runs past slots as named attempts, and running it again adds nothing.
+#[test]
+fn backfill_runs_past_slots_once_per_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("daily.dig"),
+        "timezone: UTC\nschedule:\n  daily>: 07:00:00\n+a:\n  echo>: day ${session_date} ${retry_attempt_name}\n",
+    )
+    .unwrap();
+    let args = ["backfill", "daily", "--from", "2024-01-30", "--count", "3", "--name", "bf"];
+    let dry = spade(tmp.path(), &[&args[..], &["-d"]].concat());
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert_eq!(
+        stdout_lines(&dry),
+        ["2024-01-30T00:00:00+00:00", "2024-01-31T00:00:00+00:00", "2024-02-01T00:00:00+00:00"]
+    );
+    let run = spade(tmp.path(), &args);
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let mut days = stdout_lines(&run);
+    days.sort();
+    assert_eq!(days, ["day 2024-01-30 bf", "day 2024-01-31 bf", "day 2024-02-01 bf"]);
+    let again = spade(tmp.path(), &args);
+    assert!(again.status.success());
+    assert!(again.stdout.is_empty());
+    assert_eq!(String::from_utf8_lossy(&again.stderr).matches("already has an attempt named").count(), 3);
+    let missing = spade(tmp.path(), &["backfill", "nope", "--from", "2024-01-01", "--name", "x"]);
+    assert!(!missing.status.success());
 }

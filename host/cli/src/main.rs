@@ -1,8 +1,9 @@
 //! `spade`: run Digdag workflows whose operators are sandboxed WebAssembly components.
 //!
 //! This binary only parses arguments and wires the layers together; the work happens in
-//! spade-dig (loading), spade-engine (running), spade-store (state) and spade-runtime
-//! (plugins). `echo>` output goes to stdout; everything else spade says goes to stderr.
+//! spade-dig (loading), spade-engine (running), spade-store (state), spade-runtime
+//! (plugins), spade-registry (installing plugins) and spade-server (REST API and web UI).
+//! `echo>` output goes to stdout; everything else spade says goes to stderr.
 
 mod attempts;
 mod bench;
@@ -57,6 +58,8 @@ enum Command {
     /// ones (like `digdag scheduler`); --once starts what is due and exits.
     #[command(visible_alias = "sched")]
     Scheduler(scheduler::SchedulerArgs),
+    /// Run the past slots of a schedule from a time, each as a named attempt (like `digdag backfill`).
+    Backfill(scheduler::BackfillArgs),
     /// List the scheduled workflows with their next run and session times (like `digdag schedules`).
     Schedules(scheduler::SchedulesArgs),
     /// List the sessions kept in the state database, newest first (like `digdag sessions`).
@@ -100,6 +103,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::bench(args),
         Command::Scheduler(args) => scheduler::scheduler(args),
         Command::Schedules(args) => scheduler::schedules(args),
+        Command::Backfill(args) => scheduler::backfill(args),
         Command::Sessions(args) => inspect::sessions(args),
         Command::Attempts(args) => inspect::attempts(args),
         Command::Tasks(args) => inspect::tasks(args),

@@ -40,6 +40,10 @@ pub struct RunArgs {
     /// Run every task again, ignoring what already succeeded in this session.
     #[arg(short = 'a', long)]
     pub rerun: bool,
+    /// Name the attempt (its `retry_attempt_name`); a session keeps one attempt per name, so
+    /// running a name again is refused (what `spade backfill --name` relies on).
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Keep no state: use a scratch database that disappears with the run.
     #[arg(long)]
     pub no_save: bool,
@@ -187,7 +191,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         workflow: workflow.name.clone(),
         session_time: session_str.clone(),
         timezone: tz.name().to_string(),
-        name: None,
+        name: args.name.clone(),
         params: params.clone(),
     })?;
     opened.store.set_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name), &session_str)?;
@@ -199,8 +203,8 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             opened.store.unfinished_requests(attempt.session_id, attempt.attempt_id)?,
         )
     };
-    // Local runs have no retry name (Digdag's `retry_attempt_name` stays undefined).
-    execute(opened, index, session_time, attempt, None, params, saved, frozen, &args.exec)
+    // Unnamed local runs have no retry name (Digdag's `retry_attempt_name` stays undefined).
+    execute(opened, index, session_time, attempt, args.name.clone(), params, saved, frozen, &args.exec)
 }
 
 /// Record the project's workflow files as a revision named by their digest (the same files

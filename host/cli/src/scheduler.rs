@@ -53,6 +53,33 @@ pub struct SchedulerArgs {
 }
 
 #[derive(clap::Args)]
+pub struct BackfillArgs {
+    /// The scheduled workflow (file or name).
+    pub workflow: String,
+    /// The first session time to run (yyyy-MM-dd, "yyyy-MM-dd HH:mm:ss" in the workflow's
+    /// zone, or ISO 8601): every slot from there to the schedule's next one is run.
+    #[arg(long)]
+    pub from: String,
+    /// Run at most this many slots.
+    #[arg(long)]
+    pub count: Option<usize>,
+    /// The attempts' name: a slot whose session already has an attempt of this name is
+    /// skipped, so running the same backfill again only adds what is missing.
+    #[arg(long)]
+    pub name: String,
+    /// Only list the session times that would run.
+    #[arg(short = 'd', long)]
+    pub dry_run: bool,
+    /// Attempts running at once.
+    #[arg(long, default_value_t = 4)]
+    pub max_attempts: usize,
+    #[command(flatten)]
+    pub place: ProjectArgs,
+    #[command(flatten)]
+    pub exec: ExecArgs,
+}
+
+#[derive(clap::Args)]
 pub struct SchedulesArgs {
     #[command(flatten)]
     pub place: ProjectArgs,
@@ -207,6 +234,16 @@ impl Shared {
 
     /// Starts `spade run <workflow> --session <session>` and keeps the child for reaping.
     fn start_child(&self, workflow: &str, session: &str, params: Option<&serde_json::Map<String, serde_json::Value>>) -> anyhow::Result<u32> {
+        self.start_child_with(workflow, session, params, &[])
+    }
+
+    fn start_child_with(
+        &self,
+        workflow: &str,
+        session: &str,
+        params: Option<&serde_json::Map<String, serde_json::Value>>,
+        extra: &[&str],
+    ) -> anyhow::Result<u32> {
         let exe = std::env::current_exe().context("locating the spade executable")?;
         let e = &self.exec;
         let mut cmd = Command::new(exe);
@@ -234,6 +271,7 @@ impl Shared {
         if let Some(params) = params.filter(|p| !p.is_empty()) {
             cmd.arg("--params-json").arg(serde_json::Value::Object(params.clone()).to_string());
         }
+        cmd.args(extra);
         let child = cmd.spawn().with_context(|| format!("starting `spade run {workflow}`"))?;
         let pid = child.id();
         eprintln!("scheduler: started {workflow} session {session} (pid {pid})");
@@ -488,11 +526,94 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     }
     loop {
         s.reload_if_changed();
-        s.tick(store.as_mut(), Utc::now())?;
-        s.pump()?;
+        // A daemon outlives a database hiccup (a restarted PostgreSQL, a busy SQLite file):
+        // say so, reconnect, and decide the same slots again on the next pass.
+        if let Err(e) = s.tick(store.as_mut(), Utc::now()) {
+            eprintln!("scheduler: {e:#}; retrying in 5 s");
+            std::thread::sleep(Duration::from_secs(5));
+            match s.shared.location.open() {
+                Ok(fresh) => store = fresh,
+                Err(e) => eprintln!("scheduler: cannot reopen the state database: {e}"),
+            }
+            continue;
+        }
+        if let Err(e) = s.pump() {
+            eprintln!("scheduler: {e:#}");
+        }
         // Slots are whole seconds; a short sleep keeps starting, reaping and reloading prompt.
         std::thread::sleep(Duration::from_millis(250));
     }
+}
+
+/// The slots from `from` (inclusive) up to, not including, `until`; at most `count`.
+pub fn backfill_slots(schedule: &Schedule, from: DateTime<Tz>, until: DateTime<Utc>, count: Option<usize>) -> Vec<DateTime<Tz>> {
+    let mut out = Vec::new();
+    let mut next = schedule.next_schedule_time(from - chrono::Duration::seconds(1));
+    while let Some(t) = next {
+        if t.session_time.with_timezone(&Utc) >= until || count.is_some_and(|c| out.len() >= c) {
+            break;
+        }
+        out.push(t.session_time);
+        next = schedule.next_schedule_time(t.session_time);
+    }
+    out
+}
+
+/// `spade backfill`: run the past slots of a schedule (like `digdag backfill`).
+pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
+    let Some(mut opened) = crate::run::open_project(&args.place, false)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let wanted = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow).to_string();
+    let project = opened.project.clone();
+    let wf = project.workflow(&wanted).with_context(|| format!("no workflow '{wanted}' in {}", opened.root.display()))?;
+    let Some(schedule) = &wf.schedule else {
+        anyhow::bail!("workflow {wanted} has no schedule; run single sessions with `spade run {wanted} --session TIME`");
+    };
+    let now = Utc::now();
+    let from = spade_dig::parse_session_time(&args.from, wf.timezone, now).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    // Up to the slot the scheduler runs next (or now, when it has not run yet).
+    let until = match load_state(opened.store.as_mut(), &wf.name)?.0 {
+        Some(s) if s.definition == definition(schedule) => s.next_session_time.unwrap_or(now),
+        _ => now,
+    };
+    let slots = backfill_slots(schedule, from, until, args.count);
+    let mut todo = Vec::new();
+    for slot in slots {
+        let text = session_text(slot);
+        let named = opened.store.session_attempts(&opened.name, &wf.name, &text)?.iter().any(|a| a.name == args.name);
+        if named {
+            eprintln!("backfill: {text} already has an attempt named {:?}; skipped", args.name);
+        } else {
+            todo.push(text);
+        }
+    }
+    if args.dry_run || todo.is_empty() {
+        for t in &todo {
+            println!("{t}");
+        }
+        eprintln!("backfill: {} session(s) {}", todo.len(), if args.dry_run { "would run (dry run)" } else { "to run" });
+        return Ok(ExitCode::SUCCESS);
+    }
+    let shared = Shared {
+        root: opened.root.clone(),
+        location: opened.location,
+        project_name: opened.name,
+        exec: args.exec,
+        project: RwLock::new(project.clone()),
+        running: Mutex::new(Vec::new()),
+    };
+    let mut queue: VecDeque<String> = todo.into();
+    let mut failed = false;
+    while !queue.is_empty() || shared.running.lock().unwrap_or_else(|e| e.into_inner()).len() > 0 {
+        failed |= shared.reap();
+        while shared.running.lock().unwrap_or_else(|e| e.into_inner()).len() < args.max_attempts.max(1) {
+            let Some(session) = queue.pop_front() else { break };
+            shared.start_child_with(&wf.name, &session, None, &["--name", &args.name, "--rerun"])?;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
 /// `spade schedules`: every scheduled workflow with its next run.
@@ -577,6 +698,18 @@ mod tests {
         assert_eq!(starts(&d), ["03:00", "04:00"]);
         assert!(matches!(&d[0], Decision::Skip(_, why) if why.contains("skip_delayed_by")));
         assert_eq!(state.next_run_time, Some(at(5, 0)));
+    }
+
+    #[test]
+    fn backfill_takes_the_slots_from_a_time_up_to_a_bound() {
+        let s = schedule(json!({"daily>": "07:00:00"}));
+        let from = Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap().with_timezone(&chrono_tz::UTC);
+        let until = Utc.with_ymd_and_hms(2024, 3, 4, 0, 0, 0).unwrap();
+        let days = |v: Vec<DateTime<Tz>>| v.iter().map(|t| t.format("%m-%d").to_string()).collect::<Vec<_>>();
+        assert_eq!(days(backfill_slots(&s, from, until, None)), ["03-01", "03-02", "03-03"]);
+        assert_eq!(days(backfill_slots(&s, from, until, Some(2))), ["03-01", "03-02"]);
+        let later = from + chrono::Duration::hours(1);
+        assert_eq!(days(backfill_slots(&s, later, until, None)), ["03-02", "03-03"]);
     }
 
     #[test]

@@ -389,25 +389,20 @@ async fn start_attempt(State(c): Shared, body: Result<Json<StartBody>, axum::ext
         Ok(Err(message)) => return ApiError(StatusCode::BAD_REQUEST, message).into_response(),
         Err(e) => return ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
     };
-    // The child records its attempt when it starts; answer with it once it is there.
+    // The started process records its attempt, and itself as its owner, when it begins:
+    // answer with that attempt once it is there.
     let project = c.project.clone();
     let deadline = Instant::now() + START_WAIT;
-    let (wf, session_time) = (workflow.clone(), started.session_time.clone());
-    let known = with_store(&c, {
-        let (project, wf, st) = (project.clone(), wf.clone(), session_time.clone());
-        move |s| Ok(s.session_attempts(&project, &wf, &st)?.iter().map(|a| a.attempt_id).max())
-    })
-    .await
-    .ok()
-    .flatten();
+    let (pid, session_time) = (started.pid, started.session_time.clone());
     while Instant::now() < deadline {
-        let (project, wf2, st) = (project.clone(), wf.clone(), session_time.clone());
+        let (project, wf, st) = (project.clone(), workflow.clone(), session_time.clone());
         let found = with_store(&c, move |s| {
-            let newest = s.session_attempts(&project, &wf2, &st)?.into_iter().map(|a| a.attempt_id).max();
-            match newest {
-                Some(id) if Some(id) != known => Ok(Some(attempt_json(&s.attempt_info(id)?, false))),
-                _ => Ok(None),
+            for a in s.session_attempts(&project, &wf, &st)?.into_iter().rev() {
+                if s.attempt_owner(a.attempt_id)? == Some(pid) {
+                    return Ok(Some(attempt_json(&s.attempt_info(a.attempt_id)?, false)));
+                }
             }
+            Ok(None)
         })
         .await;
         match found {
