@@ -400,20 +400,17 @@ fn templates_build_install_and_run() {
         ));
         ran.push(lang.dir);
     }
-    println!(
-        "languages: ran {}; skipped {}",
-        if ran.is_empty() {
-            "none".to_string()
-        } else {
-            ran.join(", ")
-        },
-        if skipped.is_empty() {
-            "none".to_string()
-        } else {
-            skipped.join(", ")
-        }
+    // Written to the process's stderr directly: the test harness captures println!, and
+    // the test command must say which languages it ran even when everything passes.
+    let mut report = format!(
+        "languages: ran {}; skipped {}\n",
+        if ran.is_empty() { "none".to_string() } else { ran.join(", ") },
+        if skipped.is_empty() { "none".to_string() } else { skipped.join(", ") }
     );
     for line in table {
-        println!("{line}");
+        report.push_str(&line);
+        report.push('\n');
     }
+    use std::io::Write;
+    let _ = std::io::stderr().lock().write_all(report.as_bytes());
 }
