@@ -241,7 +241,19 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
     )
     .unwrap();
     let secrets = tmp.path().join("secrets.yml");
-    std::fs::write(&secrets, "api.key: s3cret\n").unwrap();
+    let manage = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_spade"))
+            .arg("secrets")
+            .args(args)
+            .env("SPADE_SECRETS", &secrets)
+            .output()
+            .unwrap()
+    };
+    assert!(manage(&["--set", "api.key=s3cret", "--set", "other=x"]).status.success());
+    assert!(manage(&["--delete", "other"]).status.success());
+    let listed = manage(&[]);
+    assert_eq!(stdout_lines(&listed), ["api.key"], "keys only, never values");
+    assert!(!manage(&["--set", "bad key=1"]).status.success());
     let run = || {
         Command::new(env!("CARGO_BIN_EXE_spade"))
             .args(["run", "wf.dig", "--session", "2024-01-01"])

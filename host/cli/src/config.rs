@@ -189,22 +189,33 @@ impl GrantSpec {
     }
 }
 
+/// Where local secrets live: `$SPADE_SECRETS`, else `~/.config/spade/secrets.yml`.
+pub fn local_secrets_path() -> Option<PathBuf> {
+    match std::env::var_os("SPADE_SECRETS") {
+        Some(p) => Some(PathBuf::from(p)),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config/spade/secrets.yml")),
+    }
+}
+
 /// Secret values for local runs.
 pub fn local_secrets() -> anyhow::Result<HashMap<String, String>> {
-    let path = match std::env::var_os("SPADE_SECRETS") {
-        Some(p) => PathBuf::from(p),
-        None => match std::env::var_os("HOME") {
-            Some(h) => PathBuf::from(h).join(".config/spade/secrets.yml"),
-            None => return Ok(HashMap::new()),
-        },
-    };
+    match local_secrets_path() {
+        Some(path) => read_secrets(&path),
+        None => Ok(HashMap::new()),
+    }
+}
+
+/// The secrets file at `path` (a flat map of key to value); missing is empty.
+pub fn read_secrets(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     if !path.exists() {
         return Ok(HashMap::new());
     }
-    let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
     let loaded = spade_dig::parse_yaml_str(&text, &path.display().to_string()).map_err(|e| anyhow!("{e}"))?;
-    let serde_json::Value::Object(map) = loaded.value else {
-        bail!("{}: expected a map of secret keys to values", path.display());
+    let map = match loaded.value {
+        serde_json::Value::Object(map) => map,
+        serde_json::Value::Null => return Ok(HashMap::new()),
+        _ => bail!("{}: expected a map of secret keys to values", path.display()),
     };
     let mut out = HashMap::new();
     for (k, v) in map {
@@ -215,6 +226,34 @@ pub fn local_secrets() -> anyhow::Result<HashMap<String, String>> {
         out.insert(k, value);
     }
     Ok(out)
+}
+
+/// Writes `secrets` to `path` (sorted, readable only by the user). Values are written as
+/// double-quoted scalars (JSON string syntax is valid YAML), so any text round-trips.
+pub fn write_secrets(path: &Path, secrets: &HashMap<String, String>) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut keys: Vec<&String> = secrets.keys().collect();
+    keys.sort();
+    let mut text = String::from("# spade secrets for local runs (`spade secrets`); plugins see only keys granted to them.\n");
+    for k in keys {
+        text.push_str(&format!("{}: {}\n", serde_json::to_string(k)?, serde_json::to_string(&secrets[k])?));
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -245,6 +284,17 @@ mod tests {
         assert!(err.contains("unknown field `htp`"), "{err}");
         std::fs::write(dir.path().join(CONFIG_FILE), "plugins:\n  - path: ../evil.wasm\n").unwrap();
         assert!(ProjectConfig::load(dir.path()).is_err());
+
+        let file = dir.path().join("secrets.yml");
+        let tricky = HashMap::from([
+            ("db.password".to_string(), "p\"a: ss\nword #1 \\ é".to_string()),
+            ("empty".to_string(), String::new()),
+            ("yes".to_string(), "true".to_string()),
+        ]);
+        write_secrets(&file, &tricky).unwrap();
+        assert_eq!(read_secrets(&file).unwrap(), tricky, "values round-trip as text");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
 
         let load_err = |text: &str| {
             std::fs::write(dir.path().join(CONFIG_FILE), text).unwrap();

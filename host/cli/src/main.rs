@@ -16,6 +16,7 @@ mod launcher;
 mod plugin;
 mod run;
 mod scheduler;
+mod secrets;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -62,6 +63,8 @@ enum Command {
     Backfill(scheduler::BackfillArgs),
     /// List the scheduled workflows with their next run and session times (like `digdag schedules`).
     Schedules(scheduler::SchedulesArgs),
+    /// List, set or delete the secrets of local runs (like `digdag secrets --local`).
+    Secrets(secrets::SecretsArgs),
     /// List the sessions kept in the state database, newest first (like `digdag sessions`).
     Sessions(inspect::SessionsArgs),
     /// List attempts, of one session or of all, newest first (like `digdag attempts`).
@@ -104,6 +107,7 @@ fn main() -> ExitCode {
         Command::Scheduler(args) => scheduler::scheduler(args),
         Command::Schedules(args) => scheduler::schedules(args),
         Command::Backfill(args) => scheduler::backfill(args),
+        Command::Secrets(args) => secrets::secrets(args),
         Command::Sessions(args) => inspect::sessions(args),
         Command::Attempts(args) => inspect::attempts(args),
         Command::Tasks(args) => inspect::tasks(args),
