@@ -630,6 +630,35 @@ fn api_starts_inspects_and_kills_attempts() {
     assert_eq!((status, &killed["cancelRequested"]), (200, &serde_json::json!(true)));
     assert_eq!(wait_done(&slow_id)["status"], "killed");
 
+    // An attempt whose process died (SIGKILL) has nobody to notice a kill request: the API
+    // records the end itself.
+    let mut orphan = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["run", "slow", "--session", "2024-03-01"])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let orphan_id = (0..300)
+        .find_map(|_| {
+            let (_, list) = call("GET", "/api/sessions?workflow=slow", None);
+            let found = list["sessions"].as_array().unwrap().iter().find_map(|s| {
+                (s["sessionTime"] == "2024-03-01T00:00:00+00:00").then(|| s["lastAttempt"]["id"].as_str().unwrap().to_string())
+            });
+            if found.is_none() {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            found
+        })
+        .expect("the orphan's attempt is recorded");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    orphan.kill().unwrap();
+    orphan.wait().unwrap();
+    let (status, _) = call("POST", &format!("/api/attempts/{orphan_id}/kill"), None);
+    assert_eq!(status, 200);
+    let (_, after) = call("GET", &format!("/api/attempts/{orphan_id}"), None);
+    assert_eq!((after["done"].as_bool(), after["status"].as_str()), (Some(true), Some("killed")), "{after}");
+
     let page = agent.get(&base).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(page.contains("<title>spade</title>"), "{page}");
 }

@@ -50,7 +50,7 @@ pub struct KillArgs {
 }
 
 /// Whether process `pid` is alive (Linux: it has a /proc entry).
-fn process_alive(pid: u32) -> bool {
+pub fn process_alive(pid: u32) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
 }
 
@@ -123,7 +123,9 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
     }
     store.request_cancel(args.attempt_id)?;
     let owner = store.attempt_owner(args.attempt_id)?;
-    if !owner.is_some_and(process_alive) {
+    // A process id means something only on this host: with a shared store the attempt may
+    // run elsewhere, so only its own process may record the end.
+    if !location.is_shared() && !owner.is_some_and(process_alive) {
         // Nobody runs it any more (the process was killed or crashed): record the end.
         store.finish_attempt(args.attempt_id, spade_store::AttemptStatus::Killed)?;
         eprintln!("Attempt {} had no live process; marked killed.", args.attempt_id);

@@ -351,6 +351,10 @@ impl spade_server::Control for Shared {
         let pid = self.start_child(workflow, &text, Some(params)).map_err(|e| format!("{e:#}"))?;
         Ok(spade_server::Started { session_time: text, pid })
     }
+
+    fn process_alive(&self, pid: u32) -> Option<bool> {
+        (!self.location.is_shared()).then(|| crate::attempts::process_alive(pid))
+    }
 }
 
 struct Scheduler {

@@ -62,6 +62,9 @@ pub trait Control: Send + Sync + 'static {
     /// Start an attempt of `workflow` for `session_time` (none: now) with `params`. Errors
     /// are messages for the API client (unknown workflow, bad session time).
     fn start(&self, workflow: &str, session_time: Option<&str>, params: &Map<String, Value>) -> Result<Started, String>;
+    /// Whether the process recorded as running an attempt is alive; `None` when that cannot
+    /// be known here (a store shared with other hosts).
+    fn process_alive(&self, pid: u32) -> Option<bool>;
 }
 
 /// What the server serves.
@@ -344,6 +347,7 @@ async fn logs(State(c): Shared, Path(id): Path<String>, Query(q): Query<LogQuery
 
 async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {
     let id = parse_id(&id, "attempt")?;
+    let control = c.control.clone();
     with_store(&c, move |s| {
         let info = s.attempt_info(id)?;
         if info.attempt.status != AttemptStatus::Running {
@@ -353,6 +357,11 @@ async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {
             ));
         }
         s.request_cancel(id)?;
+        // Nobody left to notice the request (the process crashed or was killed): record it.
+        let owner = s.attempt_owner(id)?;
+        if owner.is_none_or(|pid| control.process_alive(pid) == Some(false)) {
+            s.finish_attempt(id, AttemptStatus::Killed)?;
+        }
         Ok(())
     })
     .await?;
