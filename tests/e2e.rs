@@ -524,6 +524,7 @@ fn api_starts_inspects_and_kills_attempts() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("hello.dig"), "timezone: UTC\n+greet:\n  echo>: hello ${who}\n").unwrap();
     std::fs::write(tmp.path().join("slow.dig"), "+w:\n  wait>: 60s\n").unwrap();
+    std::fs::write(tmp.path().join("daily.dig"), "timezone: UTC\nschedule:\n  daily>: 23:59:59\n+a:\n  echo>: daily\n").unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_spade"))
         .args(["scheduler", "--port", "0"])
         .current_dir(tmp.path())
@@ -557,7 +558,8 @@ fn api_starts_inspects_and_kills_attempts() {
         let url = format!("{base}{}", path.trim_start_matches('/'));
         let mut resp = match (method, body) {
             ("GET", _) => agent.get(&url).call(),
-            ("POST", _) => agent.post(&url).send_empty(),
+            ("POST", None) => agent.post(&url).send_empty(),
+            ("POST", Some(b)) => agent.post(&url).header("Content-Type", "application/json").send(b.to_string()),
             ("PUT", Some(b)) => agent.put(&url).header("Content-Type", "application/json").send(b.to_string()),
             _ => unreachable!(),
         }
@@ -570,7 +572,20 @@ fn api_starts_inspects_and_kills_attempts() {
     let (status, wfs) = call("GET", "/api/workflows", None);
     assert_eq!(status, 200);
     let names: Vec<&str> = wfs["workflows"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["hello", "slow"]);
+    assert_eq!(names, ["daily", "hello", "slow"]);
+
+    // Schedules: disable, move forward by a slot, and clear errors for what has none.
+    let (status, disabled) = call("POST", "/api/schedules/daily/disable", None);
+    assert_eq!((status, &disabled["disabled"]), (200, &serde_json::json!(true)), "{disabled}");
+    let next = |w: &serde_json::Value| w["nextScheduleTime"].as_str().unwrap().to_string();
+    let before = next(&disabled);
+    let (status, skipped) = call("POST", "/api/schedules/daily/skip", Some(serde_json::json!({"count": 1})));
+    assert_eq!(status, 200, "{skipped}");
+    assert!(next(&skipped) > before, "{before} -> {skipped}");
+    let (status, _) = call("POST", "/api/schedules/hello/disable", None);
+    assert_eq!(status, 400);
+    let (_, schedules) = call("GET", "/api/schedules", None);
+    assert_eq!(schedules["schedules"].as_array().unwrap().len(), 1);
 
     let (status, attempt) = call(
         "PUT",
@@ -755,4 +770,36 @@ fn backfill_runs_past_slots_once_per_name() {
     assert_eq!(String::from_utf8_lossy(&again.stderr).matches("already has an attempt named").count(), 3);
     let missing = spade(tmp.path(), &["backfill", "nope", "--from", "2024-01-01", "--name", "x"]);
     assert!(!missing.status.success());
+}
+
+/// `spade disable` stops a schedule (the scheduler starts none of its slots), `spade enable`
+/// catches up what passed meanwhile, and `spade reschedule --skip-to` moves it forward.
+#[test]
+fn schedules_can_be_disabled_enabled_and_rescheduled() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("tick.dig"),
+        "timezone: UTC\nschedule:\n  seconds_interval>: 1\n+hello:\n  echo>: \"tick ${session_time}\"\n",
+    )
+    .unwrap();
+    assert!(spade(tmp.path(), &["scheduler", "--once"]).status.success());
+    assert!(spade(tmp.path(), &["disable", "tick"]).status.success());
+    let listed = String::from_utf8_lossy(&spade(tmp.path(), &["schedules"]).stdout).to_string();
+    assert!(listed.lines().any(|l| l.starts_with("tick") && l.contains("disabled")), "{listed}");
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let off = spade(tmp.path(), &["scheduler", "--once"]);
+    assert!(off.status.success());
+    assert!(off.stdout.is_empty(), "a disabled schedule starts nothing");
+
+    assert!(spade(tmp.path(), &["enable", "tick"]).status.success());
+    let on = spade(tmp.path(), &["scheduler", "--once"]);
+    assert!(on.status.success());
+    assert!(!stdout_lines(&on).is_empty(), "the slots missed while disabled are caught up");
+
+    let moved = spade(tmp.path(), &["reschedule", "tick", "--skip-to", "2099-01-01"]);
+    assert!(moved.status.success(), "{}", String::from_utf8_lossy(&moved.stderr));
+    assert!(String::from_utf8_lossy(&moved.stdout).contains("next session 2099-01-01T00:00:00+00:00"));
+    let later = spade(tmp.path(), &["scheduler", "--once"]);
+    assert!(later.stdout.is_empty(), "nothing is due before 2099");
+    assert!(!spade(tmp.path(), &["reschedule", "tick"]).status.success(), "--skip or --skip-to is required");
 }

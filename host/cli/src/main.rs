@@ -59,6 +59,12 @@ enum Command {
     /// ones (like `digdag scheduler`); --once starts what is due and exits.
     #[command(visible_alias = "sched")]
     Scheduler(scheduler::SchedulerArgs),
+    /// Stop starting sessions of a scheduled workflow (like `digdag disable`).
+    Disable(scheduler::ToggleArgs),
+    /// Start sessions of a disabled schedule again, catching up missed slots (like `digdag enable`).
+    Enable(scheduler::ToggleArgs),
+    /// Skip slots of a schedule: --skip N or --skip-to TIME (like `digdag reschedule`).
+    Reschedule(scheduler::RescheduleArgs),
     /// Run the past slots of a schedule from a time, each as a named attempt (like `digdag backfill`).
     Backfill(scheduler::BackfillArgs),
     /// List the scheduled workflows with their next run and session times (like `digdag schedules`).
@@ -107,6 +113,9 @@ fn main() -> ExitCode {
         Command::Scheduler(args) => scheduler::scheduler(args),
         Command::Schedules(args) => scheduler::schedules(args),
         Command::Backfill(args) => scheduler::backfill(args),
+        Command::Disable(args) => scheduler::toggle(args, false),
+        Command::Enable(args) => scheduler::toggle(args, true),
+        Command::Reschedule(args) => scheduler::reschedule(args),
         Command::Secrets(args) => secrets::secrets(args),
         Command::Sessions(args) => inspect::sessions(args),
         Command::Attempts(args) => inspect::attempts(args),

@@ -80,6 +80,33 @@ pub struct BackfillArgs {
 }
 
 #[derive(clap::Args)]
+pub struct ToggleArgs {
+    /// The scheduled workflow (file or name).
+    pub workflow: String,
+    #[command(flatten)]
+    pub place: ProjectArgs,
+}
+
+#[derive(clap::Args)]
+#[command(group(clap::ArgGroup::new("how").required(true).args(["skip", "skip_to"])))]
+pub struct RescheduleArgs {
+    /// The scheduled workflow (file or name).
+    pub workflow: String,
+    /// Skip this many slots.
+    #[arg(short = 's', long)]
+    pub skip: Option<usize>,
+    /// Skip to the first slot at or after this time (yyyy-MM-dd, "yyyy-MM-dd HH:mm:ss" in
+    /// the workflow's zone, or ISO 8601).
+    #[arg(short = 't', long)]
+    pub skip_to: Option<String>,
+    /// Only show where the schedule would move.
+    #[arg(short = 'd', long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub place: ProjectArgs,
+}
+
+#[derive(clap::Args)]
 pub struct SchedulesArgs {
     #[command(flatten)]
     pub place: ProjectArgs,
@@ -99,6 +126,10 @@ pub struct SlotState {
     /// The last slot handled (started or skipped).
     #[serde(with = "unix_time")]
     pub last_session_time: Option<DateTime<Utc>>,
+    /// `spade disable`: no slot is decided until `spade enable`, which then catches up the
+    /// slots that passed (bounded by `skip_delayed_by`), as after downtime.
+    #[serde(default)]
+    pub disabled: bool,
 }
 
 mod unix_time {
@@ -137,7 +168,69 @@ pub fn fresh_state(schedule: &Schedule, now: DateTime<Utc>) -> SlotState {
         next_session_time: first.map(|t| t.session_time.with_timezone(&Utc)),
         next_run_time: first.map(|t| t.run_time.with_timezone(&Utc)),
         last_session_time: None,
+        disabled: false,
     }
+}
+
+/// How `spade reschedule` moves a schedule.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Skip {
+    /// Skip this many slots.
+    Count(usize),
+    /// Make the first slot at or after this time the next one.
+    To(DateTime<Utc>),
+}
+
+/// Moves `state` forward as `skip` says (never backwards: slots already decided stay so).
+pub fn skip_slots(schedule: &Schedule, state: &mut SlotState, skip: Skip) {
+    let set = |state: &mut SlotState, next: Option<spade_dig::ScheduleTime>| {
+        state.next_session_time = next.map(|t| t.session_time.with_timezone(&Utc));
+        state.next_run_time = next.map(|t| t.run_time.with_timezone(&Utc));
+    };
+    match skip {
+        Skip::Count(n) => {
+            for _ in 0..n {
+                let Some(current) = state.next_session_time else { return };
+                state.last_session_time = Some(current);
+                set(state, schedule.next_schedule_time(current.with_timezone(&schedule.timezone)));
+            }
+        }
+        Skip::To(t) => {
+            let target = schedule.next_schedule_time(t.with_timezone(&schedule.timezone) - chrono::Duration::seconds(1));
+            let forward = match (state.next_session_time, target) {
+                (Some(now), Some(to)) => to.session_time.with_timezone(&Utc) > now,
+                (None, _) => false,
+                (Some(_), None) => true,
+            };
+            if forward {
+                state.last_session_time = state.next_session_time;
+                set(state, target);
+            }
+        }
+    }
+}
+
+/// Applies `change` to the stored state of `workflow` (or its fresh state), retrying when
+/// another process changed it meanwhile; returns the new state.
+fn update_state(
+    store: &mut dyn Store,
+    workflow: &str,
+    schedule: &Schedule,
+    change: impl Fn(&mut SlotState),
+) -> anyhow::Result<SlotState> {
+    for _ in 0..100 {
+        let (loaded, stored) = load_state(store, workflow)?;
+        let mut state = match loaded {
+            Some(s) if s.definition == definition(schedule) => s,
+            Some(s) => SlotState { disabled: s.disabled, ..fresh_state(schedule, Utc::now()) },
+            None => fresh_state(schedule, Utc::now()),
+        };
+        change(&mut state);
+        if save_state(store, workflow, stored.as_deref(), &state)? {
+            return Ok(state);
+        }
+    }
+    anyhow::bail!("the schedule state of {workflow} keeps changing under us; try again")
 }
 
 /// Decides every slot of `state` due at `now` and advances `state` past them. `running`:
@@ -326,6 +419,7 @@ impl spade_server::Control for Shared {
                     schedule: wf.config.get("schedule").cloned(),
                     next_run_time: state.as_ref().and_then(|s| show(s.next_run_time)),
                     next_session_time: state.as_ref().and_then(|s| show(s.next_session_time)),
+                    disabled: state.as_ref().is_some_and(|s| s.disabled),
                 }
             })
             .collect()
@@ -354,6 +448,26 @@ impl spade_server::Control for Shared {
 
     fn process_alive(&self, pid: u32) -> Option<bool> {
         (!self.location.is_shared()).then(|| crate::attempts::process_alive(pid))
+    }
+
+    fn change_schedule(&self, workflow: &str, action: spade_server::ScheduleAction) -> Result<spade_server::WorkflowInfo, String> {
+        let project = self.project();
+        let change = match action {
+            spade_server::ScheduleAction::Enable => ScheduleChange::Enable,
+            spade_server::ScheduleAction::Disable => ScheduleChange::Disable,
+            spade_server::ScheduleAction::SkipCount(n) => ScheduleChange::Skip(Skip::Count(n)),
+            spade_server::ScheduleAction::SkipTo(text) => {
+                let wf = project.workflow(workflow).ok_or_else(|| format!("no workflow {workflow:?} in the project"))?;
+                let t = spade_dig::parse_session_time(&text, wf.timezone, Utc::now()).map_err(|e| format!("nextTime: {e}"))?;
+                ScheduleChange::Skip(Skip::To(t.with_timezone(&Utc)))
+            }
+        };
+        let mut store = self.location.open().map_err(|e| e.to_string())?;
+        change_schedule(store.as_mut(), &project, workflow, &change, false)?;
+        spade_server::Control::workflows(self)
+            .into_iter()
+            .find(|w| w.name == workflow)
+            .ok_or_else(|| format!("no workflow {workflow:?} in the project"))
     }
 }
 
@@ -386,6 +500,9 @@ impl Scheduler {
         for wf in &project.workflows {
             let Some(schedule) = &wf.schedule else { continue };
             let (loaded, stored) = load_state(store, &wf.name)?;
+            if loaded.as_ref().is_some_and(|s| s.disabled) {
+                continue;
+            }
             let mut state = match loaded {
                 Some(s) if s.definition != definition(schedule) => {
                     let s = fresh_state(schedule, now);
@@ -620,6 +737,80 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }
 
+/// A change to a schedule, from the command line or the API.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduleChange {
+    Enable,
+    Disable,
+    Skip(Skip),
+}
+
+/// Applies `change` to the schedule of `workflow`; the message says what was wrong.
+fn change_schedule(
+    store: &mut dyn Store,
+    project: &Project,
+    workflow: &str,
+    change: &ScheduleChange,
+    dry_run: bool,
+) -> Result<SlotState, String> {
+    let wf = project.workflow(workflow).ok_or_else(|| format!("no workflow {workflow:?} in the project"))?;
+    let schedule = wf.schedule.as_ref().ok_or_else(|| format!("workflow {workflow} has no schedule"))?;
+    let apply = |s: &mut SlotState| match change {
+        ScheduleChange::Enable => s.disabled = false,
+        ScheduleChange::Disable => s.disabled = true,
+        ScheduleChange::Skip(skip) => skip_slots(schedule, s, *skip),
+    };
+    if dry_run {
+        let mut state = match load_state(store, &wf.name).map_err(|e| format!("{e:#}"))?.0 {
+            Some(s) if s.definition == definition(schedule) => s,
+            _ => fresh_state(schedule, Utc::now()),
+        };
+        apply(&mut state);
+        return Ok(state);
+    }
+    update_state(store, &wf.name, schedule, apply).map_err(|e| format!("{e:#}"))
+}
+
+/// `spade enable` / `spade disable`.
+pub fn toggle(args: ToggleArgs, enable: bool) -> anyhow::Result<ExitCode> {
+    let Some(mut opened) = crate::run::open_project(&args.place, false)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let name = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow);
+    let change = if enable { ScheduleChange::Enable } else { ScheduleChange::Disable };
+    let state = change_schedule(opened.store.as_mut(), &opened.project, name, &change, false).map_err(anyhow::Error::msg)?;
+    match (enable, state.next_run_time) {
+        (true, Some(t)) => eprintln!("enabled {name}; its next slot runs at {t} (slots missed while disabled are caught up, up to skip_delayed_by)"),
+        (true, None) => eprintln!("enabled {name}; it has no slot left (past its end)"),
+        (false, _) => eprintln!("disabled {name}: the scheduler starts none of its slots until `spade enable {name}`"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `spade reschedule`.
+pub fn reschedule(args: RescheduleArgs) -> anyhow::Result<ExitCode> {
+    let Some(mut opened) = crate::run::open_project(&args.place, false)? else {
+        return Ok(ExitCode::FAILURE);
+    };
+    let name = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow).to_string();
+    let skip = match (&args.skip, &args.skip_to) {
+        (Some(n), _) => Skip::Count(*n),
+        (None, Some(text)) => {
+            let wf = opened.project.workflow(&name).with_context(|| format!("no workflow '{name}'"))?;
+            let t = spade_dig::parse_session_time(text, wf.timezone, Utc::now()).map_err(|e| anyhow::anyhow!("--skip-to: {e}"))?;
+            Skip::To(t.with_timezone(&Utc))
+        }
+        (None, None) => unreachable!("clap requires one"),
+    };
+    let project = opened.project.clone();
+    let state = change_schedule(opened.store.as_mut(), &project, &name, &ScheduleChange::Skip(skip), args.dry_run)
+        .map_err(anyhow::Error::msg)?;
+    let tz = project.workflow(&name).map(|w| w.timezone).unwrap_or(chrono_tz::UTC);
+    let show = |t: Option<DateTime<Utc>>| t.map_or("none (past its end)".to_string(), |t| session_text(t.with_timezone(&tz)));
+    println!("next session {} runs at {}{}", show(state.next_session_time), show(state.next_run_time), if args.dry_run { " (dry run)" } else { "" });
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `spade schedules`: every scheduled workflow with its next run.
 pub fn schedules(args: SchedulesArgs) -> anyhow::Result<ExitCode> {
     let Some(mut opened) = crate::run::open_project(&args.place, false)? else {
@@ -637,10 +828,8 @@ pub fn schedules(args: SchedulesArgs) -> anyhow::Result<ExitCode> {
             t.map(|t| session_text(t.with_timezone(&schedule.timezone))).unwrap_or_else(|| "-".into())
         };
         let spec = wf.config.get("schedule").map(|v| v.to_string()).unwrap_or_default();
-        rows.insert(
-            wf.name.clone(),
-            (spec, show(state.next_run_time), show(state.next_session_time), show(state.last_session_time)),
-        );
+        let run = if state.disabled { "disabled".to_string() } else { show(state.next_run_time) };
+        rows.insert(wf.name.clone(), (spec, run, show(state.next_session_time), show(state.last_session_time)));
     }
     if rows.is_empty() {
         println!("no workflow of {} has a schedule", opened.root.display());
@@ -702,6 +891,19 @@ mod tests {
         assert_eq!(starts(&d), ["03:00", "04:00"]);
         assert!(matches!(&d[0], Decision::Skip(_, why) if why.contains("skip_delayed_by")));
         assert_eq!(state.next_run_time, Some(at(5, 0)));
+    }
+
+    #[test]
+    fn reschedule_only_moves_forward() {
+        let s = schedule(json!({"hourly>": "00:00"}));
+        let mut state = fresh_state(&s, at(1, 0));
+        skip_slots(&s, &mut state, Skip::Count(2));
+        assert_eq!((state.next_session_time, state.last_session_time), (Some(at(3, 0)), Some(at(2, 0))));
+        skip_slots(&s, &mut state, Skip::To(at(6, 30)));
+        assert_eq!(state.next_session_time, Some(at(7, 0)));
+        skip_slots(&s, &mut state, Skip::To(at(2, 0)));
+        assert_eq!(state.next_session_time, Some(at(7, 0)), "never back to slots already passed over");
+        assert!(plan(&s, &mut state, at(6, 59), false, 100).is_empty());
     }
 
     #[test]

@@ -10,7 +10,9 @@
 //! | `GET /api/version` | `{"version"}` |
 //! | `GET /api/projects` | the project |
 //! | `GET /api/workflows` | workflows with their schedules and next runs |
-//! | `GET /api/schedules` | the scheduled workflows only |
+//! | `GET /api/schedules` | the scheduled workflows only (a schedule's id is its workflow's name) |
+//! | `POST /api/schedules/{id}/enable`, `/disable` | toggle a schedule |
+//! | `POST /api/schedules/{id}/skip` `{"count"}` or `{"nextTime"}` | move a schedule forward |
 //! | `GET /api/sessions[?workflow=]`, `GET /api/sessions/{id}` | sessions with their last attempt |
 //! | `GET /api/sessions/{id}/attempts` | a session's attempts |
 //! | `GET /api/attempts[?session_id=]`, `GET /api/attempts/{id}` | attempts |
@@ -45,6 +47,19 @@ pub struct WorkflowInfo {
     /// ISO 8601 times of the next scheduled run and its session.
     pub next_run_time: Option<String>,
     pub next_session_time: Option<String>,
+    /// The schedule is disabled (`spade disable`).
+    pub disabled: bool,
+}
+
+/// A change to a schedule through the API.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ScheduleAction {
+    Enable,
+    Disable,
+    /// Skip this many slots.
+    SkipCount(usize),
+    /// Skip to the first slot at or after this time (as `spade reschedule --skip-to`).
+    SkipTo(String),
 }
 
 /// An attempt that [`Control::start`] started.
@@ -65,6 +80,8 @@ pub trait Control: Send + Sync + 'static {
     /// Whether the process recorded as running an attempt is alive; `None` when that cannot
     /// be known here (a store shared with other hosts).
     fn process_alive(&self, pid: u32) -> Option<bool>;
+    /// Enable, disable or move the schedule of `workflow`; the workflow as it then stands.
+    fn change_schedule(&self, workflow: &str, action: ScheduleAction) -> Result<WorkflowInfo, String>;
 }
 
 /// What the server serves.
@@ -83,6 +100,9 @@ pub fn router(config: ApiConfig) -> Router {
         .route("/api/projects", get(projects))
         .route("/api/workflows", get(workflows))
         .route("/api/schedules", get(schedules))
+        .route("/api/schedules/{id}/enable", post(enable_schedule))
+        .route("/api/schedules/{id}/disable", post(disable_schedule))
+        .route("/api/schedules/{id}/skip", post(skip_schedule))
         .route("/api/sessions", get(sessions))
         .route("/api/sessions/{id}", get(session))
         .route("/api/sessions/{id}/attempts", get(session_attempts))
@@ -224,7 +244,49 @@ fn workflow_json(w: &WorkflowInfo, project: &str) -> Value {
         "schedule": w.schedule,
         "nextRunTime": w.next_run_time,
         "nextScheduleTime": w.next_session_time,
+        "disabled": w.disabled,
     })
+}
+
+async fn change_schedule(c: &ApiConfig, workflow: String, action: ScheduleAction) -> ApiResult {
+    let control = c.control.clone();
+    let project = c.project.clone();
+    let changed = tokio::task::spawn_blocking(move || control.change_schedule(&workflow, action))
+        .await
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    match changed {
+        Ok(w) => Ok(Json(workflow_json(&w, &project))),
+        Err(message) => Err(ApiError(StatusCode::BAD_REQUEST, message)),
+    }
+}
+
+async fn enable_schedule(State(c): Shared, Path(id): Path<String>) -> ApiResult {
+    change_schedule(&c, id, ScheduleAction::Enable).await
+}
+
+async fn disable_schedule(State(c): Shared, Path(id): Path<String>) -> ApiResult {
+    change_schedule(&c, id, ScheduleAction::Disable).await
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct SkipBody {
+    count: Option<usize>,
+    next_time: Option<String>,
+}
+
+async fn skip_schedule(
+    State(c): Shared,
+    Path(id): Path<String>,
+    body: Result<Json<SkipBody>, axum::extract::rejection::JsonRejection>,
+) -> ApiResult {
+    let Json(body) = body.map_err(|e| ApiError(StatusCode::BAD_REQUEST, e.body_text()))?;
+    let action = match (body.count, body.next_time) {
+        (Some(n), None) => ScheduleAction::SkipCount(n),
+        (None, Some(t)) => ScheduleAction::SkipTo(t),
+        _ => return Err(ApiError(StatusCode::BAD_REQUEST, "give either count or nextTime".into())),
+    };
+    change_schedule(&c, id, action).await
 }
 
 async fn ui() -> Html<&'static str> {
