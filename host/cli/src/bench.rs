@@ -26,6 +26,10 @@ pub struct BenchArgs {
     /// Skip the 1,000-waiting-tasks measurement.
     #[arg(long)]
     pub skip_waiting: bool,
+    /// Also time the for_each workload on this state database, e.g. a PostgreSQL URL
+    /// (it gains a bench project with one session).
+    #[arg(long, value_name = "FILE|URL")]
+    pub state: Option<String>,
     /// Measure this plugin component instead (warm call and cache load only): the figure a
     /// plugin author compares across languages, e.g. `--plugin hello_c.wasm --operator
     /// hello_c --command '"input.txt"' --workspace dir/`.
@@ -81,7 +85,15 @@ fn write_for_each_project(dir: &std::path::Path, n: usize) -> anyhow::Result<()>
     Ok(())
 }
 
-fn time_run(dir: &std::path::Path, n: usize, persist: bool) -> anyhow::Result<Duration> {
+/// Where a timed run keeps its state.
+#[derive(Clone, Copy)]
+enum BenchState<'a> {
+    OnDisk,
+    InMemory,
+    At(&'a str),
+}
+
+fn time_run(dir: &std::path::Path, n: usize, state: BenchState<'_>) -> anyhow::Result<Duration> {
     let exe = std::env::current_exe()?;
     let mut cmd = Command::new(exe);
     cmd.args(["run", "bench.dig", "--session", "2024-01-01", "--rerun", "--max-tasks"])
@@ -89,8 +101,14 @@ fn time_run(dir: &std::path::Path, n: usize, persist: bool) -> anyhow::Result<Du
         .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    if !persist {
-        cmd.arg("--no-save");
+    match state {
+        BenchState::OnDisk => {}
+        BenchState::InMemory => {
+            cmd.arg("--no-save");
+        }
+        BenchState::At(location) => {
+            cmd.env("SPADE_STATE", location);
+        }
     }
     let t = Instant::now();
     let out = cmd.output()?;
@@ -171,16 +189,21 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for &n in &args.items {
         let dir = tempfile::tempdir()?;
         write_for_each_project(dir.path(), n)?;
-        for persist in [true, false] {
+        let mut states = vec![("on disk".to_string(), BenchState::OnDisk), ("in memory".to_string(), BenchState::InMemory)];
+        if let Some(location) = &args.state {
+            let shown = spade_store::StoreLocation::parse(location).to_string();
+            states.push((shown, BenchState::At(location)));
+        }
+        for (label, state) in states {
             let mut times = Vec::new();
             for _ in 0..args.runs.max(1) {
-                times.push(time_run(dir.path(), n, persist)?);
+                times.push(time_run(dir.path(), n, state)?);
             }
             times.sort();
             let median = times[times.len() / 2];
             println!(
                 "for_each {n:>7} items, state {:<9}: median {:>8.3} s over {} runs ({:.1} us/task)",
-                if persist { "on disk" } else { "in memory" },
+                label,
                 median.as_secs_f64(),
                 times.len(),
                 median.as_secs_f64() * 1e6 / n as f64

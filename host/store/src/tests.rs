@@ -376,3 +376,49 @@ fn postgres_hosts_starting_at_once_migrate_once_and_share_state() {
     );
     first.drop_schema().unwrap();
 }
+
+#[test]
+fn one_batch_may_change_a_task_twice() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        let request = std::sync::Arc::new(TaskRequest {
+            operator: "echo".into(),
+            task_name: "+wf+a".into(),
+            project_name: "p".into(),
+            workflow_name: "wf".into(),
+            attempt_id: a.attempt_id,
+            session_id: a.session_id,
+            session_uuid: a.session_uuid.clone(),
+            session_time: a.session_time.clone(),
+            timezone: "UTC".into(),
+            retry_attempt_name: None,
+            command: "hi".into(),
+            params: Object::new(),
+            local_params: Object::new(),
+            raw: Object::new(),
+            state: None,
+            retry_count: 0,
+        });
+        let mut running = change(a.attempt_id, 0, "+wf+a", TaskState::Running);
+        running.request = Some(request.clone());
+        let done = change(a.attempt_id, 0, "+wf+a", TaskState::Success);
+        s.write(&[running, done, change(a.attempt_id, 1, "+wf+b", TaskState::Running)]).unwrap();
+        let tasks = s.tasks(a.attempt_id).unwrap();
+        assert_eq!(tasks.len(), 2);
+        assert_eq!(tasks[0].state, TaskState::Success);
+        assert_eq!(tasks[0].request.as_ref().map(|r| r.task_name.as_str()), Some("+wf+a"), "the frozen request stays");
+        assert!(tasks[0].started_at_ms.is_some(), "it started in this batch");
+        let lines: Vec<LogLine> = (0..5)
+            .map(|i| LogLine {
+                attempt_id: a.attempt_id,
+                task_name: "+wf+a".into(),
+                at_ms: 1,
+                level: "info".into(),
+                message: format!("line {i}"),
+            })
+            .collect();
+        s.append_logs(&lines).unwrap();
+        let read: Vec<String> = s.task_logs(a.attempt_id, "").unwrap().into_iter().map(|l| l.message).collect();
+        assert_eq!(read, ["line 0", "line 1", "line 2", "line 3", "line 4"]);
+    });
+}
