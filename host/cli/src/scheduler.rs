@@ -11,7 +11,8 @@
 //! slot after now. Workflow files are re-read when they change.
 //!
 //! Like `digdag scheduler`, it also serves the REST API and web UI (spade-server) on
-//! 127.0.0.1:65432; attempts started from there run the same way.
+//! 127.0.0.1:65432; attempts started from there run the same way. Attempts outlive the
+//! scheduler: stopping it does not stop them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -365,6 +366,9 @@ impl Shared {
             cmd.arg("--params-json").arg(serde_json::Value::Object(params.clone()).to_string());
         }
         cmd.args(extra);
+        // A process group of its own: stopping or restarting the scheduler (Ctrl-C, a
+        // service restart) leaves running attempts to finish; `spade kill` stops one.
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         let child = cmd.spawn().with_context(|| format!("starting `spade run {workflow}`"))?;
         let pid = child.id();
         eprintln!("scheduler: started {workflow} session {session} (pid {pid})");
