@@ -803,3 +803,31 @@ fn schedules_can_be_disabled_enabled_and_rescheduled() {
     assert!(later.stdout.is_empty(), "nothing is due before 2099");
     assert!(!spade(tmp.path(), &["reschedule", "tick"]).status.success(), "--skip or --skip-to is required");
 }
+
+/// `skip_on_overtime` sees attempts the scheduler did not start itself (by hand, before a
+/// restart, or on another host): their slots are skipped while one runs.
+#[test]
+fn skip_on_overtime_counts_attempts_started_elsewhere() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("busy.dig"),
+        "timezone: UTC\nschedule:\n  seconds_interval>: 1\n  skip_on_overtime: true\n+w:\n  wait>: 30s\n",
+    )
+    .unwrap();
+    assert!(spade(tmp.path(), &["scheduler", "--once"]).status.success());
+    let mut by_hand = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["run", "busy", "--session", "2024-01-01"])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2000));
+    let pass = spade(tmp.path(), &["scheduler", "--once"]);
+    let _ = by_hand.kill();
+    let _ = by_hand.wait();
+    let err = String::from_utf8_lossy(&pass.stderr);
+    assert!(pass.status.success(), "{err}");
+    assert!(err.contains("skip_on_overtime"), "{err}");
+    assert!(!err.contains("scheduler: started"), "{err}");
+}

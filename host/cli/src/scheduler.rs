@@ -529,7 +529,9 @@ impl Scheduler {
                     continue;
                 }
             };
-            let busy = self.shared.is_running(&wf.name) || self.queue.iter().any(|(w, _)| *w == wf.name);
+            let busy = self.shared.is_running(&wf.name)
+                || self.queue.iter().any(|(w, _)| *w == wf.name)
+                || (schedule.skip_on_overtime && self.running_elsewhere(store, &wf.name)?);
             let before = state.clone();
             let decisions = plan(schedule, &mut state, now, busy, 1000);
             if state != before && !save_state(store, &wf.name, stored.as_deref(), &state)? {
@@ -564,6 +566,17 @@ impl Scheduler {
             self.shared.start_child(&workflow, &session_text(session), None)?;
         }
         Ok(failed)
+    }
+
+    /// Whether an attempt of `workflow` this scheduler did not start is still running: one
+    /// started by hand, by a scheduler before a restart, or (shared store) on another host.
+    /// On a local store an attempt whose process is gone does not count.
+    fn running_elsewhere(&self, store: &mut dyn Store, workflow: &str) -> anyhow::Result<bool> {
+        let shared = self.shared.location.is_shared();
+        Ok(store
+            .running_attempts(&self.shared.project_name, workflow)?
+            .iter()
+            .any(|(_, pid)| shared || pid.is_some_and(crate::attempts::process_alive)))
     }
 
     fn running_count(&self) -> usize {

@@ -255,6 +255,9 @@ pub trait Store: Send {
     /// Attempts of the session (project, workflow, session_time), oldest first; empty when
     /// the session does not exist.
     fn session_attempts(&mut self, project: &str, workflow: &str, session_time: &str) -> Result<Vec<AttemptRecord>>;
+    /// Attempts of `workflow` that have not ended, with the process recorded as running each
+    /// (`skip_on_overtime` asks whether the workflow is still running anywhere).
+    fn running_attempts(&mut self, project: &str, workflow: &str) -> Result<Vec<(AttemptRecord, Option<u32>)>>;
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>>;
     /// Sessions, newest first; only those of `workflow` when given.
     fn list_sessions(&mut self, workflow: Option<&str>) -> Result<Vec<SessionRecord>>;

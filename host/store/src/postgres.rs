@@ -414,6 +414,19 @@ impl Store for PgStore {
         Ok(rows.iter().map(attempt_from_row).collect())
     }
 
+    fn running_attempts(&mut self, project: &str, workflow: &str) -> Result<Vec<(AttemptRecord, Option<u32>)>> {
+        let rows = self.client.query(
+            "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time, a.pid
+             FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id
+             WHERE p.name = $1 AND s.workflow = $2 AND a.status = 'running' ORDER BY a.id",
+            &[&project, &workflow],
+        )?;
+        Ok(rows
+            .iter()
+            .map(|r| (attempt_from_row(r), r.get::<_, Option<i64>>(7).and_then(|p| u32::try_from(p).ok())))
+            .collect())
+    }
+
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
         let (lo, hi) = (attempt_id << 32, (attempt_id + 1) << 32);
         let rows = self.client.query(

@@ -377,6 +377,16 @@ impl Store for SqliteStore {
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
+    fn running_attempts(&mut self, project: &str, workflow: &str) -> Result<Vec<(AttemptRecord, Option<u32>)>> {
+        let mut stmt = self.conn.prepare(
+            "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time, a.pid
+             FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id
+             WHERE p.name = ?1 AND s.workflow = ?2 AND a.status = 'running' ORDER BY a.id",
+        )?;
+        let rows = stmt.query_map(params![project, workflow], |r| Ok((attempt_from_row(r)?, r.get::<_, Option<u32>>(7)?)))?;
+        Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
+    }
+
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
         let mut stmt = self.conn.prepare(
             "SELECT name, state, retry_count, request, result, error, updated_at, started_at FROM tasks

@@ -378,6 +378,20 @@ fn postgres_hosts_starting_at_once_migrate_once_and_share_state() {
 }
 
 #[test]
+fn running_attempts_are_listed_with_their_process() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.claim_attempt(a.attempt_id, 77).unwrap();
+        let b = s.begin_attempt(&new_attempt(None)).unwrap();
+        s.finish_attempt(b.attempt_id, AttemptStatus::Success).unwrap();
+        let running = s.running_attempts("p", "wf").unwrap();
+        assert_eq!(running.len(), 1);
+        assert_eq!((running[0].0.attempt_id, running[0].1), (a.attempt_id, Some(77)));
+        assert!(s.running_attempts("p", "other").unwrap().is_empty());
+    });
+}
+
+#[test]
 fn one_batch_may_change_a_task_twice() {
     each_store(|s| {
         let a = s.begin_attempt(&new_attempt(None)).unwrap();
