@@ -16,18 +16,23 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode};
+use std::process::ExitCode;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
-use chrono::{DateTime, Timelike, Utc};
+use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use serde::{Deserialize, Serialize};
 use spade_dig::{Project, Schedule};
-use spade_store::{Store, StoreLocation};
+use spade_store::Store;
 
 use crate::run::{ExecArgs, ProjectArgs};
+
+mod children;
+mod slots;
+
+use children::{Shared, start_api};
+pub use slots::{Decision, Skip, SlotState, backfill_slots, definition, fresh_state, plan, session_text, skip_slots};
 
 #[derive(clap::Args)]
 pub struct SchedulerArgs {
@@ -113,104 +118,6 @@ pub struct SchedulesArgs {
     pub place: ProjectArgs,
 }
 
-/// What the scheduler keeps per workflow (`schedule:<workflow>` in the state database, as
-/// JSON with unix times).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct SlotState {
-    /// The schedule this state was computed for; another one starts over.
-    pub definition: String,
-    /// The next slot to start and when it runs; none once past the schedule's `end`.
-    #[serde(with = "unix_time")]
-    pub next_session_time: Option<DateTime<Utc>>,
-    #[serde(with = "unix_time")]
-    pub next_run_time: Option<DateTime<Utc>>,
-    /// The last slot handled (started or skipped).
-    #[serde(with = "unix_time")]
-    pub last_session_time: Option<DateTime<Utc>>,
-    /// `spade disable`: no slot is decided until `spade enable`, which then catches up the
-    /// slots that passed (bounded by `skip_delayed_by`), as after downtime.
-    #[serde(default)]
-    pub disabled: bool,
-}
-
-mod unix_time {
-    use chrono::{DateTime, Utc};
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(t: &Option<DateTime<Utc>>, s: S) -> Result<S::Ok, S::Error> {
-        match t {
-            Some(t) => s.serialize_some(&t.timestamp()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<DateTime<Utc>>, D::Error> {
-        Ok(Option::<i64>::deserialize(d)?.and_then(|secs| DateTime::from_timestamp(secs, 0)))
-    }
-}
-
-/// What to do with one due slot.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Decision {
-    Start(DateTime<Tz>),
-    Skip(DateTime<Tz>, String),
-}
-
-fn definition(schedule: &Schedule) -> String {
-    format!("{schedule:?}")
-}
-
-/// The state for `schedule` when there is none (or it was made for another schedule):
-/// the first slot whose run time is at or after `now`.
-pub fn fresh_state(schedule: &Schedule, now: DateTime<Utc>) -> SlotState {
-    let first = schedule.first_schedule_time(now);
-    SlotState {
-        definition: definition(schedule),
-        next_session_time: first.map(|t| t.session_time.with_timezone(&Utc)),
-        next_run_time: first.map(|t| t.run_time.with_timezone(&Utc)),
-        last_session_time: None,
-        disabled: false,
-    }
-}
-
-/// How `spade reschedule` moves a schedule.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub enum Skip {
-    /// Skip this many slots.
-    Count(usize),
-    /// Make the first slot at or after this time the next one.
-    To(DateTime<Utc>),
-}
-
-/// Moves `state` forward as `skip` says (never backwards: slots already decided stay so).
-pub fn skip_slots(schedule: &Schedule, state: &mut SlotState, skip: Skip) {
-    let set = |state: &mut SlotState, next: Option<spade_dig::ScheduleTime>| {
-        state.next_session_time = next.map(|t| t.session_time.with_timezone(&Utc));
-        state.next_run_time = next.map(|t| t.run_time.with_timezone(&Utc));
-    };
-    match skip {
-        Skip::Count(n) => {
-            for _ in 0..n {
-                let Some(current) = state.next_session_time else { return };
-                state.last_session_time = Some(current);
-                set(state, schedule.next_schedule_time(current.with_timezone(&schedule.timezone)));
-            }
-        }
-        Skip::To(t) => {
-            let target = schedule.next_schedule_time(t.with_timezone(&schedule.timezone) - chrono::Duration::seconds(1));
-            let forward = match (state.next_session_time, target) {
-                (Some(now), Some(to)) => to.session_time.with_timezone(&Utc) > now,
-                (None, _) => false,
-                (Some(_), None) => true,
-            };
-            if forward {
-                state.last_session_time = state.next_session_time;
-                set(state, target);
-            }
-        }
-    }
-}
-
 /// Applies `change` to the stored state of `workflow` (or its fresh state), retrying when
 /// another process changed it meanwhile; returns the new state.
 fn update_state(
@@ -234,36 +141,6 @@ fn update_state(
     anyhow::bail!("the schedule state of {workflow} keeps changing under us; try again")
 }
 
-/// Decides every slot of `state` due at `now` and advances `state` past them. `running`:
-/// whether an attempt of the workflow is running (for `skip_on_overtime`). At most `limit`
-/// slots are decided per call, so a long catch-up cannot flood the queue at once.
-pub fn plan(schedule: &Schedule, state: &mut SlotState, now: DateTime<Utc>, running: bool, limit: usize) -> Vec<Decision> {
-    if state.definition != definition(schedule) {
-        *state = fresh_state(schedule, now);
-    }
-    let mut out = Vec::new();
-    while out.len() < limit {
-        let (Some(session), Some(run_at)) = (state.next_session_time, state.next_run_time) else { break };
-        if run_at > now {
-            break;
-        }
-        let session = session.with_timezone(&schedule.timezone);
-        let decision = if schedule.is_delayed_too_much(run_at.with_timezone(&schedule.timezone), now) {
-            Decision::Skip(session, format!("it is more than skip_delayed_by late (due at {run_at})"))
-        } else if schedule.skip_on_overtime && running {
-            Decision::Skip(session, "skip_on_overtime: an attempt of the workflow is still running".into())
-        } else {
-            Decision::Start(session)
-        };
-        out.push(decision);
-        let next = schedule.next_schedule_time(session);
-        state.last_session_time = Some(session.with_timezone(&Utc));
-        state.next_session_time = next.map(|t| t.session_time.with_timezone(&Utc));
-        state.next_run_time = next.map(|t| t.run_time.with_timezone(&Utc));
-    }
-    out
-}
-
 fn state_key(workflow: &str) -> String {
     format!("schedule:{workflow}")
 }
@@ -280,10 +157,6 @@ fn save_state(store: &mut dyn Store, workflow: &str, old: Option<&str>, state: &
     Ok(store.swap_value(&state_key(workflow), old, &serde_json::to_string(state)?)?)
 }
 
-fn session_text(t: DateTime<Tz>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
-}
-
 /// The project's `.dig` files with their modification times: reloading happens when it changes.
 fn fingerprint(root: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
     let mut out: Vec<_> = std::fs::read_dir(root)
@@ -298,181 +171,6 @@ fn fingerprint(root: &Path) -> Vec<(PathBuf, Option<SystemTime>, u64)> {
         .collect();
     out.sort();
     out
-}
-
-/// A started attempt: the child `spade run`.
-struct Running {
-    workflow: String,
-    session: String,
-    child: Child,
-}
-
-/// What the scheduling loop and the API share.
-struct Shared {
-    root: PathBuf,
-    location: StoreLocation,
-    project_name: String,
-    exec: ExecArgs,
-    project: RwLock<Arc<Project>>,
-    running: Mutex<Vec<Running>>,
-}
-
-impl Shared {
-    fn project(&self) -> Arc<Project> {
-        self.project.read().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn is_running(&self, workflow: &str) -> bool {
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|r| r.workflow == workflow)
-    }
-
-    /// Starts `spade run <workflow> --session <session>` and keeps the child for reaping.
-    fn start_child(&self, workflow: &str, session: &str, params: Option<&serde_json::Map<String, serde_json::Value>>) -> anyhow::Result<u32> {
-        self.start_child_with(workflow, session, params, &[])
-    }
-
-    fn start_child_with(
-        &self,
-        workflow: &str,
-        session: &str,
-        params: Option<&serde_json::Map<String, serde_json::Value>>,
-        extra: &[&str],
-    ) -> anyhow::Result<u32> {
-        let exe = std::env::current_exe().context("locating the spade executable")?;
-        let e = &self.exec;
-        let mut cmd = Command::new(exe);
-        cmd.arg("run")
-            .arg(workflow)
-            .arg("--session")
-            .arg(session)
-            .arg("--project")
-            .arg(&self.root)
-            // Through the environment: a PostgreSQL URL may hold a password.
-            .env("SPADE_STATE", match &self.location {
-                StoreLocation::Sqlite(path) => path.as_os_str().to_owned(),
-                StoreLocation::Postgres(url) => url.into(),
-            })
-            .args(["--max-tasks", &e.max_tasks.to_string()])
-            .args(["--task-timeout", &e.task_timeout.to_string()])
-            .args(["--task-memory", &e.task_memory.to_string()])
-            .args(["--task-log-level", &e.task_log_level]);
-        if let Some(n) = e.max_task_threads {
-            cmd.args(["--max-task-threads", &n.to_string()]);
-        }
-        for p in &e.plugins {
-            cmd.arg("--plugin").arg(p);
-        }
-        if let Some(params) = params.filter(|p| !p.is_empty()) {
-            cmd.arg("--params-json").arg(serde_json::Value::Object(params.clone()).to_string());
-        }
-        cmd.args(extra);
-        // A process group of its own: stopping or restarting the scheduler (Ctrl-C, a
-        // service restart) leaves running attempts to finish; `spade kill` stops one.
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = cmd.spawn().with_context(|| format!("starting `spade run {workflow}`"))?;
-        let pid = child.id();
-        eprintln!("scheduler: started {workflow} session {session} (pid {pid})");
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).push(Running {
-            workflow: workflow.to_string(),
-            session: session.to_string(),
-            child,
-        });
-        Ok(pid)
-    }
-
-    /// Reaps finished attempts; returns whether one that ended failed.
-    fn reap(&self) -> bool {
-        let mut failed = false;
-        self.running.lock().unwrap_or_else(|e| e.into_inner()).retain_mut(|r| match r.child.try_wait() {
-            Ok(Some(status)) => {
-                failed |= !status.success();
-                eprintln!(
-                    "scheduler: {} session {} {}",
-                    r.workflow,
-                    r.session,
-                    if status.success() { "succeeded" } else { "failed (see `spade attempts`)" }
-                );
-                false
-            }
-            Ok(None) => true,
-            Err(_) => false,
-        });
-        failed
-    }
-}
-
-impl spade_server::Control for Shared {
-    fn workflows(&self) -> Vec<spade_server::WorkflowInfo> {
-        let project = self.project();
-        let mut store = self.location.open().ok();
-        let now = Utc::now();
-        project
-            .workflows
-            .iter()
-            .map(|wf| {
-                let state = wf.schedule.as_ref().map(|schedule| {
-                    match store.as_mut().and_then(|s| load_state(s.as_mut(), &wf.name).ok()).and_then(|(st, _)| st) {
-                        Some(st) if st.definition == definition(schedule) => st,
-                        _ => fresh_state(schedule, now),
-                    }
-                });
-                let show = |t: Option<DateTime<Utc>>| t.map(|t| session_text(t.with_timezone(&wf.timezone)));
-                spade_server::WorkflowInfo {
-                    name: wf.name.clone(),
-                    timezone: wf.timezone.name().to_string(),
-                    schedule: wf.config.get("schedule").cloned(),
-                    next_run_time: state.as_ref().and_then(|s| show(s.next_run_time)),
-                    next_session_time: state.as_ref().and_then(|s| show(s.next_session_time)),
-                    disabled: state.as_ref().is_some_and(|s| s.disabled),
-                }
-            })
-            .collect()
-    }
-
-    fn start(
-        &self,
-        workflow: &str,
-        session_time: Option<&str>,
-        params: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<spade_server::Started, String> {
-        let project = self.project();
-        let wf = project.workflow(workflow).ok_or_else(|| {
-            let names: Vec<&str> = project.workflows.iter().map(|w| w.name.as_str()).collect();
-            format!("no workflow {workflow:?} in the project (workflows: {})", names.join(", "))
-        })?;
-        let now = Utc::now();
-        let session = match session_time {
-            Some(text) => spade_dig::parse_session_time(text, wf.timezone, now).map_err(|e| format!("sessionTime: {e}"))?,
-            None => now.with_nanosecond(0).unwrap_or(now).with_timezone(&wf.timezone),
-        };
-        let text = session_text(session);
-        let pid = self.start_child(workflow, &text, Some(params)).map_err(|e| format!("{e:#}"))?;
-        Ok(spade_server::Started { session_time: text, pid })
-    }
-
-    fn process_alive(&self, pid: u32) -> Option<bool> {
-        (!self.location.is_shared()).then(|| crate::attempts::process_alive(pid))
-    }
-
-    fn change_schedule(&self, workflow: &str, action: spade_server::ScheduleAction) -> Result<spade_server::WorkflowInfo, String> {
-        let project = self.project();
-        let change = match action {
-            spade_server::ScheduleAction::Enable => ScheduleChange::Enable,
-            spade_server::ScheduleAction::Disable => ScheduleChange::Disable,
-            spade_server::ScheduleAction::SkipCount(n) => ScheduleChange::Skip(Skip::Count(n)),
-            spade_server::ScheduleAction::SkipTo(text) => {
-                let wf = project.workflow(workflow).ok_or_else(|| format!("no workflow {workflow:?} in the project"))?;
-                let t = spade_dig::parse_session_time(&text, wf.timezone, Utc::now()).map_err(|e| format!("nextTime: {e}"))?;
-                ScheduleChange::Skip(Skip::To(t.with_timezone(&Utc)))
-            }
-        };
-        let mut store = self.location.open().map_err(|e| e.to_string())?;
-        change_schedule(store.as_mut(), &project, workflow, &change, false)?;
-        spade_server::Control::workflows(self)
-            .into_iter()
-            .find(|w| w.name == workflow)
-            .ok_or_else(|| format!("no workflow {workflow:?} in the project"))
-    }
 }
 
 struct Scheduler {
@@ -584,38 +282,6 @@ impl Scheduler {
     }
 }
 
-/// Serves the REST API and web UI on a thread of its own.
-fn start_api(shared: Arc<Shared>, bind: &str, port: u16) -> anyhow::Result<()> {
-    let addr = format!("{bind}:{port}");
-    let listener = std::net::TcpListener::bind(&addr)
-        .with_context(|| format!("cannot listen on {addr} for the API (pick another --port, or --no-api)"))?;
-    listener.set_nonblocking(true)?;
-    let local = listener.local_addr()?;
-    eprintln!("scheduler: REST API and web UI on http://{local}/");
-    let config = spade_server::ApiConfig {
-        location: shared.location.clone(),
-        project: shared.project_name.clone(),
-        control: shared,
-    };
-    std::thread::Builder::new().name("api".into()).spawn(move || {
-        let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(r) => r,
-            Err(e) => return eprintln!("scheduler: cannot start the API: {e}"),
-        };
-        runtime.block_on(async move {
-            match tokio::net::TcpListener::from_std(listener) {
-                Ok(l) => {
-                    if let Err(e) = spade_server::serve(l, config).await {
-                        eprintln!("scheduler: the API stopped: {e}");
-                    }
-                }
-                Err(e) => eprintln!("scheduler: cannot start the API: {e}"),
-            }
-        });
-    })?;
-    Ok(())
-}
-
 pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     let Some(opened) = crate::run::open_project(&args.place, false)? else {
         return Ok(ExitCode::FAILURE);
@@ -681,20 +347,6 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
         // Slots are whole seconds; a short sleep keeps starting, reaping and reloading prompt.
         std::thread::sleep(Duration::from_millis(250));
     }
-}
-
-/// The slots from `from` (inclusive) up to, not including, `until`; at most `count`.
-pub fn backfill_slots(schedule: &Schedule, from: DateTime<Tz>, until: DateTime<Utc>, count: Option<usize>) -> Vec<DateTime<Tz>> {
-    let mut out = Vec::new();
-    let mut next = schedule.next_schedule_time(from - chrono::Duration::seconds(1));
-    while let Some(t) = next {
-        if t.session_time.with_timezone(&Utc) >= until || count.is_some_and(|c| out.len() >= c) {
-            break;
-        }
-        out.push(t.session_time);
-        next = schedule.next_schedule_time(t.session_time);
-    }
-    out
 }
 
 /// `spade backfill`: run the past slots of a schedule (like `digdag backfill`).
@@ -859,105 +511,3 @@ pub fn schedules(args: SchedulesArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use chrono::TimeZone;
-    use serde_json::json;
-
-    fn schedule(cfg: serde_json::Value) -> Schedule {
-        Schedule::parse(&cfg, chrono_tz::UTC).unwrap().0
-    }
-
-    fn at(h: u32, m: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2024, 3, 1, h, m, 0).unwrap()
-    }
-
-    fn starts(d: &[Decision]) -> Vec<String> {
-        d.iter()
-            .filter_map(|d| match d {
-                Decision::Start(t) => Some(t.format("%H:%M").to_string()),
-                Decision::Skip(..) => None,
-            })
-            .collect()
-    }
-
-    #[test]
-    fn first_slot_is_after_now_and_each_slot_starts_once() {
-        let s = schedule(json!({"hourly>": "10:00"}));
-        // 09:00's session runs at 09:10, which is still ahead at 09:05.
-        let mut state = fresh_state(&s, at(9, 5));
-        assert_eq!(state.next_session_time, Some(at(9, 0)));
-        assert_eq!(state.next_run_time, Some(at(9, 10)));
-        assert!(plan(&s, &mut state, at(9, 9), false, 100).is_empty(), "not due yet");
-        assert_eq!(starts(&plan(&s, &mut state, at(9, 10), false, 100)), ["09:00"]);
-        assert!(plan(&s, &mut state, at(9, 30), false, 100).is_empty(), "never twice");
-        assert_eq!(state.last_session_time, Some(at(9, 0)));
-        assert_eq!(state.next_run_time, Some(at(10, 10)));
-    }
-
-    #[test]
-    fn downtime_is_caught_up_unless_skip_delayed_by_says_otherwise() {
-        let s = schedule(json!({"hourly>": "00:00"}));
-        let mut state = fresh_state(&s, at(1, 0));
-        assert_eq!(starts(&plan(&s, &mut state, at(4, 30), false, 100)), ["01:00", "02:00", "03:00", "04:00"]);
-
-        let s = schedule(json!({"hourly>": "00:00", "skip_delayed_by": "90m"}));
-        let mut state = fresh_state(&s, at(1, 0));
-        let d = plan(&s, &mut state, at(4, 30), false, 100);
-        assert_eq!(starts(&d), ["03:00", "04:00"]);
-        assert!(matches!(&d[0], Decision::Skip(_, why) if why.contains("skip_delayed_by")));
-        assert_eq!(state.next_run_time, Some(at(5, 0)));
-    }
-
-    #[test]
-    fn reschedule_only_moves_forward() {
-        let s = schedule(json!({"hourly>": "00:00"}));
-        let mut state = fresh_state(&s, at(1, 0));
-        skip_slots(&s, &mut state, Skip::Count(2));
-        assert_eq!((state.next_session_time, state.last_session_time), (Some(at(3, 0)), Some(at(2, 0))));
-        skip_slots(&s, &mut state, Skip::To(at(6, 30)));
-        assert_eq!(state.next_session_time, Some(at(7, 0)));
-        skip_slots(&s, &mut state, Skip::To(at(2, 0)));
-        assert_eq!(state.next_session_time, Some(at(7, 0)), "never back to slots already passed over");
-        assert!(plan(&s, &mut state, at(6, 59), false, 100).is_empty());
-    }
-
-    #[test]
-    fn backfill_takes_the_slots_from_a_time_up_to_a_bound() {
-        let s = schedule(json!({"daily>": "07:00:00"}));
-        let from = Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap().with_timezone(&chrono_tz::UTC);
-        let until = Utc.with_ymd_and_hms(2024, 3, 4, 0, 0, 0).unwrap();
-        let days = |v: Vec<DateTime<Tz>>| v.iter().map(|t| t.format("%m-%d").to_string()).collect::<Vec<_>>();
-        assert_eq!(days(backfill_slots(&s, from, until, None)), ["03-01", "03-02", "03-03"]);
-        assert_eq!(days(backfill_slots(&s, from, until, Some(2))), ["03-01", "03-02"]);
-        let later = from + chrono::Duration::hours(1);
-        assert_eq!(days(backfill_slots(&s, later, until, None)), ["03-02", "03-03"]);
-    }
-
-    #[test]
-    fn overtime_end_and_changed_schedules() {
-        let s = schedule(json!({"hourly>": "00:00", "skip_on_overtime": true}));
-        let mut state = fresh_state(&s, at(1, 0));
-        let d = plan(&s, &mut state, at(1, 0), true, 100);
-        assert!(matches!(&d[..], [Decision::Skip(_, why)] if why.contains("skip_on_overtime")));
-
-        let s = schedule(json!({"daily>": "00:00:00", "end": "2024-03-02"}));
-        let mut state = fresh_state(&s, at(1, 0));
-        let later = Utc.with_ymd_and_hms(2024, 3, 9, 0, 0, 0).unwrap();
-        let d = plan(&s, &mut state, later, false, 100);
-        assert_eq!(d.len(), 1, "only 2024-03-02 is inside the window: {d:?}");
-        assert_eq!(state.next_run_time, None);
-
-        // Another schedule for the same workflow starts over from now.
-        let daily = schedule(json!({"daily>": "06:00:00"}));
-        let d = plan(&daily, &mut state, at(1, 0), false, 100);
-        assert!(d.is_empty());
-        assert_eq!(state.next_run_time, Some(at(6, 0)));
-        assert_eq!(state.last_session_time, None);
-
-        let s = schedule(json!({"minutes_interval>": 1}));
-        let mut state = fresh_state(&s, at(1, 0));
-        assert_eq!(plan(&s, &mut state, at(5, 0), false, 10).len(), 10, "the per-call limit");
-    }
-}
