@@ -831,3 +831,38 @@ fn skip_on_overtime_counts_attempts_started_elsewhere() {
     assert!(err.contains("skip_on_overtime"), "{err}");
     assert!(!err.contains("scheduler: started"), "{err}");
 }
+
+/// An attempt whose process died shows as such in `spade attempts`, and `spade kill` closes it.
+#[test]
+fn attempts_without_a_process_are_pointed_out() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("slow.dig"), "+w:\n  wait>: 30s\n").unwrap();
+    let mut run = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["run", "slow", "--session", "2024-01-01"])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = tmp.path().join(".spade/state.db");
+    for _ in 0..300 {
+        let claimed = db.exists()
+            && rusqlite::Connection::open(&db)
+                .and_then(|c| c.query_row("SELECT COUNT(*) FROM attempts WHERE pid IS NOT NULL", [], |r| r.get::<_, i64>(0)))
+                .unwrap_or(0)
+                > 0;
+        if claimed {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let listed = spade(tmp.path(), &["attempts"]);
+    assert!(String::from_utf8_lossy(&listed.stdout).contains("running (no process)"), "{listed:?}");
+    assert!(String::from_utf8_lossy(&listed.stderr).contains("`spade kill 1` closes it"));
+    let kill = spade(tmp.path(), &["kill", "1"]);
+    assert!(kill.status.success(), "{}", String::from_utf8_lossy(&kill.stderr));
+    let after = spade(tmp.path(), &["attempts"]);
+    assert!(String::from_utf8_lossy(&after.stdout).contains("killed"), "{after:?}");
+}

@@ -5,7 +5,6 @@
 //! everything again. `kill` asks the process running the attempt to stop (through the
 //! state database, polled by the engine); the running plugin call is interrupted at once.
 
-use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -50,8 +49,14 @@ pub struct KillArgs {
 }
 
 /// Whether process `pid` is alive (Linux: it has a /proc entry).
+/// Whether process `pid` of this host is alive: it exists and is not a zombie (a killed
+/// process stays in /proc until its parent reaps it).
 pub fn process_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => !matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('Z' | 'X')),
+        Err(_) => false,
+    }
 }
 
 pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
@@ -62,8 +67,9 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let old = opened.store.attempt_info(args.attempt_id)?;
+    // On a shared store the attempt may run on another host, whose process ids mean nothing here.
     if old.attempt.status == AttemptStatus::Running
-        && opened.store.attempt_owner(args.attempt_id)?.is_some_and(process_alive)
+        && (opened.location.is_shared() || opened.store.attempt_owner(args.attempt_id)?.is_some_and(process_alive))
     {
         bail!("attempt {} is still running; wait for it or stop it with `spade kill {0}`", args.attempt_id);
     }

@@ -215,14 +215,25 @@ pub fn attempts(args: AttemptsArgs) -> anyhow::Result<ExitCode> {
         "CREATED",
         "DURATION",
     ]);
+    // Process ids mean something only for a store of this host.
+    let local = !crate::state_location(&crate::project_dir(&args.state.project)?, &args.state.state).is_shared();
+    let mut orphans = Vec::new();
     for a in attempts {
+        let mut status = a.attempt.status.as_str().to_string();
+        if local && a.attempt.status == spade_store::AttemptStatus::Running {
+            let owner = store.attempt_owner(a.attempt.attempt_id)?;
+            if !owner.is_some_and(crate::attempts::process_alive) {
+                status = "running (no process)".into();
+                orphans.push(a.attempt.attempt_id);
+            }
+        }
         table.push(vec![
             a.attempt.attempt_id.to_string(),
             a.attempt.session_id.to_string(),
             a.attempt.workflow,
             a.attempt.session_time,
             if a.attempt.name.is_empty() { "-".into() } else { a.attempt.name },
-            a.attempt.status.as_str().into(),
+            status,
             a.tasks.total().to_string(),
             a.tasks.success.to_string(),
             a.tasks.error.to_string(),
@@ -231,6 +242,12 @@ pub fn attempts(args: AttemptsArgs) -> anyhow::Result<ExitCode> {
         ]);
     }
     emit(&table.render())?;
+    for id in orphans {
+        eprintln!(
+            "note: attempt {id} is marked running but its process is gone (killed or crashed): \
+             `spade retry {id} --resume` continues it, `spade kill {id}` closes it"
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }
 
