@@ -832,11 +832,12 @@ fn skip_on_overtime_counts_attempts_started_elsewhere() {
     assert!(!err.contains("scheduler: started"), "{err}");
 }
 
-/// An attempt whose process died shows as such in `spade attempts`, and `spade kill` closes it.
+/// An attempt whose process died shows as such in `spade attempts`; `spade retry --resume`
+/// continues it in a new attempt and closes the dead one, `spade kill` closes one.
 #[test]
 fn attempts_without_a_process_are_pointed_out() {
     let tmp = tempfile::tempdir().unwrap();
-    std::fs::write(tmp.path().join("slow.dig"), "+w:\n  wait>: 30s\n").unwrap();
+    std::fs::write(tmp.path().join("slow.dig"), "+w:\n  wait>: 2s\n+after:\n  echo>: resumed\n").unwrap();
     let mut run = Command::new(env!("CARGO_BIN_EXE_spade"))
         .args(["run", "slow", "--session", "2024-01-01"])
         .current_dir(tmp.path())
@@ -845,24 +846,47 @@ fn attempts_without_a_process_are_pointed_out() {
         .spawn()
         .unwrap();
     let db = tmp.path().join(".spade/state.db");
-    for _ in 0..300 {
-        let claimed = db.exists()
-            && rusqlite::Connection::open(&db)
-                .and_then(|c| c.query_row("SELECT COUNT(*) FROM attempts WHERE pid IS NOT NULL", [], |r| r.get::<_, i64>(0)))
-                .unwrap_or(0)
-                > 0;
-        if claimed {
-            break;
+    // Until `n` attempts have recorded their process.
+    let wait_claimed = |n: i64| {
+        for _ in 0..600 {
+            let claimed = db.exists()
+                && rusqlite::Connection::open(&db)
+                    .and_then(|c| c.query_row("SELECT COUNT(*) FROM attempts WHERE pid IS NOT NULL", [], |r| r.get::<_, i64>(0)))
+                    .unwrap_or(0)
+                    >= n;
+            if claimed {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+        panic!("the run did not record its attempt");
+    };
+    wait_claimed(1);
     run.kill().unwrap();
     run.wait().unwrap();
     let listed = spade(tmp.path(), &["attempts"]);
     assert!(String::from_utf8_lossy(&listed.stdout).contains("running (no process)"), "{listed:?}");
     assert!(String::from_utf8_lossy(&listed.stderr).contains("`spade kill 1` closes it"));
-    let kill = spade(tmp.path(), &["kill", "1"]);
+    let retry = spade(tmp.path(), &["retry", "1", "--resume"]);
+    assert!(retry.status.success(), "{}", String::from_utf8_lossy(&retry.stderr));
+    assert_eq!(stdout_lines(&retry), ["resumed"]);
+    let after = String::from_utf8_lossy(&spade(tmp.path(), &["attempts"]).stdout).to_string();
+    let status = |id: &str| after.lines().find(|l| l.starts_with(id)).unwrap_or("").to_string();
+    assert!(status("1 ").contains("killed") && status("2 ").contains("success"), "{after}");
+
+    // A second orphan, closed with kill.
+    let mut run = Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(["run", "slow", "--session", "2024-01-02"])
+        .current_dir(tmp.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_claimed(3);
+    run.kill().unwrap();
+    run.wait().unwrap();
+    let kill = spade(tmp.path(), &["kill", "3"]);
     assert!(kill.status.success(), "{}", String::from_utf8_lossy(&kill.stderr));
-    let after = spade(tmp.path(), &["attempts"]);
-    assert!(String::from_utf8_lossy(&after.stdout).contains("killed"), "{after:?}");
+    let after = String::from_utf8_lossy(&spade(tmp.path(), &["attempts"]).stdout).to_string();
+    assert!(after.lines().any(|l| l.starts_with("3 ") && l.contains("killed")), "{after}");
 }

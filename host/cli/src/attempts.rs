@@ -73,6 +73,12 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
     {
         bail!("attempt {} is still running; wait for it or stop it with `spade kill {0}`", args.attempt_id);
     }
+    if old.attempt.status == AttemptStatus::Running {
+        // Its process is gone (killed or crashed): close it, so that only the new attempt
+        // of the session is running.
+        opened.store.finish_attempt(args.attempt_id, AttemptStatus::Killed)?;
+        eprintln!("Attempt {} had no live process; marked killed.", args.attempt_id);
+    }
     let index = opened
         .project
         .workflows
