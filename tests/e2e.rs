@@ -13,6 +13,27 @@ fn spade(dir: &Path, args: &[&str]) -> Output {
         .expect("spade starts")
 }
 
+/// `spade ARGS` in `dir` with extra environment variables (state, secrets, caches).
+fn spade_env(dir: &Path, args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("spade starts")
+}
+
+/// `spade ARGS` in `dir`, left running in the background with its output discarded.
+fn spade_background(dir: &Path, args: &[&str]) -> std::process::Child {
+    Command::new(env!("CARGO_BIN_EXE_spade"))
+        .args(args)
+        .current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("spade starts")
+}
+
 fn stdout_lines(out: &Output) -> Vec<String> {
     String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
 }
@@ -241,27 +262,13 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
     )
     .unwrap();
     let secrets = tmp.path().join("secrets.yml");
-    let manage = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_spade"))
-            .arg("secrets")
-            .args(args)
-            .env("SPADE_SECRETS", &secrets)
-            .output()
-            .unwrap()
-    };
+    let manage = |args: &[&str]| spade_env(tmp.path(), &[&["secrets"], args].concat(), &[("SPADE_SECRETS", secrets.as_os_str())]);
     assert!(manage(&["--set", "api.key=s3cret", "--set", "other=x"]).status.success());
     assert!(manage(&["--delete", "other"]).status.success());
     let listed = manage(&[]);
     assert_eq!(stdout_lines(&listed), ["api.key"], "keys only, never values");
     assert!(!manage(&["--set", "bad key=1"]).status.success());
-    let run = || {
-        Command::new(env!("CARGO_BIN_EXE_spade"))
-            .args(["run", "wf.dig", "--session", "2024-01-01"])
-            .current_dir(tmp.path())
-            .env("SPADE_SECRETS", &secrets)
-            .output()
-            .unwrap()
-    };
+    let run = || spade_env(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"], &[("SPADE_SECRETS", secrets.as_os_str())]);
     let denied = run();
     assert!(!denied.status.success(), "without a grant the request must be refused");
     assert!(denied.stdout.is_empty());
@@ -404,14 +411,7 @@ fn registry_plugins_are_resolved_locked_and_checked() {
     let project = tmp.path().join("project");
     let cache = tmp.path().join("cache");
     std::fs::create_dir_all(&project).unwrap();
-    let run = |dir: &Path, args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_spade"))
-            .args(args)
-            .current_dir(dir)
-            .env("SPADE_CACHE_DIR", &cache)
-            .output()
-            .expect("spade starts")
-    };
+    let run = |dir: &Path, args: &[&str]| spade_env(dir, args, &[("SPADE_CACHE_DIR", cache.as_os_str())]);
     let legacy = spade_bundled::test_plugin_path("spade-test-legacy01").expect("built by spade-bundled");
     let publish = run(tmp.path(), &["plugin", "publish", legacy, "--registry", registry.to_str().unwrap()]);
     assert!(publish.status.success(), "{}", String::from_utf8_lossy(&publish.stderr));
@@ -647,13 +647,7 @@ fn api_starts_inspects_and_kills_attempts() {
 
     // An attempt whose process died (SIGKILL) has nobody to notice a kill request: the API
     // records the end itself.
-    let mut orphan = Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(["run", "slow", "--session", "2024-03-01"])
-        .current_dir(tmp.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut orphan = spade_background(tmp.path(), &["run", "slow", "--session", "2024-03-01"]);
     let orphan_id = (0..300)
         .find_map(|_| {
             let (_, list) = call("GET", "/api/sessions?workflow=slow", None);
@@ -725,12 +719,7 @@ fn schedulers_sharing_postgres_start_each_slot_once() {
     assert!(started >= 2, "slots passed during 2.5 s");
     assert_eq!(ticks.len(), started, "a slot ran twice: {ticks:?}");
 
-    let sessions = Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(["sessions"])
-        .current_dir(tmp.path())
-        .env("SPADE_STATE", &url)
-        .output()
-        .unwrap();
+    let sessions = spade_env(tmp.path(), &["sessions"], &[("SPADE_STATE", url.as_ref())]);
     let listed = String::from_utf8_lossy(&sessions.stdout);
     for t in &ticks {
         let time = t.trim_start_matches("tick ");
@@ -815,13 +804,7 @@ fn skip_on_overtime_counts_attempts_started_elsewhere() {
     )
     .unwrap();
     assert!(spade(tmp.path(), &["scheduler", "--once"]).status.success());
-    let mut by_hand = Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(["run", "busy", "--session", "2024-01-01"])
-        .current_dir(tmp.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut by_hand = spade_background(tmp.path(), &["run", "busy", "--session", "2024-01-01"]);
     std::thread::sleep(std::time::Duration::from_millis(2000));
     let pass = spade(tmp.path(), &["scheduler", "--once"]);
     let _ = by_hand.kill();
@@ -838,13 +821,7 @@ fn skip_on_overtime_counts_attempts_started_elsewhere() {
 fn attempts_without_a_process_are_pointed_out() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("slow.dig"), "+w:\n  wait>: 2s\n+after:\n  echo>: resumed\n").unwrap();
-    let mut run = Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(["run", "slow", "--session", "2024-01-01"])
-        .current_dir(tmp.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = spade_background(tmp.path(), &["run", "slow", "--session", "2024-01-01"]);
     let db = tmp.path().join(".spade/state.db");
     // Until `n` attempts have recorded their process.
     let wait_claimed = |n: i64| {
@@ -875,13 +852,7 @@ fn attempts_without_a_process_are_pointed_out() {
     assert!(status("1 ").contains("killed") && status("2 ").contains("success"), "{after}");
 
     // A second orphan, closed with kill.
-    let mut run = Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(["run", "slow", "--session", "2024-01-02"])
-        .current_dir(tmp.path())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut run = spade_background(tmp.path(), &["run", "slow", "--session", "2024-01-02"]);
     wait_claimed(3);
     run.kill().unwrap();
     run.wait().unwrap();

@@ -49,9 +49,16 @@ pub struct KillArgs {
 }
 
 /// Whether process `pid` is alive (Linux: it has a /proc entry).
+/// Whether the process recorded as running an attempt is known to be gone. Process ids mean
+/// something only on this host: with a shared store the attempt may run on another one, so
+/// there it is never known, and only the attempt's own process may record its end.
+pub fn owner_gone(location: &StoreLocation, owner: Option<u32>) -> bool {
+    !location.is_shared() && !owner.is_some_and(process_alive)
+}
+
 /// Whether process `pid` of this host is alive: it exists and is not a zombie (a killed
 /// process stays in /proc until its parent reaps it).
-pub fn process_alive(pid: u32) -> bool {
+fn process_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         // The state letter follows the parenthesised command name.
         Ok(stat) => !matches!(stat.rsplit_once(") ").and_then(|(_, rest)| rest.chars().next()), Some('Z' | 'X')),
@@ -67,9 +74,8 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::FAILURE);
     };
     let old = opened.store.attempt_info(args.attempt_id)?;
-    // On a shared store the attempt may run on another host, whose process ids mean nothing here.
     if old.attempt.status == AttemptStatus::Running
-        && (opened.location.is_shared() || opened.store.attempt_owner(args.attempt_id)?.is_some_and(process_alive))
+        && !owner_gone(&opened.location, opened.store.attempt_owner(args.attempt_id)?)
     {
         bail!("attempt {} is still running; wait for it or stop it with `spade kill {0}`", args.attempt_id);
     }
@@ -135,9 +141,7 @@ pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
     }
     store.request_cancel(args.attempt_id)?;
     let owner = store.attempt_owner(args.attempt_id)?;
-    // A process id means something only on this host: with a shared store the attempt may
-    // run elsewhere, so only its own process may record the end.
-    if !location.is_shared() && !owner.is_some_and(process_alive) {
+    if owner_gone(&location, owner) {
         // Nobody runs it any more (the process was killed or crashed): record the end.
         store.finish_attempt(args.attempt_id, spade_store::AttemptStatus::Killed)?;
         eprintln!("Attempt {} had no live process; marked killed.", args.attempt_id);

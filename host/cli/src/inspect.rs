@@ -215,14 +215,13 @@ pub fn attempts(args: AttemptsArgs) -> anyhow::Result<ExitCode> {
         "CREATED",
         "DURATION",
     ]);
-    // Process ids mean something only for a store of this host.
-    let local = !crate::state_location(&crate::project_dir(&args.state.project)?, &args.state.state).is_shared();
+    let location = crate::state_location(&crate::project_dir(&args.state.project)?, &args.state.state);
     let mut orphans = Vec::new();
     for a in attempts {
         let mut status = a.attempt.status.as_str().to_string();
-        if local && a.attempt.status == spade_store::AttemptStatus::Running {
+        if a.attempt.status == spade_store::AttemptStatus::Running {
             let owner = store.attempt_owner(a.attempt.attempt_id)?;
-            if !owner.is_some_and(crate::attempts::process_alive) {
+            if crate::attempts::owner_gone(&location, owner) {
                 status = "running (no process)".into();
                 orphans.push(a.attempt.attempt_id);
             }

@@ -77,9 +77,9 @@ pub trait Control: Send + Sync + 'static {
     /// Start an attempt of `workflow` for `session_time` (none: now) with `params`. Errors
     /// are messages for the API client (unknown workflow, bad session time).
     fn start(&self, workflow: &str, session_time: Option<&str>, params: &Map<String, Value>) -> Result<Started, String>;
-    /// Whether the process recorded as running an attempt is alive; `None` when that cannot
-    /// be known here (a store shared with other hosts).
-    fn process_alive(&self, pid: u32) -> Option<bool>;
+    /// Whether the process recorded as running an attempt (`owner`) is known to be gone;
+    /// never known for a store shared with other hosts.
+    fn owner_gone(&self, owner: Option<u32>) -> bool;
     /// Enable, disable or move the schedule of `workflow`; the workflow as it then stands.
     fn change_schedule(&self, workflow: &str, action: ScheduleAction) -> Result<WorkflowInfo, String>;
 }
@@ -420,8 +420,7 @@ async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {
         }
         s.request_cancel(id)?;
         // Nobody left to notice the request (the process crashed or was killed): record it.
-        let owner = s.attempt_owner(id)?;
-        if owner.is_none_or(|pid| control.process_alive(pid) == Some(false)) {
+        if control.owner_gone(s.attempt_owner(id)?) {
             s.finish_attempt(id, AttemptStatus::Killed)?;
         }
         Ok(())

@@ -164,8 +164,8 @@ impl spade_server::Control for Shared {
         Ok(spade_server::Started { session_time: text, pid })
     }
 
-    fn process_alive(&self, pid: u32) -> Option<bool> {
-        (!self.location.is_shared()).then(|| crate::attempts::process_alive(pid))
+    fn owner_gone(&self, owner: Option<u32>) -> bool {
+        crate::attempts::owner_gone(&self.location, owner)
     }
 
     fn change_schedule(&self, workflow: &str, action: spade_server::ScheduleAction) -> Result<spade_server::WorkflowInfo, String> {

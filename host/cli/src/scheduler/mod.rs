@@ -1,4 +1,5 @@
-//! `spade scheduler` and `spade schedules`: local-mode scheduling, like `digdag scheduler`.
+//! `spade scheduler`, `schedules`, `backfill`, `enable`, `disable` and `reschedule`:
+//! local-mode scheduling, like `digdag scheduler` and its schedule commands.
 //!
 //! Every workflow with a `schedule:` gets a session per slot. The scheduler keeps, per
 //! workflow, the next slot and when it runs in the state database, so a restart catches up
@@ -270,11 +271,10 @@ impl Scheduler {
     /// started by hand, by a scheduler before a restart, or (shared store) on another host.
     /// On a local store an attempt whose process is gone does not count.
     fn running_elsewhere(&self, store: &mut dyn Store, workflow: &str) -> anyhow::Result<bool> {
-        let shared = self.shared.location.is_shared();
         Ok(store
             .running_attempts(&self.shared.project_name, workflow)?
             .iter()
-            .any(|(_, pid)| shared || pid.is_some_and(crate::attempts::process_alive)))
+            .any(|(_, pid)| !crate::attempts::owner_gone(&self.shared.location, *pid)))
     }
 
     fn running_count(&self) -> usize {
