@@ -1,5 +1,5 @@
-//! Loads every project of the conformance corpus (`shared/conformance/cases` beside the
-//! repository; `SPADE_CONFORMANCE_DIR` or `SPADE_CONFORMANCE_CASES` override the path): the
+//! Loads every project of the conformance corpus (the in-repo copy, `tests/conformance/cases`;
+//! `SPADE_CONFORMANCE_DIR` or `SPADE_CONFORMANCE_CASES` override the path): the
 //! deliberate load-error cases must fail with their intended error, every other case (and
 //! every step patch of a multi-step case) must load and compile. Run with `--nocapture` to
 //! read the messages.
@@ -25,7 +25,7 @@ fn cases_dir() -> PathBuf {
     if let Ok(p) = std::env::var("SPADE_CONFORMANCE_DIR") {
         return PathBuf::from(p).join("cases");
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/conformance/cases")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/conformance/cases")
 }
 
 /// Copy the project part of a case (everything but the runner's files) into `dst`.
@@ -53,7 +53,13 @@ fn count(n: &TaskNode) -> usize {
 #[test]
 fn every_conformance_case_loads_or_fails_as_intended() {
     let dir = cases_dir();
-    assert!(dir.is_dir(), "conformance cases not found at {} (set SPADE_CONFORMANCE_CASES)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "conformance cases not found at {}: the corpus is part of the repository (tests/conformance); \
+         restore it with `git checkout -- tests/conformance` or `scripts/sync-conformance.sh`, or set \
+         SPADE_CONFORMANCE_DIR / SPADE_CONFORMANCE_CASES",
+        dir.display()
+    );
     let mut cases: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
