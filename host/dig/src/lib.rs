@@ -13,6 +13,7 @@ pub mod params;
 pub mod project;
 pub mod schedule;
 pub mod session;
+pub mod sla;
 pub mod yaml;
 
 #[cfg(test)]
@@ -27,5 +28,6 @@ pub use params::{deep_merge, remove_key_path, set_dotted};
 pub use project::{Project, WorkflowDef, load_called_workflow, load_project, load_workflow_file, resolve_call_path};
 pub use schedule::{Schedule, ScheduleIssue, ScheduleTime};
 pub use session::{SessionTimeError, parse_session_time, parse_timezone, resolve_local};
+pub use sla::{Sla, SlaDeadline};
 pub use spade_api::Object;
 pub use yaml::{Loaded, SourceMap, load_yaml_file, parse_yaml_str};

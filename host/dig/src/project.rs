@@ -299,12 +299,30 @@ fn load_workflow_at(project_root: &Path, rel: &Path) -> Result<WorkflowDef, Load
         },
     };
     if let Some(v) = config.get("sla")
-        && !matches!(v, Value::Object(_) | Value::Null)
+        && !matches!(v, Value::Null)
     {
-        errors.push(at(
-            "/sla",
-            format!("sla must be a mapping such as `sla: {{time: 02:00, +notice: {{...}}}}`, not {}", describe(v)),
-        ));
+        if !matches!(v, Value::Object(_)) {
+            errors.push(at(
+                "/sla",
+                format!("sla must be a mapping such as `sla: {{time: 02:00, +notice: {{...}}}}`, not {}", describe(v)),
+            ));
+        } else {
+            // Checked here, not when the deadline passes (Digdag only logs a bad sla then).
+            match crate::sla::Sla::parse(v) {
+                Ok(sla) => {
+                    if let Err(CompileErrors(list)) = crate::compile::compile_under(&format!("+{name}"), "^sla", &sla.tasks) {
+                        for e in list {
+                            errors.push(at(&format!("/sla{}", e.pointer), e.message).with_task(e.task));
+                        }
+                    }
+                }
+                Err(msg) => {
+                    // Point at the option the message is about (`sla time ...` -> /sla/time).
+                    let key = ["time", "duration", "alert", "fail"].into_iter().find(|k| msg.starts_with(&format!("sla {k} ")));
+                    errors.push(at(&key.map(|k| format!("/sla/{k}")).unwrap_or_else(|| "/sla".into()), msg))
+                }
+            }
+        }
     }
 
     // Compile without the keys already reported, so each problem is told once.
@@ -512,5 +530,17 @@ mod tests {
         // A top-level workflow keeps no _workdir.
         let w = load_workflow_file(d.path(), "wf.dig").unwrap();
         assert_eq!(w.task_config().get("_export"), None);
+    }
+
+    #[test]
+    fn sla_is_checked_when_loading() {
+        let errs = load_err(&[("wf.dig", "sla:\n  time: 2am\n+a:\n  echo>: hi\n")]);
+        assert!(errs[0].starts_with("wf.dig:") && errs[0].contains("sla time must be HH:MM or HH:MM:SS"), "{}", errs[0]);
+        let errs = load_err(&[("wf.dig", "sla:\n  +n:\n    echo>: late\n+a:\n  echo>: hi\n")]);
+        assert!(errs[0].contains("exactly one of"), "{}", errs[0]);
+        let errs = load_err(&[("wf.dig", "sla:\n  duration: 00:01\n  +n:\n    echo>: a\n    fail>: b\n+a:\n  echo>: hi\n")]);
+        assert!(errs[0].contains("task +wf^sla+n") && errs[0].contains("more than one operator"), "{}", errs[0]);
+        let d = project(&[("wf.dig", "sla:\n  duration: 00:00:01\n  fail: true\n  +n:\n    echo>: late\n+a:\n  echo>: hi\n")]);
+        load_project(d.path()).unwrap();
     }
 }
