@@ -123,7 +123,7 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
         attempt.attempt_id,
         if args.resume { "resume" } else { "all tasks" }
     );
-    execute(opened, index, session_time, attempt, Some(name), params, saved, frozen, &args.exec)
+    execute(opened, index, session_time, attempt, Some(name), params, saved, frozen, &args.exec, None)
 }
 
 pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {

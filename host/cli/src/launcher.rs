@@ -85,7 +85,7 @@ impl LocalLauncher {
         &self,
         store: &mut dyn Store,
         workflow_index: usize,
-        session_time: DateTime<chrono_tz::Tz>,
+        session_time: DateTime<spade_dig::Zone>,
         name: Option<String>,
         req: &StartRequest,
     ) -> Result<AttemptRef, String> {
@@ -133,6 +133,7 @@ impl LocalLauncher {
                     saved: Default::default(),
                     frozen: Default::default(),
                     cancel: me.cancel.clone(),
+                    run_time: None,
                 };
                 let launcher: Arc<dyn Launcher> = me.clone();
                 let summary = run_attempt(input, me.host.clone(), store.as_mut(), me.console.clone(), Some(launcher), &me.opts)

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
+use spade_dig::Zone;
 use serde_json::Value;
 use std::collections::HashMap;
 
@@ -37,6 +37,11 @@ pub struct RunArgs {
     /// an ISO 8601 time with offset, daily, hourly, or last (the last session run here).
     #[arg(long, default_value = "last")]
     pub session: String,
+    /// When the session was due to run (ISO 8601 with offset): `sla:` deadlines count from
+    /// it, as in Digdag. The scheduler passes the slot's run time (session time plus the
+    /// schedule's delay); by default it is now.
+    #[arg(long, value_name = "TIME")]
+    pub run_time: Option<String>,
     /// Run every task again, ignoring what already succeeded in this session.
     #[arg(short = 'a', long)]
     pub rerun: bool,
@@ -162,10 +167,16 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         let names: Vec<&str> = opened.project.workflows.iter().map(|w| w.name.as_str()).collect();
         anyhow!("no workflow '{wanted}' in {} (workflows: {})", opened.root.display(), names.join(", "))
     })?;
+    let run_time = match &args.run_time {
+        Some(text) => Some(DateTime::parse_from_rfc3339(text).map(|t| t.with_timezone(&Utc)).map_err(|_| {
+            anyhow!("--run-time: '{text}' is not an ISO 8601 time with offset such as 2024-03-01T07:00:00+09:00")
+        })?),
+        None => None,
+    };
     let workflow = &opened.project.workflows[index];
-    let tz: Tz = workflow.timezone;
+    let tz: Zone = workflow.timezone;
     let now = Utc::now();
-    let session_time: DateTime<Tz> = if args.session == "last" {
+    let session_time: DateTime<Zone> = if args.session == "last" {
         match opened.store.get_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name))? {
             Some(saved) => DateTime::parse_from_rfc3339(&saved)
                 .with_context(|| format!("saved session time '{saved}' is malformed; pass --session"))?
@@ -204,7 +215,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         )
     };
     // Unnamed local runs have no retry name (Digdag's `retry_attempt_name` stays undefined).
-    execute(opened, index, session_time, attempt, args.name.clone(), params, saved, frozen, &args.exec)
+    execute(opened, index, session_time, attempt, args.name.clone(), params, saved, frozen, &args.exec, run_time)
 }
 
 /// Record the project's workflow files as a revision named by their digest (the same files
@@ -229,7 +240,7 @@ fn record_revision(opened: &mut Opened) -> anyhow::Result<i64> {
 }
 
 /// Like Digdag's AttemptBuilder: the schedule slots around the session, as attempt params.
-pub fn schedule_params(workflow: &spade_dig::WorkflowDef, session_time: DateTime<Tz>, params: &mut Object) {
+pub fn schedule_params(workflow: &spade_dig::WorkflowDef, session_time: DateTime<Zone>, params: &mut Object) {
     if let Some(schedule) = &workflow.schedule {
         if let Some(last) = schedule.last_session_time(session_time) {
             spade_engine::params::time_vars("last_session", &last, params);
@@ -245,13 +256,14 @@ pub fn schedule_params(workflow: &spade_dig::WorkflowDef, session_time: DateTime
 pub fn execute(
     mut opened: Opened,
     workflow_index: usize,
-    session_time: DateTime<Tz>,
+    session_time: DateTime<Zone>,
     attempt: AttemptRecord,
     retry_attempt_name: Option<String>,
     params: Object,
     saved: HashMap<String, Done>,
     frozen: HashMap<String, TaskRequest>,
     exec: &ExecArgs,
+    run_time: Option<DateTime<Utc>>,
 ) -> anyhow::Result<ExitCode> {
     let opts = EngineOptions {
         max_tasks: exec.max_tasks,
@@ -300,6 +312,7 @@ pub fn execute(
         saved,
         frozen,
         cancel,
+        run_time,
     };
     let watcher = KillWatcher::start(&opened.location, attempt_id, cancel_for_watcher);
     let summary = run_attempt(input, host, opened.store.as_mut(), console.clone(), Some(launcher), &opts);

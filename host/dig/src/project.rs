@@ -8,14 +8,13 @@
 
 use std::path::{Component, Path, PathBuf};
 
-use chrono_tz::Tz;
 use serde_json::Value;
 use spade_api::Object;
 
 use crate::compile::{CompileErrors, TaskNode, compile, describe, suggest};
 use crate::error::{LoadError, LoadErrors, SourcePos};
 use crate::schedule::Schedule;
-use crate::session::parse_timezone;
+use crate::zone::Zone;
 use crate::yaml::{SourceMap, display_path, load_yaml_file, pointer_push};
 
 /// File name suffix of a workflow definition.
@@ -35,7 +34,7 @@ pub struct WorkflowDef {
     /// The whole top-level mapping, raw (includes resolved, `${...}` untouched).
     pub config: Object,
     /// `timezone:`, UTC by default.
-    pub timezone: Tz,
+    pub timezone: Zone,
     pub schedule: Option<Schedule>,
     /// The compiled task tree; its root is named `+<name>`.
     pub root: TaskNode,
@@ -259,17 +258,21 @@ fn load_workflow_at(project_root: &Path, rel: &Path) -> Result<WorkflowDef, Load
     }
 
     let timezone = match config.get("timezone") {
-        None | Some(Value::Null) => chrono_tz::UTC,
-        Some(Value::String(s)) => parse_timezone(s.trim()).unwrap_or_else(|msg| {
-            errors.push(at("/timezone", msg));
-            chrono_tz::UTC
+        None | Some(Value::Null) => Zone::UTC,
+        Some(Value::String(s)) => Zone::parse(s.trim()).unwrap_or_else(|e| {
+            errors.push(at("/timezone", e.to_string()));
+            Zone::UTC
         }),
         Some(other) => {
             errors.push(at(
                 "/timezone",
-                format!("timezone must be a zone name such as Asia/Tokyo, not {}", describe(other)),
+                format!(
+                    "timezone must be a zone name such as Asia/Tokyo or an offset such as +09:00, not {}; \
+                     quote an offset that YAML reads as a number (timezone: \"+9\")",
+                    describe(other)
+                ),
             ));
-            chrono_tz::UTC
+            Zone::UTC
         }
     };
 
@@ -404,7 +407,7 @@ mod tests {
         assert_eq!(a.file, PathBuf::from("a.dig"));
         assert_eq!(a.workdir(), None);
         assert_eq!(a.task_position("+a+x").unwrap().to_string(), "a.dig:4:1");
-        assert_eq!(p.workflow("b").unwrap().timezone, chrono_tz::UTC);
+        assert_eq!(p.workflow("b").unwrap().timezone, Zone::UTC);
         assert!(p.workflow("b").unwrap().schedule.is_none());
     }
 

@@ -8,11 +8,11 @@
 //! alternative patterns, day-of-month AND day-of-week). Pure: no clock is read.
 
 use chrono::{DateTime, Datelike, Duration, NaiveDate, TimeZone, Utc};
-use chrono_tz::Tz;
 use serde_json::Value;
 
 use crate::compile::{as_bool, as_int, describe, suggest};
 use crate::session::resolve_local;
+use crate::zone::Zone;
 
 /// A validated `schedule:`.
 #[derive(Clone, Debug, PartialEq)]
@@ -21,7 +21,7 @@ pub struct Schedule {
     pub kind: String,
     /// The argument as written (`04:30:00`, `0 * * * *`, `15` ...).
     pub command: String,
-    pub timezone: Tz,
+    pub timezone: Zone,
     /// Seconds between a session time and the time it runs.
     pub delay_secs: i64,
     pub skip_on_overtime: bool,
@@ -44,8 +44,8 @@ enum Slots {
 /// One planned session.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ScheduleTime {
-    pub session_time: DateTime<Tz>,
-    pub run_time: DateTime<Tz>,
+    pub session_time: DateTime<Zone>,
+    pub run_time: DateTime<Zone>,
 }
 
 /// A problem in `schedule:`; `key` is the option at fault (for its position).
@@ -71,7 +71,7 @@ const SEARCH_DAYS: i64 = 366 * 8 + 2;
 impl Schedule {
     /// Parse `schedule:` in the workflow zone. Returns the schedule and warnings (options
     /// Digdag ignores), or every error found.
-    pub fn parse(value: &Value, timezone: Tz) -> Result<(Schedule, Vec<ScheduleIssue>), Vec<ScheduleIssue>> {
+    pub fn parse(value: &Value, timezone: Zone) -> Result<(Schedule, Vec<ScheduleIssue>), Vec<ScheduleIssue>> {
         let Value::Object(cfg) = value else {
             return Err(vec![ScheduleIssue::new(
                 None,
@@ -256,7 +256,7 @@ impl Schedule {
     }
 
     /// The latest slot strictly before `t` (Digdag's `last_session_time`), whether or not it ran.
-    pub fn last_session_time(&self, t: DateTime<Tz>) -> Option<DateTime<Tz>> {
+    pub fn last_session_time(&self, t: DateTime<Zone>) -> Option<DateTime<Zone>> {
         let t = t.with_timezone(&self.timezone);
         match &self.slots {
             Slots::Seconds(n) => {
@@ -268,7 +268,7 @@ impl Schedule {
     }
 
     /// The earliest slot strictly after `t` (Digdag's `next_session_time`).
-    pub fn next_session_time(&self, t: DateTime<Tz>) -> Option<DateTime<Tz>> {
+    pub fn next_session_time(&self, t: DateTime<Zone>) -> Option<DateTime<Zone>> {
         let t = t.with_timezone(&self.timezone);
         match &self.slots {
             Slots::Seconds(n) => self.at_epoch(t.timestamp().div_euclid(*n) * n + n),
@@ -287,30 +287,30 @@ impl Schedule {
     }
 
     /// The session after `last_session_time`, inside the start/end window; `None` past `end`.
-    pub fn next_schedule_time(&self, last_session_time: DateTime<Tz>) -> Option<ScheduleTime> {
+    pub fn next_schedule_time(&self, last_session_time: DateTime<Zone>) -> Option<ScheduleTime> {
         let session = self.next_session_time(last_session_time)?;
         self.windowed(session)
     }
 
     /// When the next session due at or after `now` runs.
-    pub fn next_run_time(&self, now: DateTime<Utc>) -> Option<DateTime<Tz>> {
+    pub fn next_run_time(&self, now: DateTime<Utc>) -> Option<DateTime<Zone>> {
         self.first_schedule_time(now).map(|s| s.run_time)
     }
 
     /// The time a session runs (`session_time + delay`).
-    pub fn run_time_of(&self, session_time: DateTime<Tz>) -> DateTime<Tz> {
+    pub fn run_time_of(&self, session_time: DateTime<Zone>) -> DateTime<Zone> {
         session_time.with_timezone(&self.timezone) + Duration::seconds(self.delay_secs)
     }
 
     /// `skip_delayed_by`: whether a run due at `run_time` is too late to start at `now`.
-    pub fn is_delayed_too_much(&self, run_time: DateTime<Tz>, now: DateTime<Utc>) -> bool {
+    pub fn is_delayed_too_much(&self, run_time: DateTime<Zone>, now: DateTime<Utc>) -> bool {
         match self.skip_delayed_by_secs {
             Some(limit) => (now - run_time.with_timezone(&Utc)).num_seconds() > limit as i64,
             None => false,
         }
     }
 
-    fn windowed(&self, mut session: DateTime<Tz>) -> Option<ScheduleTime> {
+    fn windowed(&self, mut session: DateTime<Zone>) -> Option<ScheduleTime> {
         if let Some(start) = self.start {
             let from = resolve_local(self.timezone, start.and_hms_opt(0, 0, 0)?);
             if session < from {
@@ -326,7 +326,7 @@ impl Schedule {
         Some(ScheduleTime { session_time: session, run_time: self.run_time_of(session) })
     }
 
-    fn at_epoch(&self, secs: i64) -> Option<DateTime<Tz>> {
+    fn at_epoch(&self, secs: i64) -> Option<DateTime<Zone>> {
         Utc.timestamp_opt(secs, 0).single().map(|t| t.with_timezone(&self.timezone))
     }
 }
@@ -344,7 +344,7 @@ fn example(kind: &str) -> &'static str {
 }
 
 /// A fixed instant to check that a pattern matches at all.
-fn reference_time(tz: Tz) -> DateTime<Tz> {
+fn reference_time(tz: Zone) -> DateTime<Zone> {
     Utc.with_ymd_and_hms(2024, 1, 1, 0, 0, 0).single().expect("valid").with_timezone(&tz)
 }
 
@@ -498,7 +498,7 @@ impl CronPattern {
     }
 
     /// Every matching instant of local day `d`.
-    fn instants_of_day(&self, tz: Tz, d: NaiveDate) -> Vec<DateTime<Tz>> {
+    fn instants_of_day(&self, tz: Zone, d: NaiveDate) -> Vec<DateTime<Zone>> {
         let mut out = Vec::new();
         for f in self.date_matches(d) {
             for h in (0..24).filter(|&h| f.hours[h]) {
@@ -521,10 +521,10 @@ impl CronPattern {
     }
 
     /// The first matching minute strictly after `t`.
-    pub fn next_match(&self, tz: Tz, t: DateTime<Tz>) -> Option<DateTime<Tz>> {
+    pub fn next_match(&self, tz: Zone, t: DateTime<Zone>) -> Option<DateTime<Zone>> {
         // Start a day early: local days overlap a little around DST changes.
         let start = t.with_timezone(&tz).date_naive().pred_opt()?;
-        let mut found: Option<DateTime<Tz>> = None;
+        let mut found: Option<DateTime<Zone>> = None;
         for i in 0..SEARCH_DAYS {
             let d = start.checked_add_signed(Duration::days(i))?;
             let best = self.instants_of_day(tz, d).into_iter().filter(|x| *x > t).min();
@@ -540,9 +540,9 @@ impl CronPattern {
     }
 
     /// The last matching minute strictly before `t`.
-    pub fn prev_match(&self, tz: Tz, t: DateTime<Tz>) -> Option<DateTime<Tz>> {
+    pub fn prev_match(&self, tz: Zone, t: DateTime<Zone>) -> Option<DateTime<Zone>> {
         let start = t.with_timezone(&tz).date_naive().succ_opt()?;
-        let mut found: Option<DateTime<Tz>> = None;
+        let mut found: Option<DateTime<Zone>> = None;
         for i in 0..SEARCH_DAYS {
             let d = start.checked_sub_signed(Duration::days(i))?;
             let best = self.instants_of_day(tz, d).into_iter().filter(|x| *x < t).max();
@@ -619,11 +619,11 @@ mod tests {
     }
 
     fn errs(v: Value) -> Vec<ScheduleIssue> {
-        Schedule::parse(&v, chrono_tz::UTC).expect_err("should fail")
+        Schedule::parse(&v, Zone::UTC).expect_err("should fail")
     }
 
-    fn at(tz: &str, s: &str) -> DateTime<Tz> {
-        let tz: Tz = tz.parse().unwrap();
+    fn at(tz: &str, s: &str) -> DateTime<Zone> {
+        let tz = Zone::parse(tz).unwrap();
         resolve_local(tz, chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S").unwrap())
     }
 
@@ -700,7 +700,7 @@ mod tests {
 
     #[test]
     fn cron_syntax() {
-        let tz = chrono_tz::UTC;
+        let tz = Zone::UTC;
         let p = CronPattern::parse("*/20 9-17/4 * jan-mar mon-fri").unwrap();
         let t = at("UTC", "2024-03-01 17:50:00"); // Friday
         assert_eq!(p.next_match(tz, t).unwrap().to_rfc3339(), "2024-03-04T09:00:00+00:00");
@@ -780,7 +780,7 @@ mod tests {
     fn options() {
         let (s, w) = Schedule::parse(
             &json!({"daily>": "01:00:00", "skip_on_overtime": true, "skip_delayed_by": "1h 30m", "delay": 5, "colour": 1}),
-            chrono_tz::UTC,
+            Zone::UTC,
         )
         .unwrap();
         assert!(s.skip_on_overtime);

@@ -5,7 +5,8 @@
 //! `TZ` to something else on purpose). Pure: `now` is always passed in.
 
 use chrono::{DateTime, Duration, NaiveDate, NaiveDateTime, Offset, TimeZone, Timelike, Utc};
-use chrono_tz::Tz;
+
+use crate::zone::Zone;
 
 /// Why a `--session` value can't be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -27,7 +28,7 @@ pub enum SessionTimeError {
 /// * an ISO 8601 time with offset (`2024-01-01T00:00:00+09:00`, `...Z`) -> that instant, shown in `tz`.
 ///
 /// `last` and `schedule` return [`SessionTimeError::NeedsContext`].
-pub fn parse_session_time(arg: &str, tz: Tz, now: DateTime<Utc>) -> Result<DateTime<Tz>, SessionTimeError> {
+pub fn parse_session_time(arg: &str, tz: Zone, now: DateTime<Utc>) -> Result<DateTime<Zone>, SessionTimeError> {
     let s = arg.trim();
     let invalid = |reason: &str| SessionTimeError::Invalid { input: arg.to_string(), reason: reason.to_string() };
     match s {
@@ -65,7 +66,7 @@ pub fn parse_session_time(arg: &str, tz: Tz, now: DateTime<Utc>) -> Result<DateT
 
 /// The instant of a wall-clock time in `tz`, like Java's `ZonedDateTime.of`: in an overlap the
 /// earlier offset is used; in a gap the time moves later by the length of the gap.
-pub fn resolve_local(tz: Tz, naive: NaiveDateTime) -> DateTime<Tz> {
+pub fn resolve_local(tz: Zone, naive: NaiveDateTime) -> DateTime<Zone> {
     match tz.from_local_datetime(&naive) {
         chrono::LocalResult::Single(t) => t,
         chrono::LocalResult::Ambiguous(a, b) => a.min(b),
@@ -79,37 +80,15 @@ pub fn resolve_local(tz: Tz, naive: NaiveDateTime) -> DateTime<Tz> {
 }
 
 /// 00:00:00 of `t`'s day in its zone.
-pub fn truncate_to_day(t: DateTime<Tz>) -> DateTime<Tz> {
+pub fn truncate_to_day(t: DateTime<Zone>) -> DateTime<Zone> {
     resolve_local(t.timezone(), t.date_naive().and_hms_opt(0, 0, 0).expect("midnight exists"))
 }
 
 /// The start of `t`'s hour in its zone.
-pub fn truncate_to_hour(t: DateTime<Tz>) -> DateTime<Tz> {
+pub fn truncate_to_hour(t: DateTime<Zone>) -> DateTime<Zone> {
     let back =
         Duration::seconds(i64::from(t.minute() * 60 + t.second())) + Duration::nanoseconds(i64::from(t.nanosecond()));
     t - back
-}
-
-/// A time zone by IANA name (`UTC`, `Asia/Tokyo`), with a suggestion when it is misspelled.
-pub fn parse_timezone(name: &str) -> Result<Tz, String> {
-    if let Ok(tz) = name.parse::<Tz>() {
-        return Ok(tz);
-    }
-    // Accept the case-insensitive spelling of a real zone name.
-    if let Some(tz) = chrono_tz::TZ_VARIANTS.iter().find(|t| t.name().eq_ignore_ascii_case(name)) {
-        return Ok(*tz);
-    }
-    let mut best: Vec<(usize, &str)> = chrono_tz::TZ_VARIANTS
-        .iter()
-        .map(|t| (crate::compile::levenshtein(&name.to_ascii_lowercase(), &t.name().to_ascii_lowercase()), t.name()))
-        .filter(|(d, n)| *d <= (n.len() / 3).max(1))
-        .collect();
-    best.sort();
-    let hint = match best.first() {
-        Some((_, n)) => format!(" (did you mean {n}?)"),
-        None => String::new(),
-    };
-    Err(format!("unknown time zone '{name}'{hint}; use an IANA name such as UTC, Asia/Tokyo or America/Los_Angeles"))
 }
 
 #[cfg(test)]
@@ -122,11 +101,11 @@ mod tests {
 
     #[test]
     fn dates_and_local_times_are_read_in_the_workflow_zone() {
-        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
+        let tokyo = Zone::parse("Asia/Tokyo").unwrap();
         let now = utc("2024-05-05T12:00:00Z");
         assert_eq!(parse_session_time("2024-01-01", tokyo, now).unwrap().to_rfc3339(), "2024-01-01T00:00:00+09:00");
         assert_eq!(
-            parse_session_time("2024-02-29 13:14:15", chrono_tz::UTC, now).unwrap().to_rfc3339(),
+            parse_session_time("2024-02-29 13:14:15", Zone::UTC, now).unwrap().to_rfc3339(),
             "2024-02-29T13:14:15+00:00"
         );
         assert_eq!(
@@ -137,30 +116,30 @@ mod tests {
 
     #[test]
     fn daily_and_hourly_truncate_now_in_the_workflow_zone() {
-        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
-        let ktm: Tz = "Asia/Kathmandu".parse().unwrap();
+        let tokyo = Zone::parse("Asia/Tokyo").unwrap();
+        let ktm = Zone::parse("Asia/Kathmandu").unwrap();
         // 2024-05-05 20:30 UTC is already 05-06 in Tokyo.
         let now = utc("2024-05-05T20:30:45.5Z");
         assert_eq!(parse_session_time("daily", tokyo, now).unwrap().to_rfc3339(), "2024-05-06T00:00:00+09:00");
-        assert_eq!(parse_session_time("daily", chrono_tz::UTC, now).unwrap().to_rfc3339(), "2024-05-05T00:00:00+00:00");
+        assert_eq!(parse_session_time("daily", Zone::UTC, now).unwrap().to_rfc3339(), "2024-05-05T00:00:00+00:00");
         assert_eq!(parse_session_time("hourly", tokyo, now).unwrap().to_rfc3339(), "2024-05-06T05:00:00+09:00");
         assert_eq!(parse_session_time("hourly", ktm, now).unwrap().to_rfc3339(), "2024-05-06T02:00:00+05:45");
     }
 
     #[test]
     fn iso_with_offset_is_an_instant() {
-        let tokyo: Tz = "Asia/Tokyo".parse().unwrap();
+        let tokyo = Zone::parse("Asia/Tokyo").unwrap();
         let now = utc("2024-05-05T12:00:00Z");
         assert_eq!(
             parse_session_time("2024-01-01T00:00:00Z", tokyo, now).unwrap().to_rfc3339(),
             "2024-01-01T09:00:00+09:00"
         );
         assert_eq!(
-            parse_session_time("2024-01-01T09:00:00+09:00", chrono_tz::UTC, now).unwrap().to_rfc3339(),
+            parse_session_time("2024-01-01T09:00:00+09:00", Zone::UTC, now).unwrap().to_rfc3339(),
             "2024-01-01T00:00:00+00:00"
         );
         assert_eq!(
-            parse_session_time("2024-01-01T09:00:00+0900", chrono_tz::UTC, now).unwrap().to_rfc3339(),
+            parse_session_time("2024-01-01T09:00:00+0900", Zone::UTC, now).unwrap().to_rfc3339(),
             "2024-01-01T00:00:00+00:00"
         );
     }
@@ -168,22 +147,22 @@ mod tests {
     #[test]
     fn errors_say_what_is_accepted() {
         let now = utc("2024-05-05T12:00:00Z");
-        let e = parse_session_time("yesterday", chrono_tz::UTC, now).unwrap_err().to_string();
+        let e = parse_session_time("yesterday", Zone::UTC, now).unwrap_err().to_string();
         assert!(e.starts_with("invalid session time 'yesterday': not a date"), "{e}");
         assert!(e.contains("yyyy-MM-dd"));
-        let e = parse_session_time("2024-02-30", chrono_tz::UTC, now).unwrap_err().to_string();
+        let e = parse_session_time("2024-02-30", Zone::UTC, now).unwrap_err().to_string();
         assert!(e.contains("does not exist"), "{e}");
-        let e = parse_session_time("2024-01-01T00:00:00", chrono_tz::UTC, now).unwrap_err().to_string();
+        let e = parse_session_time("2024-01-01T00:00:00", Zone::UTC, now).unwrap_err().to_string();
         assert!(e.contains("needs an offset"), "{e}");
         assert_eq!(
-            parse_session_time("last", chrono_tz::UTC, now).unwrap_err(),
+            parse_session_time("last", Zone::UTC, now).unwrap_err(),
             SessionTimeError::NeedsContext("last".into())
         );
     }
 
     #[test]
     fn dst_gaps_and_overlaps_follow_java() {
-        let ny: Tz = "America/New_York".parse().unwrap();
+        let ny = Zone::parse("America/New_York").unwrap();
         let gap = NaiveDate::from_ymd_opt(2024, 3, 10).unwrap().and_hms_opt(2, 30, 0).unwrap();
         assert_eq!(resolve_local(ny, gap).to_rfc3339(), "2024-03-10T03:30:00-04:00");
         let overlap = NaiveDate::from_ymd_opt(2024, 11, 3).unwrap().and_hms_opt(1, 30, 0).unwrap();
@@ -191,11 +170,15 @@ mod tests {
     }
 
     #[test]
-    fn timezone_names() {
-        assert_eq!(parse_timezone("Asia/Tokyo").unwrap().name(), "Asia/Tokyo");
-        assert_eq!(parse_timezone("utc").unwrap().name(), "UTC");
-        let e = parse_timezone("Asia/Tokio").unwrap_err();
-        assert!(e.contains("did you mean Asia/Tokyo?"), "{e}");
-        assert!(parse_timezone("Nowhere/Special").is_err());
+    fn session_times_in_a_fixed_offset_zone() {
+        let now = utc("2024-05-05T20:00:00Z");
+        let plus9 = Zone::parse("+09:00").unwrap();
+        assert_eq!(
+            parse_session_time("2024-02-29 13:14:15", plus9, now).unwrap().to_rfc3339(),
+            "2024-02-29T13:14:15+09:00"
+        );
+        assert_eq!(parse_session_time("daily", plus9, now).unwrap().to_rfc3339(), "2024-05-06T00:00:00+09:00");
+        let t = parse_session_time("2024-01-01T00:00:00Z", Zone::parse("UTC-3").unwrap(), now).unwrap();
+        assert_eq!((t.to_rfc3339().as_str(), t.timezone().name().as_str()), ("2023-12-31T21:00:00-03:00", "UTC-03:00"));
     }
 }

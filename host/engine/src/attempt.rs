@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use chrono::DateTime;
-use chrono_tz::Tz;
+use chrono::{DateTime, Utc};
+use spade_dig::Zone;
 use serde_json::{Value, json};
 use spade_api::{
     AttemptRef, CancelToken, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
     StartRequest, TaskRequest,
 };
-use spade_dig::{RetryPolicy, WorkflowDef, compile_under, deep_merge, is_deferred, parallel_mode, parse_retry};
+use spade_dig::{RetryPolicy, Sla, WorkflowDef, compile_under, deep_merge, is_deferred, parallel_mode, parse_retry};
 use spade_expr::{Evaluator, ExprLimits};
 use spade_store::{AttemptRecord, AttemptStatus, LogLine, Store, TaskChange, TaskState};
 
@@ -42,6 +42,11 @@ pub trait Console: Send + Sync {
     fn flush(&self);
     /// Called about every quarter second during a run: `finished` of `total` tasks are done.
     fn progress(&self, _finished: usize, _total: usize) {}
+    /// Something the user must see whatever log level they chose (an SLA violation with
+    /// `alert: true`).
+    fn alert(&self, task: &str, message: &str) {
+        self.log(task, LogLevel::Warn, message);
+    }
 }
 
 /// Starts and watches other attempts, for `require>`.
@@ -82,7 +87,7 @@ pub struct AttemptInput<'a> {
     /// The project directory: the workspace of local-mode tasks.
     pub project_root: PathBuf,
     pub workflow: &'a WorkflowDef,
-    pub session_time: DateTime<Tz>,
+    pub session_time: DateTime<Zone>,
     pub attempt: AttemptRecord,
     /// Attempt params (`-p`, `last_session_time`, ...).
     pub params: Object,
@@ -93,6 +98,9 @@ pub struct AttemptInput<'a> {
     /// re-used instead of evaluating the task's params again.
     pub frozen: HashMap<String, TaskRequest>,
     pub cancel: CancelToken,
+    /// When the attempt was due to run, for `sla:` deadlines: the slot's run time for a
+    /// scheduled session; `None`: now (the attempt's start).
+    pub run_time: Option<DateTime<Utc>>,
 }
 
 #[derive(Clone, Debug, Default)]
@@ -116,6 +124,8 @@ enum Wake {
     RetryRun,
     /// Re-create a group's children / re-run a generator after a child failed.
     RetryChildren,
+    /// The workflow's `sla:` deadline passed (on the root task).
+    Sla,
 }
 
 struct Job {
@@ -162,6 +172,14 @@ pub fn run_attempt(
     };
     let builtins = params::builtins(&identity);
     let workdir = wf.workdir();
+    let sla = match wf.config.get("sla").filter(|v| !v.is_null()) {
+        Some(v) => {
+            let sla = Sla::parse(v).map_err(|message| EngineError::Compile { workflow: wf.name.clone(), message })?;
+            let deadline = sla.trigger_time(input.run_time.unwrap_or_else(Utc::now), &wf.timezone);
+            Some((sla, deadline))
+        }
+        None => None,
+    };
 
     let (results_tx, results_rx) = mpsc::channel::<JobResult>();
     let (jobs_tx, jobs_rx) = mpsc::channel::<Job>();
@@ -191,7 +209,12 @@ pub fn run_attempt(
         must_commit: false,
         last_commit: Instant::now(),
         logs: Vec::new(),
+        sla,
     };
+    if let Some((_, deadline)) = &run.sla {
+        let wait = (*deadline - Utc::now()).to_std().unwrap_or(Duration::ZERO);
+        run.timers.push(Reverse((Instant::now() + wait, root, 0, Wake::Sla)));
+    }
     let summary = std::thread::scope(|scope| -> Result<AttemptSummary, EngineError> {
         run.make_ready(root);
         let result = run.run_loop(store, scope, &jobs_tx, &jobs_rx, &results_tx, &results_rx);
@@ -238,6 +261,8 @@ struct Run<'a> {
     /// Task log lines waiting to be stored with the next commit.
     logs: Vec<LogLine>,
     last_commit: Instant,
+    /// The workflow's `sla:` and its deadline.
+    sla: Option<(Sla, DateTime<Utc>)>,
 }
 
 fn level_name(level: LogLevel) -> &'static str {
@@ -841,6 +866,10 @@ impl<'a> Run<'a> {
     }
 
     fn wake(&mut self, id: TaskId, generation: u32, wake: Wake) {
+        if wake == Wake::Sla {
+            self.sla_missed();
+            return;
+        }
         let t = self.tree.get(id);
         if t.generation != generation || t.state != State::Waiting {
             return;
@@ -857,6 +886,7 @@ impl<'a> Run<'a> {
                 self.tree.get_mut(id).state = State::Ready;
                 self.prepare_run(id);
             }
+            Wake::Sla => unreachable!("handled above"),
             Wake::RetryChildren => {
                 self.tree.remove_children(id);
                 let t = self.tree.get_mut(id);
@@ -877,6 +907,74 @@ impl<'a> Run<'a> {
                     self.start(id);
                 }
             }
+        }
+    }
+}
+
+impl Run<'_> {
+    /// The `sla:` deadline passed with the attempt still running: add Digdag's SLA tasks to
+    /// the root (`^sla^alert`, `^sla^fail`, `^sla` with the user's tasks) beside the tasks
+    /// that still run. As in Digdag, running tasks are not stopped: with `fail: true` the
+    /// attempt ends failed once everything has settled.
+    fn sla_missed(&mut self) {
+        let root = self.root;
+        let state = self.tree.get(root).state;
+        if state.is_settled() || self.input.cancel.is_cancelled() {
+            return;
+        }
+        if state != State::Planned {
+            // The root is between runs of its children (a `_retry` interval): look again soon.
+            self.timers.push(Reverse((Instant::now() + Duration::from_secs(1), root, 0, Wake::Sla)));
+            return;
+        }
+        let Some((sla, deadline)) = self.sla.clone() else { return };
+        let wf = self.input.workflow;
+        let root_name = self.tree.get(root).name.clone();
+        let message = format!(
+            "SLA violation: workflow {} (session {}) did not finish by {} (sla: {}); make it faster or move the deadline",
+            wf.name,
+            self.builtins["session_time"].as_str().unwrap_or_default(),
+            deadline.with_timezone(&wf.timezone).format("%Y-%m-%d %H:%M:%S %:z"),
+            sla.describe(),
+        );
+        let mut nodes = Vec::new();
+        if sla.alert {
+            nodes.push(("^sla^alert", Object::new()));
+        }
+        if sla.fail {
+            let mut cfg = Object::new();
+            cfg.insert("fail>".into(), Value::String(format!("{message} (the sla has fail: true)")));
+            nodes.push(("^sla^fail", cfg));
+        }
+        if sla.has_tasks() {
+            nodes.push(("^sla", sla.tasks.clone()));
+        }
+        if nodes.is_empty() {
+            // alert: false, fail: false and no tasks: nothing runs, but the log says so.
+            self.console.log(&root_name, LogLevel::Info, &message);
+            self.keep_logs(root, vec![(LogLevel::Info, message)]);
+            return;
+        }
+        for (name, cfg) in nodes {
+            let node = match compile_under(&root_name, name, &cfg) {
+                Ok(node) => node,
+                Err(e) => {
+                    // Checked when the workflow was loaded; reported rather than ignored.
+                    let task = format!("{root_name}{name}");
+                    let msg = format!("invalid sla tasks: {e}; fix the workflow's sla:");
+                    self.console.task_failed(&task, &msg);
+                    self.summary.failed.push((task, msg));
+                    continue;
+                }
+            };
+            // Without the task limit, as Digdag adds them.
+            let id = self.tree.instantiate(Some(root), &node, Origin::Sub, usize::MAX).expect("no limit");
+            if name == "^sla^alert" {
+                let alert_name = self.tree.get(id).name.clone();
+                self.console.alert(&alert_name, &message);
+                self.keep_logs(id, vec![(LogLevel::Warn, message.clone())]);
+            }
+            self.make_ready(id);
         }
     }
 }

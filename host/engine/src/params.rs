@@ -9,7 +9,7 @@
 //! override them); local keys come last and may shadow anything.
 
 use chrono::{DateTime, TimeZone};
-use chrono_tz::Tz;
+use spade_dig::Zone;
 use serde_json::Value;
 use spade_api::Object;
 use spade_dig::{deep_merge, remove_key_path};
@@ -104,7 +104,7 @@ pub fn local_config(config: &Object, operator: Option<&str>) -> (Object, Object)
 
 /// Format a session-like time the way Digdag's RuntimeParams does, under `prefix`
 /// (`session`, `last_session`, `next_session`).
-pub fn time_vars(prefix: &str, t: &DateTime<Tz>, out: &mut Object) {
+pub fn time_vars(prefix: &str, t: &DateTime<Zone>, out: &mut Object) {
     out.insert(format!("{prefix}_time"), t.format("%Y-%m-%dT%H:%M:%S%:z").to_string().into());
     out.insert(format!("{prefix}_date"), t.format("%Y-%m-%d").to_string().into());
     out.insert(format!("{prefix}_date_compact"), t.format("%Y%m%d").to_string().into());
@@ -115,8 +115,8 @@ pub fn time_vars(prefix: &str, t: &DateTime<Tz>, out: &mut Object) {
 
 /// Identity of the attempt, for the built-in variables.
 pub struct Identity<'a> {
-    pub timezone: Tz,
-    pub session_time: DateTime<Tz>,
+    pub timezone: Zone,
+    pub session_time: DateTime<Zone>,
     pub project_id: i64,
     pub session_id: i64,
     pub session_uuid: &'a str,
@@ -140,7 +140,7 @@ pub fn builtins(id: &Identity<'_>) -> Object {
 }
 
 /// `t` seen in zone `tz`.
-pub fn in_zone(t: DateTime<Tz>, tz: Tz) -> DateTime<Tz> {
+pub fn in_zone(t: DateTime<Zone>, tz: Zone) -> DateTime<Zone> {
     tz.from_utc_datetime(&t.naive_utc())
 }
 
@@ -166,7 +166,7 @@ mod tests {
 
     #[test]
     fn time_vars_use_digdag_formats() {
-        let tz: Tz = "America/Los_Angeles".parse().unwrap();
+        let tz = Zone::parse("America/Los_Angeles").unwrap();
         let t = tz.with_ymd_and_hms(2016, 1, 30, 0, 0, 0).unwrap();
         let mut out = Object::new();
         time_vars("session", &t, &mut out);

@@ -10,7 +10,7 @@ use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use chrono_tz::Tz;
+use spade_dig::Zone;
 use spade_api::{AttemptRef, LogLevel, Object, StartRequest, TaskServices};
 use spade_expr::{Evaluator, ExprLimits};
 
@@ -22,7 +22,7 @@ pub struct TaskCtx {
     pub project_root: PathBuf,
     /// Directory (relative to the project) of the workflow the task came from.
     pub workdir: Option<String>,
-    pub timezone: Tz,
+    pub timezone: Zone,
     pub expr_limits: ExprLimits,
     pub launcher: Option<Arc<dyn Launcher>>,
     /// Secret values (the runtime only asks for keys granted to the calling plugin).
@@ -64,7 +64,7 @@ impl KeptLogs {
 }
 
 thread_local! {
-    static EVALUATORS: RefCell<HashMap<Tz, Evaluator>> = RefCell::new(HashMap::new());
+    static EVALUATORS: RefCell<HashMap<Zone, Evaluator>> = RefCell::new(HashMap::new());
 }
 
 impl TaskServices for TaskCtx {

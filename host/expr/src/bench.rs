@@ -116,7 +116,7 @@ fn mean(total: Duration, n: u32) -> Duration {
 /// the mean durations. Panics only if the evaluator cannot be created or evaluation fails,
 /// which `cargo test` would have caught.
 pub fn run(iterations: u32) -> BenchReport {
-    let tz: chrono_tz::Tz = chrono_tz::America::Los_Angeles;
+    let tz = spade_dig::Zone::Named(chrono_tz::America::Los_Angeles);
     let creations = iterations / 10 + 1;
     let start = Instant::now();
     for _ in 0..creations {

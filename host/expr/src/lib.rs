@@ -34,7 +34,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono_tz::Tz;
+use spade_dig::Zone;
 use rquickjs::{Context, Ctx, FromJs, Function, Runtime, Value as JsValue};
 use serde_json::Value;
 
@@ -191,7 +191,7 @@ pub struct Evaluator {
     // Field order is drop order: the context goes before its runtime.
     context: Context,
     runtime: Runtime,
-    timezone: Tz,
+    timezone: Zone,
     limits: ExprLimits,
     deadline: Arc<Deadline>,
     /// The parameters JS holds from the previous call, if it completed loading them.
@@ -439,7 +439,7 @@ fn object_needs_eval(o: &Object) -> bool {
 
 impl Evaluator {
     /// A fresh context in `timezone` with moment.js loaded. Takes a few milliseconds.
-    pub fn new(timezone: Tz, limits: ExprLimits) -> Result<Self, ExprError> {
+    pub fn new(timezone: Zone, limits: ExprLimits) -> Result<Self, ExprError> {
         let runtime = Runtime::new()
             .map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
         runtime.set_memory_limit(limits.memory_bytes);
@@ -497,7 +497,7 @@ impl Evaluator {
     }
 
     /// The workflow time zone local time is computed in.
-    pub fn timezone(&self) -> Tz {
+    pub fn timezone(&self) -> Zone {
         self.timezone
     }
 
@@ -706,7 +706,7 @@ mod volatile_tests {
 
     #[test]
     fn clock_and_randomness_make_a_result_volatile() {
-        let ev = Evaluator::new(chrono_tz::UTC, ExprLimits::default()).unwrap();
+        let ev = Evaluator::new(Zone::UTC, ExprLimits::default()).unwrap();
         let scope = obj(json!({"a": 1, "session_time": "2024-01-01T00:00:00+00:00"}));
         let tracked = |template: &str| {
             ev.eval_config_tracked(&obj(json!({ "x": template })), &scope)

@@ -782,7 +782,7 @@ fn limited(time_ms: u64, memory_mib: usize) -> Evaluator {
         memory_bytes: memory_mib << 20,
         ..Default::default()
     };
-    Evaluator::new(chrono_tz::UTC, limits).expect("evaluator")
+    Evaluator::new(spade_dig::Zone::UTC, limits).expect("evaluator")
 }
 
 #[test]

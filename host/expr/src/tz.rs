@@ -1,12 +1,12 @@
 //! Workflow-time-zone arithmetic behind the JS `Date` shim.
 //!
 //! QuickJS computes local time from the process `TZ`; Digdag computes it in the workflow's
-//! `timezone:`. The shim (`js/date_shim.js`) asks these functions, backed by chrono-tz, for the
+//! `timezone:`. The shim (`js/date_shim.js`) asks these functions, backed by chrono-tz (or a fixed offset), for the
 //! offset at an instant and for the instant of a wall-clock time. All times are JS time values
 //! (milliseconds since the epoch, as `f64`); this module never panics on out-of-range input.
 
 use chrono::{DateTime, LocalResult, Offset, TimeZone};
-use chrono_tz::{OffsetName, Tz};
+use spade_dig::Zone;
 
 const DAY_MS: f64 = 86_400_000.0;
 
@@ -19,7 +19,7 @@ fn instant(t: f64) -> Option<DateTime<chrono::Utc>> {
 
 /// Offset from UTC (local minus UTC, in ms) in effect at the instant `t`.
 /// Outside chrono's range (beyond ±262,000 years) the offset is 0.
-pub fn offset_ms(tz: Tz, t: f64) -> f64 {
+pub fn offset_ms(tz: Zone, t: f64) -> f64 {
     match instant(t) {
         Some(dt) => {
             f64::from(
@@ -33,21 +33,15 @@ pub fn offset_ms(tz: Tz, t: f64) -> f64 {
 }
 
 /// The zone's abbreviation at `t` (`PST`, `JST`, `+0545`), as `Date.prototype.toString` shows it.
-pub fn abbreviation(tz: Tz, t: f64) -> String {
-    instant(t)
-        .and_then(|dt| {
-            tz.offset_from_utc_datetime(&dt.naive_utc())
-                .abbreviation()
-                .map(str::to_owned)
-        })
-        .unwrap_or_default()
+pub fn abbreviation(tz: Zone, t: f64) -> String {
+    instant(t).map(|dt| tz.offset_from_utc_datetime(&dt.naive_utc()).abbreviation()).unwrap_or_default()
 }
 
 /// The instant (ms) whose wall-clock time in `tz` is `local` (a time value read as if it were
 /// UTC), following ECMAScript's UTC(t): an ambiguous wall time (clocks set back) is the earlier
 /// instant; a skipped one (clocks set forward) is read with the offset in effect before the
 /// transition, so 02:30 on a spring-forward night becomes 03:30 daylight time.
-pub fn local_to_utc(tz: Tz, local: f64) -> f64 {
+pub fn local_to_utc(tz: Zone, local: f64) -> f64 {
     let Some(naive) = instant(local).map(|dt| dt.naive_utc()) else {
         return if local.is_finite() { local } else { f64::NAN };
     };
@@ -77,18 +71,27 @@ mod tests {
 
     #[test]
     fn offsets_follow_dst() {
-        let la: Tz = "America/Los_Angeles".parse().unwrap();
+        let la = Zone::parse("America/Los_Angeles").unwrap();
         // 2016-03-13T10:00Z is after the spring-forward at 10:00Z exactly.
         assert_eq!(offset_ms(la, wall(2016, 3, 13, 9, 59)), -8.0 * 3_600_000.0);
         assert_eq!(offset_ms(la, wall(2016, 3, 13, 10, 0)), -7.0 * 3_600_000.0);
         assert_eq!(abbreviation(la, wall(2016, 1, 1, 0, 0)), "PST");
-        let ktm: Tz = "Asia/Kathmandu".parse().unwrap();
+        let ktm = Zone::parse("Asia/Kathmandu").unwrap();
         assert_eq!(offset_ms(ktm, wall(2024, 1, 1, 0, 0)), 5.75 * 3_600_000.0);
     }
 
     #[test]
+    fn fixed_offset_zones() {
+        let minus = Zone::parse("-05:30").unwrap();
+        assert_eq!(offset_ms(minus, wall(2024, 7, 1, 0, 0)), -5.5 * 3_600_000.0);
+        assert_eq!(abbreviation(minus, wall(2024, 7, 1, 0, 0)), "-0530");
+        assert_eq!(local_to_utc(minus, wall(2024, 7, 1, 0, 0)), wall(2024, 7, 1, 5, 30));
+        assert_eq!(abbreviation(Zone::parse("UTC+9").unwrap(), 0.0), "+09");
+    }
+
+    #[test]
     fn local_to_utc_handles_gaps_and_overlaps() {
-        let la: Tz = "America/Los_Angeles".parse().unwrap();
+        let la = Zone::parse("America/Los_Angeles").unwrap();
         // Plain winter time.
         assert_eq!(
             local_to_utc(la, wall(2023, 2, 14, 0, 0)),

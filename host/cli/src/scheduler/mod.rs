@@ -23,7 +23,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
+use spade_dig::Zone;
 use spade_dig::{Project, Schedule};
 use spade_store::Store;
 
@@ -178,7 +178,7 @@ struct Scheduler {
     shared: Arc<Shared>,
     max_attempts: usize,
     fingerprint: Vec<(PathBuf, Option<SystemTime>, u64)>,
-    queue: VecDeque<(String, DateTime<Tz>)>,
+    queue: VecDeque<(String, DateTime<Zone>)>,
 }
 
 impl Scheduler {
@@ -262,7 +262,10 @@ impl Scheduler {
         let failed = self.shared.reap();
         while self.running_count() < self.max_attempts.max(1) {
             let Some((workflow, session)) = self.queue.pop_front() else { break };
-            self.shared.start_child(&workflow, &session_text(session), None)?;
+            // Digdag counts `sla:` deadlines of a scheduled session from its slot's run time.
+            let schedule = self.shared.project().workflows.iter().find(|w| w.name == workflow).and_then(|w| w.schedule.clone());
+            let run_time = schedule.map(|s| session_text(s.run_time_of(session))).unwrap_or_else(|| session_text(session));
+            self.shared.start_child_with(&workflow, &session_text(session), None, &["--run-time", &run_time])?;
         }
         Ok(failed)
     }
@@ -474,7 +477,7 @@ pub fn reschedule(args: RescheduleArgs) -> anyhow::Result<ExitCode> {
     let project = opened.project.clone();
     let state = change_schedule(opened.store.as_mut(), &project, &name, &ScheduleChange::Skip(skip), args.dry_run)
         .map_err(anyhow::Error::msg)?;
-    let tz = project.workflow(&name).map(|w| w.timezone).unwrap_or(chrono_tz::UTC);
+    let tz = project.workflow(&name).map(|w| w.timezone).unwrap_or(Zone::UTC);
     let show = |t: Option<DateTime<Utc>>| t.map_or("none (past its end)".to_string(), |t| session_text(t.with_timezone(&tz)));
     println!("next session {} runs at {}{}", show(state.next_session_time), show(state.next_run_time), if args.dry_run { " (dry run)" } else { "" });
     Ok(ExitCode::SUCCESS)

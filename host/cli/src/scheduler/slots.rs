@@ -3,7 +3,7 @@
 //! and `backfill` move over slots.
 
 use chrono::{DateTime, Utc};
-use chrono_tz::Tz;
+use spade_dig::Zone;
 use serde::{Deserialize, Serialize};
 use spade_dig::Schedule;
 
@@ -46,8 +46,8 @@ mod unix_time {
 /// What to do with one due slot.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Decision {
-    Start(DateTime<Tz>),
-    Skip(DateTime<Tz>, String),
+    Start(DateTime<Zone>),
+    Skip(DateTime<Zone>, String),
 }
 
 pub fn definition(schedule: &Schedule) -> String {
@@ -136,12 +136,12 @@ pub fn plan(schedule: &Schedule, state: &mut SlotState, now: DateTime<Utc>, runn
 }
 
 /// How a session time is written (and stored): ISO 8601 with the zone's offset.
-pub fn session_text(t: DateTime<Tz>) -> String {
+pub fn session_text(t: DateTime<Zone>) -> String {
     t.format("%Y-%m-%dT%H:%M:%S%:z").to_string()
 }
 
 /// The slots from `from` (inclusive) up to, not including, `until`; at most `count`.
-pub fn backfill_slots(schedule: &Schedule, from: DateTime<Tz>, until: DateTime<Utc>, count: Option<usize>) -> Vec<DateTime<Tz>> {
+pub fn backfill_slots(schedule: &Schedule, from: DateTime<Zone>, until: DateTime<Utc>, count: Option<usize>) -> Vec<DateTime<Zone>> {
     let mut out = Vec::new();
     let mut next = schedule.next_schedule_time(from - chrono::Duration::seconds(1));
     while let Some(t) = next {
@@ -161,7 +161,7 @@ mod tests {
     use serde_json::json;
 
     fn schedule(cfg: serde_json::Value) -> Schedule {
-        Schedule::parse(&cfg, chrono_tz::UTC).unwrap().0
+        Schedule::parse(&cfg, Zone::UTC).unwrap().0
     }
 
     fn at(h: u32, m: u32) -> DateTime<Utc> {
@@ -221,9 +221,9 @@ mod tests {
     #[test]
     fn backfill_takes_the_slots_from_a_time_up_to_a_bound() {
         let s = schedule(json!({"daily>": "07:00:00"}));
-        let from = Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap().with_timezone(&chrono_tz::UTC);
+        let from = Utc.with_ymd_and_hms(2024, 3, 1, 0, 0, 0).unwrap().with_timezone(&Zone::UTC);
         let until = Utc.with_ymd_and_hms(2024, 3, 4, 0, 0, 0).unwrap();
-        let days = |v: Vec<DateTime<Tz>>| v.iter().map(|t| t.format("%m-%d").to_string()).collect::<Vec<_>>();
+        let days = |v: Vec<DateTime<Zone>>| v.iter().map(|t| t.format("%m-%d").to_string()).collect::<Vec<_>>();
         assert_eq!(days(backfill_slots(&s, from, until, None)), ["03-01", "03-02", "03-03"]);
         assert_eq!(days(backfill_slots(&s, from, until, Some(2))), ["03-01", "03-02"]);
         let later = from + chrono::Duration::hours(1);
