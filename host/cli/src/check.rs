@@ -55,6 +55,29 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 None => println!("  no future run (the schedule's end date has passed)"),
             }
         }
+        if let Some(sla) = wf.config.get("sla").and_then(|v| spade_dig::Sla::parse(v).ok()) {
+            let deadline = match sla.deadline {
+                spade_dig::SlaDeadline::Time { .. } => format!("{} ({})", sla.describe(), wf.timezone.name()),
+                spade_dig::SlaDeadline::Duration { .. } => format!("{} after the attempt starts", sla.describe()),
+            };
+            let mut then: Vec<&str> = Vec::new();
+            if sla.alert {
+                then.push("alert");
+            }
+            if sla.fail {
+                then.push("fail the attempt");
+            }
+            if sla.has_tasks() {
+                then.push("run ^sla tasks");
+            }
+            let then = if then.is_empty() { "nothing (alert: false)".to_string() } else { then.join(", ") };
+            println!("  sla: {deadline}; when missed: {then}");
+            if sla.has_tasks()
+                && let Ok(node) = spade_dig::compile_under(&format!("+{}", wf.name), "^sla", &sla.tasks)
+            {
+                print_node(&node, &format!("+{}", wf.name), 2);
+            }
+        }
         match spade_dig::compile(&format!("+{}", wf.name), &wf.config) {
             Ok(node) => print_node(&node, "", 1),
             Err(e) => {

@@ -70,6 +70,17 @@ impl Console for StdConsole {
         let _ = self.out.lock().unwrap().flush();
     }
 
+    fn alert(&self, task: &str, message: &str) {
+        // Shown whatever --task-log-level says.
+        self.flush();
+        self.clear_progress();
+        if self.color {
+            eprintln!("\x1b[33mwarning:\x1b[0m {task}: {message}");
+        } else {
+            eprintln!("warning: {task}: {message}");
+        }
+    }
+
     fn progress(&self, finished: usize, total: usize) {
         if self.color {
             eprint!("\r\x1b[2K{finished}/{total} tasks done");
