@@ -16,7 +16,8 @@ use crate::Object;
 pub enum Outcome {
     /// The task finished successfully.
     Done(Done),
-    /// The task is not finished: the host calls it again after `after_seconds` with `state`.
+    /// The task is not finished: the host calls it again after `after_seconds` with `state`
+    /// (at least 1 second later, whatever `after_seconds` says).
     Poll { after_seconds: u32, state: Value },
     /// The task failed.
     Error(Failure),
@@ -31,7 +32,9 @@ impl Outcome {
 
     /// Not finished yet: call again after `after_seconds` with `state` (any JSON, handed back
     /// as [`Request::state`](crate::Request::state)). The host persists `state`, so it
-    /// survives a restart between two calls.
+    /// survives a restart between two calls. The host waits at least 1 second between two
+    /// calls (Digdag polls no faster either): `after_seconds` of 0 is "as soon as allowed",
+    /// not a busy loop.
     pub fn poll(after_seconds: u32, state: impl Into<Value>) -> Outcome {
         Outcome::Poll { after_seconds, state: state.into() }
     }

@@ -66,6 +66,10 @@ pub struct EngineOptions {
     /// Secret values plugins may read (the runtime lets each plugin read only the keys
     /// granted to it).
     pub secrets: Arc<HashMap<String, String>>,
+    /// The shortest wait before an operator that returned `poll` is called again, whatever
+    /// `after_seconds` it asked for (0 would be a busy loop). Digdag polls no faster than
+    /// once a second; tests lower it.
+    pub min_poll_interval: Duration,
 }
 
 impl Default for EngineOptions {
@@ -76,6 +80,7 @@ impl Default for EngineOptions {
             limits: Limits::default(),
             expr_limits: ExprLimits::default(),
             secrets: Arc::default(),
+            min_poll_interval: Duration::from_secs(1),
         }
     }
 }
@@ -641,7 +646,8 @@ impl<'a> Run<'a> {
                 }
                 t.poll_state = Some(state);
                 t.state = State::Waiting;
-                let at = Instant::now() + Duration::from_secs(after_seconds as u64);
+                // The floor keeps an operator asking for 0 s from busy-looping the host.
+                let at = Instant::now() + Duration::from_secs(after_seconds as u64).max(self.opts.min_poll_interval);
                 self.timers.push(Reverse((at, id, t.generation, Wake::Poll)));
                 // The request with its poll state goes to disk: a re-run after a crash
                 // continues polling the same thing.
