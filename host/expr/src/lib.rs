@@ -636,6 +636,11 @@ impl Evaluator {
         if let Some(evaluated) = fast::eval_config(config, scope) {
             return Ok(evaluated);
         }
+        self.eval_config_js(config, scope)
+    }
+
+    /// [`eval_config`](Self::eval_config) without the Rust fast path: every template in JS.
+    fn eval_config_js(&self, config: &Object, scope: &Object) -> Result<Object, ExprError> {
         self.with_session(scope, |s| {
             let mut path = Vec::new();
             walk_object(s, config, 0, &mut path)
