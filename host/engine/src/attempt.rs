@@ -600,7 +600,8 @@ impl<'a> Run<'a> {
     fn build_request(&mut self, id: TaskId) -> Result<(TaskRequest, bool), String> {
         let t = self.tree.get(id);
         let mut scope = params::collect(&self.tree, id, &self.input.params);
-        for (k, v) in &self.builtins {
+        let last_executed = params::last_executed_vars(&scope, self.input.workflow.timezone);
+        for (k, v) in self.builtins.iter().chain(&last_executed) {
             scope.insert(k.clone(), v.clone());
         }
         scope.insert("task_name".into(), Value::String(t.name.clone()));

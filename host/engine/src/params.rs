@@ -113,6 +113,34 @@ pub fn time_vars(prefix: &str, t: &DateTime<Zone>, out: &mut Object) {
     out.insert(format!("{prefix}_unixtime"), Value::from(t.timestamp()));
 }
 
+/// Digdag's `last_executed_session_*` (RuntimeParams): worked out from a
+/// `last_executed_session_time` param (`yyyy-MM-ddTHH:mm:ss+hh:mm`) when the task's params have
+/// one, else present but empty, as in local runs (`setEmptyTimeParameters`: every value is
+/// `""` except `_tz_offset`, the zone's offset at the epoch). A value that is not such a time
+/// sets nothing, as Digdag skips it.
+pub fn last_executed_vars(params: &Object, tz: Zone) -> Object {
+    const PREFIX: &str = "last_executed_session";
+    let mut out = Object::new();
+    match params.get("last_executed_session_time") {
+        None | Some(Value::Null) => {
+            for suffix in ["time", "date", "date_compact", "local_time", "unixtime"] {
+                out.insert(format!("{PREFIX}_{suffix}"), "".into());
+            }
+            let epoch = tz.timestamp_opt(0, 0).single().expect("the epoch exists in every zone");
+            out.insert(format!("{PREFIX}_tz_offset"), epoch.format("%z").to_string().into());
+        }
+        Some(Value::String(text)) => {
+            if let Ok(t) = DateTime::parse_from_str(text, "%Y-%m-%dT%H:%M:%S%:z") {
+                time_vars(PREFIX, &t.with_timezone(&tz), &mut out);
+                // Digdag computes the others from it but leaves the param itself as given.
+                out.remove(&format!("{PREFIX}_time"));
+            }
+        }
+        Some(_) => {}
+    }
+    out
+}
+
 /// Identity of the attempt, for the built-in variables.
 pub struct Identity<'a> {
     pub timezone: Zone,
@@ -162,6 +190,44 @@ mod tests {
             json!({"x": 1, "_type": "for_each", "_command": {"a": [1]}, "_parallel": true})
         );
         assert_eq!(Value::Object(raw), json!({"_do": {"echo>": "${a}"}}));
+    }
+
+    #[test]
+    fn last_executed_vars_are_empty_without_a_last_execution() {
+        let ktm = Zone::parse("Asia/Kathmandu").unwrap();
+        let out = last_executed_vars(&Object::new(), ktm);
+        assert_eq!(
+            Value::Object(out),
+            json!({
+                "last_executed_session_time": "", "last_executed_session_date": "",
+                "last_executed_session_date_compact": "", "last_executed_session_local_time": "",
+                "last_executed_session_unixtime": "",
+                // Kathmandu was +05:30 in 1970 (it moved to +05:45 in 1986).
+                "last_executed_session_tz_offset": "+0530",
+            })
+        );
+        let fixed = last_executed_vars(&Object::new(), Zone::parse("-03:00").unwrap());
+        assert_eq!(fixed["last_executed_session_tz_offset"], "-0300");
+        let null: Object = serde_json::from_value(json!({"last_executed_session_time": null})).unwrap();
+        assert_eq!(last_executed_vars(&null, Zone::UTC)["last_executed_session_time"], "");
+    }
+
+    #[test]
+    fn last_executed_vars_come_from_the_param_when_set() {
+        let tokyo = Zone::parse("Asia/Tokyo").unwrap();
+        let given: Object =
+            serde_json::from_value(json!({"last_executed_session_time": "2024-03-01T00:00:00+00:00"})).unwrap();
+        let out = last_executed_vars(&given, tokyo);
+        assert_eq!(
+            Value::Object(out),
+            json!({
+                "last_executed_session_date": "2024-03-01", "last_executed_session_date_compact": "20240301",
+                "last_executed_session_local_time": "2024-03-01 09:00:00",
+                "last_executed_session_tz_offset": "+0900", "last_executed_session_unixtime": 1709251200,
+            })
+        );
+        let bad: Object = serde_json::from_value(json!({"last_executed_session_time": "yesterday"})).unwrap();
+        assert!(last_executed_vars(&bad, tokyo).is_empty());
     }
 
     #[test]
