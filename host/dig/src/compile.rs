@@ -7,10 +7,10 @@
 //! dependencies, `_disable`) and the typed readers of `_parallel` and `_retry`. Values stay
 //! raw: `${...}` is never evaluated here.
 //!
-//! A `_parallel` that is a `${...}` string can only be known once the engine has evaluated
-//! it: such a group is compiled as sequential (`_after` is tolerated), the raw value stays in
-//! its config, and the engine calls [`parallel_mode`] on the evaluated value and
-//! [`link_children`] to redo the dependencies of its children.
+//! A group's `_parallel` must be written out (`true`, `false`, `{limit: N}`): as in Digdag,
+//! whose compiler reads it as a boolean or an integer, a `${...}` there is refused before
+//! anything runs. Operators (`loop>`, `for_each>`, ...) take an evaluated `_parallel` as a
+//! param and hand the value to the group they generate, which is compiled here at run time.
 
 use std::fmt;
 
@@ -346,7 +346,7 @@ pub fn check_task_name(name: &str) -> Result<(), String> {
     if let Some(bad) = rest.chars().find(|&c| !is_task_name_char(c)) {
         let shown = if bad == ' ' { "a space".to_string() } else { format!("'{bad}'") };
         return Err(format!(
-            "task name '{name}' must not contain {shown}: use letters, digits and - _ = [ ] {{ }} % & @ , . only"
+            "task name '{name}' must not contain {shown}: use ASCII letters, digits and - _ = [ ] {{ }} % & @ , . only"
         ));
     }
     if name.chars().count() > MAX_TASK_NAME_LEN {
@@ -369,8 +369,6 @@ pub enum ParallelMode {
     Sequential,
     /// All at once, or in chunks of `limit` where each chunk waits for the whole previous one.
     Parallel { limit: Option<usize> },
-    /// A `${...}` value the engine must evaluate first; compiled as sequential meanwhile.
-    Deferred(Value),
 }
 
 /// Read a `_parallel` value (absent = sequential).
@@ -379,7 +377,13 @@ pub fn parallel_mode(value: Option<&Value>) -> Result<ParallelMode, String> {
     match v {
         Value::Null | Value::Bool(false) => Ok(ParallelMode::Sequential),
         Value::Bool(true) => Ok(ParallelMode::Parallel { limit: None }),
-        Value::String(s) if s.contains("${") => Ok(ParallelMode::Deferred(v.clone())),
+        // Digdag's compiler converts the text to a boolean, which `${...}` is not.
+        Value::String(s) if s.contains("${") => Err(format!(
+            "a group's _parallel can't be the expression {}: it is read before anything runs, so write \
+             true, false or {{limit: N}}; to decide at run time, use an operator that takes _parallel \
+             (loop>, for_each>, for_range>) or choose between groups with if>",
+            short_json(v)
+        )),
         Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(ParallelMode::Parallel { limit: None }),
         Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(ParallelMode::Sequential),
         Value::Object(o) => {
@@ -388,7 +392,12 @@ pub fn parallel_mode(value: Option<&Value>) -> Result<ParallelMode, String> {
             }
             match o.get("limit") {
                 None => Err("_parallel: {...} needs a limit, e.g. `_parallel: {limit: 2}`".into()),
-                Some(l) if is_deferred(l) => Ok(ParallelMode::Deferred(v.clone())),
+                // Read as an integer by Digdag's compiler, so never evaluated.
+                Some(l) if is_deferred(l) => Err(format!(
+                    "a group's _parallel limit can't be the expression {}: it is read before anything runs, \
+                     so write a number, e.g. `_parallel: {{limit: 2}}`",
+                    short_json(l)
+                )),
                 Some(l) => match as_int(l) {
                     Some(n) if n > 0 => Ok(ParallelMode::Parallel { limit: Some(n as usize) }),
                     // Digdag treats a limit of 0 (or less) as no limit.
@@ -423,12 +432,12 @@ fn link(mode: &ParallelMode, children: &mut [TaskNode]) -> Vec<LinkError> {
         c.upstreams.clear();
     }
     match mode {
-        ParallelMode::Sequential | ParallelMode::Deferred(_) => {
+        ParallelMode::Sequential => {
             // Digdag's beforeList: a background child waits for nothing; the next normal child
             // waits for every child since (and including) the previous normal one.
             let mut before: Vec<usize> = Vec::new();
             for (i, child) in children.iter_mut().enumerate() {
-                if matches!(mode, ParallelMode::Sequential) && child.config.contains_key("_after") {
+                if child.config.contains_key("_after") {
                     errors.push(LinkError {
                         child: i,
                         key: "_after",
@@ -823,19 +832,30 @@ mod tests {
     }
 
     #[test]
-    fn deferred_parallel_compiles_sequential_and_can_be_relinked() {
-        let mut t = ok(json!({"_parallel": "${p}", "+a": {"echo>": 1}, "+b": {"_after": ["+a"], "echo>": 2}}));
+    fn link_children_redoes_dependencies() {
+        let mut t = ok(json!({"+a": {"echo>": 1}, "+b": {"echo>": 2}}));
         assert_eq!(ups(&t), vec![vec![], vec![0]]);
-        let mode = parallel_mode(t.config.get("_parallel")).unwrap();
-        assert_eq!(mode, ParallelMode::Deferred(json!("${p}")));
-        let evaluated = parallel_mode(Some(&json!("true"))).unwrap();
-        link_children(&evaluated, &mut t.children).unwrap();
-        assert_eq!(ups(&t), vec![vec![], vec![0]]); // from _after
         link_children(&ParallelMode::Parallel { limit: None }, &mut t.children).unwrap();
-        assert_eq!(ups(&t), vec![vec![], vec![0]]);
+        assert_eq!(ups(&t), vec![E, E]);
         let mut c = ok(json!({"+a": {"echo>": 1}, "+b": {"_background": true, "echo>": 2}})).children;
         let e = link_children(&ParallelMode::Parallel { limit: None }, &mut c).unwrap_err();
         assert!(e.starts_with("task +b: `_background: true` is invalid"), "{e}");
+    }
+
+    #[test]
+    fn a_groups_parallel_is_never_an_expression() {
+        // Digdag's ParallelIT: `_parallel: ${parallel}` on a group fails at push, and so does a
+        // limit that is an expression; the literal strings "true"/"false" are accepted.
+        let e = errs(json!({"+g": {"_parallel": "${parallel}", "+a": {"echo>": 1}}}));
+        assert_eq!((e[0].task.as_str(), e[0].pointer.as_str()), ("+wf+g", "/+g/_parallel"));
+        assert!(e[0].message.contains("can't be the expression \"${parallel}\""), "{}", e[0].message);
+        assert!(e[0].message.contains("loop>"), "{}", e[0].message);
+        let e = errs(json!({"_parallel": {"limit": "${n}"}, "+a": {"echo>": 1}}));
+        assert!(e[0].message.contains("limit can't be the expression"), "{}", e[0].message);
+        assert!(parallel_mode(Some(&json!("${p}"))).is_err());
+        assert_eq!(parallel_mode(Some(&json!("true"))).unwrap(), ParallelMode::Parallel { limit: None });
+        // An operator's _parallel is its param: evaluated at run time, not checked here.
+        ok(json!({"+l": {"loop>": 2, "_parallel": "${p}", "_do": {"echo>": "${i}"}}}));
     }
 
     #[test]
@@ -915,7 +935,7 @@ mod tests {
         let e = check_task_name("+my task").unwrap_err();
         assert_eq!(
             e,
-            "task name '+my task' must not contain a space: use letters, digits and - _ = [ ] { } % & @ , . only"
+            "task name '+my task' must not contain a space: use ASCII letters, digits and - _ = [ ] { } % & @ , . only"
         );
         assert!(check_task_name("+a+b").unwrap_err().contains("'+'"));
         assert!(check_task_name("+naïve").is_err());

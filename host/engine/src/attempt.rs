@@ -21,7 +21,7 @@ use spade_api::{
     AttemptRef, CancelToken, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
     StartRequest, TaskRequest,
 };
-use spade_dig::{RetryPolicy, Sla, WorkflowDef, compile_under, deep_merge, is_deferred, parallel_mode, parse_retry};
+use spade_dig::{RetryPolicy, Sla, WorkflowDef, compile_under, deep_merge, parse_retry};
 use spade_expr::{Evaluator, ExprLimits};
 use spade_store::{AttemptRecord, AttemptStatus, LogLine, Store, TaskChange, TaskState};
 
@@ -502,12 +502,6 @@ impl<'a> Run<'a> {
             return;
         }
         if self.tree.get(id).operator.is_none() {
-            if let Some(raw) = self.tree.get(id).config.get("_parallel").filter(|v| is_deferred(v)).cloned()
-                && let Err(message) = self.resolve_parallel(id, raw)
-            {
-                self.handle_failure(id, message, Object::new());
-                return;
-            }
             if self.tree.get(id).children.is_empty() {
                 self.finish_success(id);
             } else {
@@ -517,20 +511,6 @@ impl<'a> Run<'a> {
             return;
         }
         self.prepare_run(id);
-    }
-
-    /// `_parallel: ${...}` on a group: evaluate it in the group's context and re-link its
-    /// children (they were compiled as sequential).
-    fn resolve_parallel(&mut self, id: TaskId, raw: Value) -> Result<(), String> {
-        let mut scope = params::collect(&self.tree, id, &self.input.params);
-        for (k, v) in &self.builtins {
-            scope.insert(k.clone(), v.clone());
-        }
-        let mut config = Object::new();
-        config.insert("_parallel".into(), raw);
-        let evaluated = self.eval.eval_config(&config, &scope).map_err(|e| e.to_string())?;
-        let mode = parallel_mode(evaluated.get("_parallel")).map_err(|e| format!("_parallel: {e}"))?;
-        self.tree.relink_children(id, &mode).map_err(|e| format!("_parallel: {e}"))
     }
 
     fn prepare_run(&mut self, id: TaskId) {

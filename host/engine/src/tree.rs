@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 use spade_api::{Done, Object, TaskRequest};
-use spade_dig::{ParallelMode, TaskNode, link_children};
+use spade_dig::TaskNode;
 
 pub type TaskId = usize;
 
@@ -186,41 +186,6 @@ impl Tree {
         self.live_count += needed;
         let origin = self.tasks[id].origin;
         self.instantiate_children(id, &source.children, origin);
-        Ok(())
-    }
-
-    /// Replace the sibling dependencies among the (not yet started) children of `id` by
-    /// those `mode` gives (for a `_parallel` that was only known at run time).
-    pub fn relink_children(&mut self, id: TaskId, mode: &ParallelMode) -> Result<(), String> {
-        let children = self.tasks[id].children.clone();
-        let prefix_len = self.tasks[id].name.len();
-        let mut stubs: Vec<TaskNode> = children
-            .iter()
-            .map(|&c| {
-                let t = &self.tasks[c];
-                TaskNode {
-                    name: t.name[prefix_len..].to_string(),
-                    config: t.config.clone(),
-                    operator: t.operator.clone(),
-                    children: Vec::new(),
-                    upstreams: Vec::new(),
-                }
-            })
-            .collect();
-        link_children(mode, &mut stubs)?;
-        for &c in &children {
-            let t = &mut self.tasks[c];
-            t.upstreams.clear();
-            t.downstreams.clear();
-        }
-        for (stub, &c) in stubs.iter().zip(&children) {
-            for &u in &stub.upstreams {
-                let uid = children[u];
-                self.tasks[c].upstreams.push(uid);
-                self.tasks[uid].downstreams.push(c);
-            }
-            self.tasks[c].pending_upstreams = stub.upstreams.len();
-        }
         Ok(())
     }
 
