@@ -428,6 +428,19 @@ mod tests {
     }
 
     #[test]
+    fn every_plus_key_is_a_task_whose_name_is_checked() {
+        // Digdag's WorkflowFile.fromConfig takes every top-level key starting with '+' as a
+        // task, whatever follows; ModelValidator then allows only ASCII letters, digits and
+        // - _ = [ ] { } % & @ ` , . in its name, at the top level as in groups.
+        for (dig, pos) in [("+集計:\n  echo>: 1\n", "wf.dig:1:1"), ("+g:\n  +集計:\n    echo>: 1\n", "wf.dig:2:3")] {
+            let errs = load_err(&[("wf.dig", dig)]);
+            assert_eq!(errs.len(), 1, "{errs:#?}");
+            assert!(errs[0].starts_with(pos), "{}", errs[0]);
+            assert!(errs[0].contains("task name '+集計' must not contain '集'"), "{}", errs[0]);
+        }
+    }
+
+    #[test]
     fn unknown_top_level_keys() {
         let errs = load_err(&[("wf.dig", "owner: data-team\n+only:\n  echo>: hi\ntimezon: UTC\n")]);
         assert_eq!(errs.len(), 1, "{errs:#?}");
