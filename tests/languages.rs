@@ -260,6 +260,7 @@ fn run_lang(lang: &Lang, templates: &Path, prefix: &Path) -> Figures {
         rt.invoke(Invocation {
             request: req,
             workspace: &ws,
+            disk: &spade_api::DiskQuota::unlimited(),
             limits: Limits::default(),
             services,
             cancel: &cancel,

@@ -12,7 +12,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -118,6 +118,65 @@ impl CancelToken {
     }
 }
 
+/// How many bytes the tasks of one attempt may add to its workspace, shared by every call
+/// of the attempt (calls run in parallel). The runtime charges each write that grows a file
+/// and refunds truncations and deletions; a write past the limit fails with "no space" in
+/// the guest and fails the task that made it, naming the quota.
+///
+/// It counts what the attempt adds, not the files the workspace starts with: a project's
+/// own data never makes its first task fail.
+#[derive(Clone, Debug)]
+pub struct DiskQuota(Arc<QuotaState>);
+
+#[derive(Debug)]
+struct QuotaState {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl DiskQuota {
+    /// A quota of `limit` bytes.
+    pub fn new(limit: u64) -> Self {
+        DiskQuota(Arc::new(QuotaState { limit, used: AtomicU64::new(0) }))
+    }
+
+    /// No limit (tests, benches, calls without a workspace).
+    pub fn unlimited() -> Self {
+        Self::new(u64::MAX)
+    }
+
+    pub fn limit(&self) -> u64 {
+        self.0.limit
+    }
+
+    /// Bytes added so far.
+    pub fn used(&self) -> u64 {
+        self.0.used.load(Ordering::SeqCst)
+    }
+
+    /// Take `bytes` from the quota; `false` (and nothing taken) when they do not fit.
+    pub fn charge(&self, bytes: u64) -> bool {
+        if bytes == 0 {
+            return true;
+        }
+        self.0
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
+                used.checked_add(bytes).filter(|total| *total <= self.0.limit)
+            })
+            .is_ok()
+    }
+
+    /// Give `bytes` back (a file shrank or was deleted). Never below zero: deleting files
+    /// the workspace started with does not make room beyond the limit.
+    pub fn refund(&self, bytes: u64) {
+        let _ = self
+            .0
+            .used
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| Some(used.saturating_sub(bytes)));
+    }
+}
+
 /// Severity of a task log line.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum LogLevel {
@@ -179,6 +238,8 @@ pub struct Invocation<'a> {
     pub request: &'a TaskRequest,
     /// The only directory the plugin can see (read-write).
     pub workspace: &'a Path,
+    /// What the attempt may still add to the workspace.
+    pub disk: &'a DiskQuota,
     pub limits: Limits,
     pub services: &'a dyn TaskServices,
     pub cancel: &'a CancelToken,

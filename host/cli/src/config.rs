@@ -16,6 +16,7 @@
 //!     http: ["https://api.example.com", "127.0.0.1:8080"]
 //!     cpu_seconds: 30               # ceilings of one call (they only ever lower the limits)
 //!     memory_mb: 128
+//! disk_quota_mb: 2048             # what one attempt's tasks may add to the workspace (default 1024)
 //! ```
 //!
 //! Secret values for local runs come from `$SPADE_SECRETS` or `~/.config/spade/secrets.yml`
@@ -81,6 +82,8 @@ struct ConfigFile {
     plugins: Vec<PluginSpec>,
     #[serde(default)]
     grants: BTreeMap<String, GrantSpec>,
+    /// Bytes (MiB) the tasks of one attempt may add to the workspace.
+    disk_quota_mb: Option<u64>,
 }
 
 /// Where an extra plugin comes from.
@@ -101,6 +104,8 @@ pub struct ProjectConfig {
     pub plugins: Vec<(PluginSource, GrantSpec)>,
     /// Additional grants for installed plugins, by plugin name.
     pub grants: BTreeMap<String, GrantSpec>,
+    /// `disk_quota_mb`: what the tasks of one attempt may add to the workspace (MiB).
+    pub disk_quota_mb: Option<u64>,
 }
 
 impl ProjectConfig {
@@ -150,7 +155,7 @@ impl ProjectConfig {
             };
             plugins.push((source, p.grants));
         }
-        Ok(ProjectConfig { root: root.to_path_buf(), plugins, grants: file.grants })
+        Ok(ProjectConfig { root: root.to_path_buf(), plugins, grants: file.grants, disk_quota_mb: file.disk_quota_mb })
     }
 }
 

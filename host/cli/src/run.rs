@@ -82,6 +82,10 @@ pub struct ExecArgs {
     /// Memory limit of one operator call, in MiB.
     #[arg(long, default_value_t = 256)]
     pub task_memory: usize,
+    /// Bytes the tasks of one attempt may add to their workspace, in MiB [default:
+    /// `disk_quota_mb` of spade.yml, else 1024].
+    #[arg(long, value_name = "MiB")]
+    pub disk_quota: Option<u64>,
     /// Operator calls that may run at once (default: number of cores).
     #[arg(long)]
     pub max_task_threads: Option<usize>,
@@ -265,6 +269,28 @@ pub fn execute(
     exec: &ExecArgs,
     run_time: Option<DateTime<Utc>>,
 ) -> anyhow::Result<ExitCode> {
+    let attempt_id = attempt.attempt_id;
+    // Everything between beginning the attempt and its first task can fail (a project
+    // plugin refused, an unreadable spade.yml, a full disk): such a failure closes the
+    // attempt as failed, with the reason in its log, so it is never left "running".
+    let setup = (|| -> anyhow::Result<_> {
+        opened.store.claim_attempt(attempt_id, std::process::id())?;
+        let revision = record_revision(&mut opened)?;
+        opened.store.link_revision(attempt_id, revision)?;
+        let config = crate::config::ProjectConfig::load(&opened.root)?;
+        let secrets = Arc::new(crate::config::local_secrets()?);
+        let host = crate::host::host_with(&config, &exec.plugins)?;
+        let (workspace, _) = spade_engine::workspace::prepare(&opened.root)?;
+        Ok((revision, config, secrets, host, workspace))
+    })();
+    let (revision, config, secrets, host, workspace) = match setup {
+        Ok(ready) => ready,
+        Err(e) => {
+            close_unstarted(opened.store.as_mut(), &attempt, &format!("{e:#}"));
+            return Err(e.context(format!("attempt {attempt_id} could not start; it is closed as failed")));
+        }
+    };
+    let disk_quota = exec.disk_quota.or(config.disk_quota_mb).map_or(spade_engine::DEFAULT_DISK_QUOTA, |mib| mib << 20);
     let opts = EngineOptions {
         max_tasks: exec.max_tasks,
         workers: exec.max_task_threads.unwrap_or_else(|| EngineOptions::default().workers),
@@ -273,14 +299,10 @@ pub fn execute(
             memory_bytes: exec.task_memory << 20,
             ..Limits::default()
         },
+        secrets,
+        disk_quota,
         ..EngineOptions::default()
     };
-    opened.store.claim_attempt(attempt.attempt_id, std::process::id())?;
-    let revision = record_revision(&mut opened)?;
-    opened.store.link_revision(attempt.attempt_id, revision)?;
-    let config = crate::config::ProjectConfig::load(&opened.root)?;
-    let opts = EngineOptions { secrets: Arc::new(crate::config::local_secrets()?), ..opts };
-    let host = crate::host::host_with(&config, &exec.plugins)?;
     let console = Arc::new(StdConsole::new(level_from_str(&exec.task_log_level)));
     let cancel = CancelToken::new();
     let cancel_for_watcher = cancel.clone();
@@ -289,6 +311,7 @@ pub fn execute(
         opened.name.clone(),
         opened.root.clone(),
         opened.location.clone(),
+        workspace.clone(),
         host.clone(),
         console.clone(),
         opts.clone(),
@@ -298,12 +321,12 @@ pub fn execute(
     let project = opened.project.clone();
     let workflow = &project.workflows[workflow_index];
     let session_str = attempt.session_time.clone();
-    let attempt_id = attempt.attempt_id;
     tracing::info!(workflow = %workflow.name, session = %session_str, attempt = attempt_id, "starting");
     let input = AttemptInput {
         project_name: opened.name.clone(),
         project_id: 1,
         project_root: opened.root.clone(),
+        workspace,
         workflow,
         session_time,
         attempt,
@@ -337,6 +360,20 @@ pub fn execute(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// Close an attempt that failed before its first task: its log says why, its status is
+/// failed. Best effort: the error that stopped it is reported either way.
+fn close_unstarted(store: &mut dyn Store, attempt: &AttemptRecord, why: &str) {
+    let line = spade_store::LogLine {
+        attempt_id: attempt.attempt_id,
+        task_name: String::new(),
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        level: "error".into(),
+        message: format!("the attempt could not start: {why}"),
+    };
+    let _ = store.append_logs(&[line]);
+    let _ = store.finish_attempt(attempt.attempt_id, spade_store::AttemptStatus::Error);
 }
 
 /// Watches the state database for `spade kill` of the attempt (from another process) and

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use spade_dig::Zone;
 use serde_json::{Value, json};
 use spade_api::{
-    AttemptRef, CancelToken, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
+    AttemptRef, CancelToken, DiskQuota, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
     StartRequest, TaskRequest,
 };
 use spade_dig::{RetryPolicy, Sla, WorkflowDef, compile_under, deep_merge, parse_retry};
@@ -70,7 +70,12 @@ pub struct EngineOptions {
     /// `after_seconds` it asked for (0 would be a busy loop). Digdag polls no faster than
     /// once a second; tests lower it.
     pub min_poll_interval: Duration,
+    /// Bytes the tasks of one attempt may add to the workspace.
+    pub disk_quota: u64,
 }
+
+/// The default of [`EngineOptions::disk_quota`]: 1 GiB.
+pub const DEFAULT_DISK_QUOTA: u64 = 1 << 30;
 
 impl Default for EngineOptions {
     fn default() -> Self {
@@ -81,6 +86,7 @@ impl Default for EngineOptions {
             expr_limits: ExprLimits::default(),
             secrets: Arc::default(),
             min_poll_interval: Duration::from_secs(1),
+            disk_quota: DEFAULT_DISK_QUOTA,
         }
     }
 }
@@ -89,8 +95,10 @@ impl Default for EngineOptions {
 pub struct AttemptInput<'a> {
     pub project_name: String,
     pub project_id: i64,
-    /// The project directory: the workspace of local-mode tasks.
+    /// The project directory: where `call>` finds workflow files.
     pub project_root: PathBuf,
+    /// The only directory the tasks see ([`crate::workspace`]): never the project itself.
+    pub workspace: PathBuf,
     pub workflow: &'a WorkflowDef,
     pub session_time: DateTime<Zone>,
     pub attempt: AttemptRecord,
@@ -201,6 +209,7 @@ pub fn run_attempt(
         builtins,
         workdir,
         opts,
+        disk: DiskQuota::new(opts.disk_quota),
         ready: VecDeque::new(),
         timers: BinaryHeap::new(),
         changes: Vec::new(),
@@ -249,6 +258,8 @@ struct Run<'a> {
     /// Directory of the workflow file inside the project (for `call>` paths).
     workdir: Option<String>,
     opts: &'a EngineOptions,
+    /// What the attempt's tasks may still add to the workspace, shared by all its calls.
+    disk: DiskQuota,
     ready: VecDeque<TaskId>,
     timers: BinaryHeap<Reverse<(Instant, TaskId, u32, Wake)>>,
     changes: Vec<TaskChange>,
@@ -354,7 +365,8 @@ impl<'a> Run<'a> {
                     let rx = Arc::clone(jobs_rx);
                     let tx = results_tx.clone();
                     let host = Arc::clone(&self.host);
-                    let workspace = self.input.project_root.clone();
+                    let workspace = self.input.workspace.clone();
+                    let disk = self.disk.clone();
                     let limits = self.opts.limits;
                     let cancel = self.input.cancel.clone();
                     scope.spawn(move || {
@@ -366,6 +378,7 @@ impl<'a> Run<'a> {
                             let result = host.invoke(Invocation {
                                 request: &job.request,
                                 workspace: &workspace,
+                                disk: &disk,
                                 limits,
                                 services: &*job.ctx,
                                 cancel: &cancel,
@@ -448,7 +461,8 @@ impl<'a> Run<'a> {
     fn invoke(&self, job: &Job) -> Result<Outcome, InvokeError> {
         self.host.invoke(Invocation {
             request: &job.request,
-            workspace: &self.input.project_root,
+            workspace: &self.input.workspace,
+            disk: &self.disk,
             limits: self.opts.limits,
             services: &*job.ctx,
             cancel: &self.input.cancel,

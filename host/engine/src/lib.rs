@@ -10,8 +10,9 @@ pub mod attempt;
 pub mod params;
 pub mod services;
 pub mod tree;
+pub mod workspace;
 
-pub use attempt::{AttemptInput, AttemptSummary, Console, EngineOptions, Launcher, run_attempt};
+pub use attempt::{AttemptInput, AttemptSummary, Console, DEFAULT_DISK_QUOTA, EngineOptions, Launcher, run_attempt};
 
 /// Errors that stop an attempt from running at all (task failures are not errors here:
 /// they end the attempt with a failed summary).

@@ -241,10 +241,12 @@ pub fn measure(
     let cancel = CancelToken::new();
     let services = NullServices;
     let limits = Limits::default();
+    let disk = spade_api::DiskQuota::unlimited();
     let call = || {
         rt.invoke(Invocation {
             request: &request,
             workspace,
+            disk: &disk,
             limits,
             services: &services,
             cancel: &cancel,

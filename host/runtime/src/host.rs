@@ -230,6 +230,8 @@ pub(crate) struct HostState {
     pub clock_origin: Instant,
     pub http: WasiHttpCtx,
     pub http_guard: HttpGuard,
+    /// The workspace's disk quota ([`crate::disk`]).
+    pub disk: crate::disk::DiskGuard,
 }
 
 impl WasiView for HostState {

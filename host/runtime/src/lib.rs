@@ -22,6 +22,7 @@
 mod cache;
 mod contract;
 mod decode;
+mod disk;
 mod host;
 mod http;
 mod manifest;
@@ -35,7 +36,7 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use spade_api::{
-    CancelToken, Invocation, InvokeError, Limits, LogLevel, OperatorHost, Outcome, PluginInfo,
+    CancelToken, DiskQuota, Invocation, InvokeError, Limits, LogLevel, OperatorHost, Outcome, PluginInfo,
     TaskServices,
 };
 use wasmtime::component::{Component, Linker};
@@ -47,6 +48,7 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::cache::{Cache, sha256_hex};
 use crate::contract::{AnyPlugin, AnyPre, Detected};
+use crate::disk::DiskGuard;
 use crate::host::{HostState, Interrupt, PluginCtx, Stop};
 use crate::http::HttpGuard;
 use crate::sandbox::{Capture, Limiter, LineBudget};
@@ -472,6 +474,7 @@ impl Runtime {
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         contract::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        disk::link(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         host::shadow_sleeps(&mut linker).map_err(RuntimeError::Engine)?;
         let cache = config
             .cache_dir
@@ -764,6 +767,17 @@ impl Runtime {
         Ok(report)
     }
 
+    /// Remove the plugin named `name` and its operators (a project replacing a bundled
+    /// plugin with its own version of it). Calls already running keep their instance.
+    /// Returns what was removed.
+    pub fn uninstall(&self, name: &str) -> Option<PluginInfo> {
+        let mut reg = self.registry.write().unwrap_or_else(|e| e.into_inner());
+        let at = reg.plugins.iter().position(|p| p.info.name == name)?;
+        let removed = reg.plugins.remove(at);
+        reg.operators.retain(|_, p| !Arc::ptr_eq(p, &removed));
+        Some(removed.info.clone())
+    }
+
     fn describe(
         &self,
         label: &str,
@@ -800,7 +814,7 @@ impl Runtime {
         &self,
         pre: &AnyPre,
         ctx: &Arc<PluginCtx>,
-        workspace: Option<&Path>,
+        workspace: Option<(&Path, &DiskQuota)>,
         services: Option<&dyn TaskServices>,
         limits: &Limits,
         cancel: Option<CancelToken>,
@@ -825,7 +839,8 @@ impl Runtime {
             .allow_ip_name_lookup(false)
             .socket_addr_check(|_, _| Box::pin(async { false }))
             .monotonic_clock(host::Clock(clock_origin));
-        if let Some(ws) = workspace {
+        let disk = DiskGuard::new(workspace.map_or_else(DiskQuota::unlimited, |(_, q)| q.clone()));
+        if let Some((ws, _)) = workspace {
             b.initial_cwd("/");
             if let Err(e) = b.preopened_dir(ws, "/", FsPerms::ReadWrite) {
                 return (
@@ -854,6 +869,7 @@ impl Runtime {
             clock_origin,
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_guard: HttpGuard::new(ctx.http.clone(), stop.clone()),
+            disk: disk.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
@@ -883,6 +899,13 @@ impl Runtime {
             (Ok(_), Some(why)) => Err(wasmtime::format_err!("interrupted: {why:?}")),
             (r, _) => r,
         };
+        // A write refused for lack of quota fails the call even if the guest ignored the
+        // error: the task did not do what it meant to.
+        report.disk_full = disk.exceeded().then(|| disk.quota.limit());
+        let result = match (result, report.disk_full) {
+            (Ok(_), Some(_)) => Err(wasmtime::format_err!("the workspace's disk quota is used up")),
+            (r, _) => r,
+        };
         report.denied_memory = data.limiter.denied_memory;
         report.denied_table = data.limiter.denied_table;
         report.print_dropped = (
@@ -908,6 +931,8 @@ struct CallReport {
     interrupted: Option<Interrupt>,
     denied_memory: Option<usize>,
     denied_table: Option<usize>,
+    /// The attempt's disk quota (bytes), when a write of this call did not fit in it.
+    disk_full: Option<u64>,
     print_dropped: (u64, u64, usize),
     log: Option<LineBudget>,
 }
@@ -942,7 +967,14 @@ impl CallReport {
             }
             Some(Interrupt::Cancelled) => "was killed".to_string(),
             None => {
-                if let Some(asked) = self.denied_memory {
+                if let Some(quota) = self.disk_full {
+                    format!(
+                        "exceeded the attempt's disk quota of {} (disk_quota): a write into the workspace did not fit; \
+                         write less, delete what earlier tasks no longer need, or raise the quota \
+                         (spade run --disk-quota MiB, or disk_quota_mb in spade.yml)",
+                        mib(usize::try_from(quota).unwrap_or(usize::MAX))
+                    )
+                } else if let Some(asked) = self.denied_memory {
                     format!(
                         "exceeded its memory limit of {} (memory_bytes): it tried to grow its memory to {}",
                         mib(limits.memory_bytes),
@@ -1135,7 +1167,7 @@ impl OperatorHost for Runtime {
         let (out, mut report) = self.call(
             &loaded.pre,
             &loaded.ctx,
-            Some(inv.workspace),
+            Some((inv.workspace, inv.disk)),
             Some(inv.services),
             &limits,
             Some(inv.cancel.clone()),

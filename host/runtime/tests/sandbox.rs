@@ -637,6 +637,7 @@ fn missing_workspace_is_a_clear_error() {
     let out = rt.invoke(spade_api::Invocation {
         request: &req,
         workspace: &gone,
+        disk: &spade_api::DiskQuota::unlimited(),
         limits: limits(),
         services: &Recorder::default(),
         cancel: &CancelToken::new(),
@@ -669,4 +670,50 @@ fn concurrent_calls_share_the_runtime() {
             });
         }
     });
+}
+
+/// A call in a sandbox whose attempt may add `quota` bytes to the workspace.
+fn call_with_quota(sb: &Sandbox, attack: &str, params: Value) -> Result<Outcome, InvokeError> {
+    let req = request("hostile", json!(attack), params);
+    invoke(runtime(), sb, &Recorder::default(), &req, limits(), &CancelToken::new())
+}
+
+#[test]
+fn disk_fill_past_the_quota_fails_the_call_naming_the_quota() {
+    let mut sb = Sandbox::new();
+    sb.disk = spade_api::DiskQuota::new(4 << 20);
+    let out = call_with_quota(&sb, "disk_fill", json!({"size": 64 << 20}));
+    let msg = plugin_error(out);
+    assert!(msg.contains("disk quota of 4 MiB"), "{msg}");
+    assert!(msg.contains("--disk-quota"), "the error says how to raise it: {msg}");
+    // Nothing past the quota reached the disk.
+    let on_disk = std::fs::metadata(sb.ws.join("fill.bin")).map(|m| m.len()).unwrap_or(0)
+        + std::fs::metadata(sb.ws.join("sparse.bin")).map(|m| m.len()).unwrap_or(0);
+    assert!(on_disk <= 4 << 20, "{on_disk} bytes written past a 4 MiB quota");
+    assert!(sb.disk.used() <= 4 << 20);
+}
+
+#[test]
+fn the_quota_counts_growth_and_gives_back_what_is_deleted() {
+    let mut sb = Sandbox::new();
+    sb.disk = spade_api::DiskQuota::new(10 << 20);
+    // 3 MiB streamed + a 3 MiB set_len, then deleted: the attempt's usage goes back to 0.
+    let out = call_with_quota(&sb, "disk_fill", json!({"size": 3 << 20, "cleanup": "yes"}));
+    for r in results(out) {
+        assert_eq!(r["ok"], json!(true), "{r}");
+    }
+    assert_eq!(sb.disk.used(), 0);
+    // The same again, kept: 6 MiB used, so a second 6 MiB fill (over the same files, which
+    // truncation gives back first) fits, and a fill of 12 MiB does not.
+    let out = call_with_quota(&sb, "disk_fill", json!({"size": 3 << 20}));
+    assert!(matches!(out, Ok(Outcome::Done(_))), "{out:?}");
+    assert_eq!(sb.disk.used(), 6 << 20);
+    let out = call_with_quota(&sb, "disk_fill", json!({"size": 3 << 20}));
+    assert!(matches!(out, Ok(Outcome::Done(_))), "{out:?}");
+    assert_eq!(sb.disk.used(), 6 << 20);
+    let msg = plugin_error(call_with_quota(&sb, "disk_fill", json!({"size": 12 << 20})));
+    assert!(msg.contains("disk quota"), "{msg}");
+    // Files the workspace started with are not charged: input.txt is untouched and the
+    // quota never counts it.
+    assert_eq!(std::fs::read_to_string(sb.ws.join("input.txt")).unwrap(), "hello from the host\n");
 }

@@ -90,6 +90,8 @@ pub struct Sandbox {
     pub root: PathBuf,
     pub ws: PathBuf,
     pub outside: PathBuf,
+    /// The attempt's disk quota the calls share (unlimited unless a test sets one).
+    pub disk: spade_api::DiskQuota,
 }
 
 impl Sandbox {
@@ -110,6 +112,7 @@ impl Sandbox {
         symlink(outside.join("new_abs.txt"), ws.join("link_abs_new")).unwrap();
         symlink("../outside", ws.join("link_dir")).unwrap();
         Sandbox {
+            disk: spade_api::DiskQuota::unlimited(),
             _dir: dir,
             root,
             ws,
@@ -196,6 +199,7 @@ pub fn invoke(
     rt.invoke(Invocation {
         request: req,
         workspace: &sb.ws,
+        disk: &sb.disk,
         limits,
         services,
         cancel,

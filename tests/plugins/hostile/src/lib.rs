@@ -7,7 +7,8 @@
 //! stopped by the host. `noop` returns at once (used by `spade bench`).
 //!
 //! Params used by some attacks: `outside` (absolute host path of a directory next to the
-//! workspace), `count`, `size`, `keys`, `field`, `kind`.
+//! workspace), `count`, `size`, `keys`, `field`, `kind`, `path`, `depth`, `workflow`,
+//! `cleanup`.
 //!
 //! Written against the raw `plugin` world with wit-bindgen (not the SDK) so that it can
 //! produce outcomes the SDK would never let through (malformed JSON, huge fields).
@@ -97,6 +98,10 @@ impl Report {
 
 fn param_u64(params: &Map<String, Value>, key: &str, default: u64) -> u64 {
     params.get(key).and_then(Value::as_u64).unwrap_or(default)
+}
+
+fn param_str<'a>(params: &'a Map<String, Value>, key: &str, default: &'a str) -> &'a str {
+    params.get(key).and_then(Value::as_str).unwrap_or(default)
 }
 
 #[inline(never)]
@@ -201,6 +206,68 @@ impl Guest for Hostile {
                         .map(|_| "ok".into())
                         .map_err(|e| e.to_string()),
                 );
+            }
+            "cat" => rep.read(param_str(&params, "path", "input.txt")),
+            "engine_files" => {
+                // What a task granted nothing must never reach in a local project: the
+                // state database, the grants and lock, and the project's workflow files.
+                // `depth` ../ prefixes try to climb from the workspace to the project.
+                let up = "../".repeat(param_u64(&params, "depth", 2) as usize);
+                for base in ["", "/", up.as_str()] {
+                    rep.read(&format!("{base}.spade/state.db"));
+                    rep.read(&format!("{base}spade.yml"));
+                    rep.read(&format!("{base}spade.lock"));
+                }
+                // Corrupt the state: 4 KiB of garbage over the database's first page.
+                for path in [format!("{up}state.db"), format!("{up}.spade/state.db"), ".spade/state.db".to_string()] {
+                    let r = std::fs::OpenOptions::new()
+                        .write(true)
+                        .open(&path)
+                        .and_then(|mut f| std::io::Write::write_all(&mut f, &[0x5a; 4096]))
+                        .map(|_| "overwritten".to_string());
+                    rep.push("corrupt", &path, r.map_err(|e| e.to_string()));
+                }
+                // Grant itself everything.
+                for path in [format!("{up}spade.yml"), "spade.yml".to_string(), "/spade.yml".to_string()] {
+                    let r = std::fs::OpenOptions::new()
+                        .append(true)
+                        .create(true)
+                        .open(&path)
+                        .and_then(|mut f| {
+                            std::io::Write::write_all(&mut f, b"grants:\n  spade-test-hostile: {secrets: ['*'], engine: true}\n")
+                        })
+                        .map(|_| "appended".to_string());
+                    rep.push("grant", &path, r.map_err(|e| e.to_string()));
+                }
+                // Rewrite the workflow files it can see (its own copies, never the project's).
+                let dig = param_str(&params, "workflow", "other.dig");
+                rep.write(&dig);
+                rep.write(&format!("{up}{dig}"));
+            }
+            "disk_fill" => {
+                // Write `size` bytes in 1 MiB chunks (stream writes), then try a positional
+                // write far past the end and a file extended by set_len.
+                let size = param_u64(&params, "size", 8 << 20);
+                let r = (|| -> std::io::Result<String> {
+                    let mut f = std::fs::File::create("fill.bin")?;
+                    let chunk = vec![0x42u8; 1 << 20];
+                    let mut written = 0u64;
+                    while written < size {
+                        let n = chunk.len().min((size - written) as usize);
+                        std::io::Write::write_all(&mut f, &chunk[..n])?;
+                        written += n as u64;
+                    }
+                    Ok(format!("{written} bytes"))
+                })();
+                rep.push("fill", "fill.bin", r.map_err(|e| e.to_string()));
+                let r = std::fs::File::create("sparse.bin")
+                    .and_then(|f| f.set_len(size))
+                    .map(|_| "extended".to_string());
+                rep.push("set_len", "sparse.bin", r.map_err(|e| e.to_string()));
+                if param_str(&params, "cleanup", "no") == "yes" {
+                    let _ = std::fs::remove_file("fill.bin");
+                    let _ = std::fs::remove_file("sparse.bin");
+                }
             }
             "read_abs" => {
                 rep.read(&format!("{outside}/secret.txt"));

@@ -1,0 +1,211 @@
+//! The workspace: the only directory the tasks of a local-mode attempt can see.
+//!
+//! Digdag runs local-mode tasks in the project directory itself. spade cannot: that
+//! directory also holds what the engine trusts — its state database (`.spade/`), the
+//! project's grants and lock (`spade.yml`, `spade.lock`) and the workflow files — and a
+//! task able to write there could corrupt the history, grant itself every secret or change
+//! what the next run executes. A preopen cannot hide single files, so tasks get a separate
+//! directory instead: `.spade/workspace/`, a copy of the project's files without the
+//! engine's (see [`ENGINE_FILES`]).
+//!
+//! It keeps Digdag's local-mode contract: every attempt of the project (and the attempts it
+//! `require>`s) runs in the same workspace, so a file one task writes is read by the next
+//! task, also after a resume. Before each run the copy is brought up to date with the
+//! project: a project file whose size or modification time differs from its copy is copied
+//! again (the project wins over a task that changed its copy; copies keep the project
+//! file's mtime, so an unchanged project costs one `stat` per file), and files that tasks
+//! created are left alone. What the engine loads (workflows, `call>`ed files, grants) is
+//! always read from the project, never from the workspace.
+//!
+//! The workspace lives inside the project's `.spade/` but tasks cannot climb out of it: the
+//! runtime preopens only this directory, and `..` and symlinks leading out are refused.
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Top-level names of the project that never enter the workspace: the engine's state and
+/// caches, Digdag's, the grants and the lock, and version control.
+pub const ENGINE_FILES: &[&str] = &[".spade", ".digdag", ".git", "spade.yml", "spade.lock"];
+
+/// Where a project's workspace is.
+pub fn workspace_dir(project_root: &Path) -> PathBuf {
+    project_root.join(".spade").join("workspace")
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("preparing the task workspace {}: {what} {}: {source}; check the permissions and free space of the project directory", workspace.display(), path.display())]
+pub struct WorkspaceError {
+    workspace: PathBuf,
+    what: &'static str,
+    path: PathBuf,
+    source: io::Error,
+}
+
+/// What [`prepare`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Prepared {
+    /// Files copied because the workspace had no up-to-date copy.
+    pub copied: usize,
+    /// Files whose copy was already up to date.
+    pub unchanged: usize,
+}
+
+/// Bring the project's workspace up to date with the project (see the module doc) and
+/// return its path. Safe to run while another process does the same: files are copied
+/// under a temporary name and renamed into place.
+pub fn prepare(project_root: &Path) -> Result<(PathBuf, Prepared), WorkspaceError> {
+    let ws = workspace_dir(project_root);
+    let mut sync = Sync { workspace: ws.clone(), done: Prepared::default() };
+    sync.dir(project_root, &ws, true)?;
+    Ok((ws, sync.done))
+}
+
+struct Sync {
+    workspace: PathBuf,
+    done: Prepared,
+}
+
+impl Sync {
+    fn err(&self, what: &'static str, path: &Path, source: io::Error) -> WorkspaceError {
+        WorkspaceError { workspace: self.workspace.clone(), what, path: path.to_path_buf(), source }
+    }
+
+    fn dir(&mut self, from: &Path, to: &Path, top: bool) -> Result<(), WorkspaceError> {
+        match fs::symlink_metadata(to) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                fs::remove_file(to).map_err(|e| self.err("replacing", to, e))?;
+                fs::create_dir_all(to).map_err(|e| self.err("creating", to, e))?;
+            }
+            Err(_) => fs::create_dir_all(to).map_err(|e| self.err("creating", to, e))?,
+        }
+        let entries = fs::read_dir(from).map_err(|e| self.err("reading", from, e))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| self.err("reading", from, e))?;
+            let name = entry.file_name();
+            if top && ENGINE_FILES.iter().any(|f| name == *f) {
+                continue;
+            }
+            let src = entry.path();
+            let dst = to.join(&name);
+            let meta = fs::symlink_metadata(&src).map_err(|e| self.err("reading", &src, e))?;
+            if meta.is_dir() {
+                self.dir(&src, &dst, false)?;
+            } else if meta.is_symlink() {
+                self.symlink(&src, &dst)?;
+            } else if meta.is_file() {
+                self.file(&src, &dst, &meta)?;
+            }
+            // Sockets, fifos and devices are not project files: left out.
+        }
+        Ok(())
+    }
+
+    fn file(&mut self, src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<(), WorkspaceError> {
+        if let Ok(have) = fs::symlink_metadata(dst)
+            && have.is_file()
+            && have.len() == meta.len()
+            && have.modified().ok() == meta.modified().ok()
+        {
+            self.done.unchanged += 1;
+            return Ok(());
+        }
+        if let Ok(have) = fs::symlink_metadata(dst)
+            && have.is_dir()
+        {
+            fs::remove_dir_all(dst).map_err(|e| self.err("replacing", dst, e))?;
+        }
+        let tmp = dst.with_file_name(format!(
+            ".{}.spade-copy-{}",
+            dst.file_name().unwrap_or_default().to_string_lossy(),
+            std::process::id()
+        ));
+        fs::copy(src, &tmp).map_err(|e| self.err("copying", src, e))?;
+        if let Ok(mtime) = meta.modified() {
+            let file = fs::File::options().write(true).open(&tmp).map_err(|e| self.err("copying", src, e))?;
+            file.set_modified(mtime).map_err(|e| self.err("copying", src, e))?;
+        }
+        fs::rename(&tmp, dst).map_err(|e| self.err("copying", src, e))?;
+        self.done.copied += 1;
+        Ok(())
+    }
+
+    /// Symlinks are copied as symlinks: one pointing inside the project keeps working in
+    /// the workspace; one pointing out of it dangles or is refused, as a task may not
+    /// follow it anyway.
+    fn symlink(&mut self, src: &Path, dst: &Path) -> Result<(), WorkspaceError> {
+        let target = fs::read_link(src).map_err(|e| self.err("reading", src, e))?;
+        if fs::read_link(dst).ok().as_deref() == Some(target.as_path()) {
+            self.done.unchanged += 1;
+            return Ok(());
+        }
+        match fs::symlink_metadata(dst) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(dst).map_err(|e| self.err("replacing", dst, e))?,
+            Ok(_) => fs::remove_file(dst).map_err(|e| self.err("replacing", dst, e))?,
+            Err(_) => {}
+        }
+        std::os::unix::fs::symlink(&target, dst).map_err(|e| self.err("linking", dst, e))?;
+        self.done.copied += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn project() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path();
+        fs::create_dir_all(p.join(".spade")).unwrap();
+        fs::write(p.join(".spade/state.db"), "state").unwrap();
+        fs::write(p.join("spade.yml"), "grants: {}").unwrap();
+        fs::write(p.join("spade.lock"), "lock").unwrap();
+        fs::write(p.join("etl.dig"), "+a: {echo>: a}").unwrap();
+        fs::create_dir_all(p.join("queries/daily")).unwrap();
+        fs::write(p.join("queries/daily/q.sql"), "select 1").unwrap();
+        std::os::unix::fs::symlink("queries/daily/q.sql", p.join("q_link.sql")).unwrap();
+        dir
+    }
+
+    #[test]
+    fn copies_the_project_without_the_engines_files() {
+        let p = project();
+        let (ws, done) = prepare(p.path()).unwrap();
+        assert_eq!(ws, p.path().join(".spade/workspace"));
+        assert_eq!(fs::read_to_string(ws.join("etl.dig")).unwrap(), "+a: {echo>: a}");
+        assert_eq!(fs::read_to_string(ws.join("queries/daily/q.sql")).unwrap(), "select 1");
+        assert_eq!(fs::read_to_string(ws.join("q_link.sql")).unwrap(), "select 1");
+        for hidden in ENGINE_FILES {
+            assert!(!ws.join(hidden).exists(), "{hidden} must not be in the workspace");
+        }
+        assert_eq!(done, Prepared { copied: 3, unchanged: 0 });
+    }
+
+    #[test]
+    fn keeps_what_tasks_wrote_and_restores_project_files() {
+        let p = project();
+        let (ws, _) = prepare(p.path()).unwrap();
+        fs::write(ws.join("output.csv"), "made by a task").unwrap();
+        fs::write(ws.join("etl.dig"), "rewritten by a task").unwrap();
+        let (_, done) = prepare(p.path()).unwrap();
+        assert_eq!(fs::read_to_string(ws.join("output.csv")).unwrap(), "made by a task");
+        assert_eq!(fs::read_to_string(ws.join("etl.dig")).unwrap(), "+a: {echo>: a}");
+        assert_eq!(done, Prepared { copied: 1, unchanged: 2 });
+        // A changed project file reaches the workspace.
+        fs::write(p.path().join("queries/daily/q.sql"), "select 2 -- longer").unwrap();
+        prepare(p.path()).unwrap();
+        assert_eq!(fs::read_to_string(ws.join("queries/daily/q.sql")).unwrap(), "select 2 -- longer");
+    }
+
+    #[test]
+    fn a_task_replacing_a_file_with_a_directory_is_undone() {
+        let p = project();
+        let (ws, _) = prepare(p.path()).unwrap();
+        fs::remove_file(ws.join("etl.dig")).unwrap();
+        fs::create_dir_all(ws.join("etl.dig/inner")).unwrap();
+        prepare(p.path()).unwrap();
+        assert_eq!(fs::read_to_string(ws.join("etl.dig")).unwrap(), "+a: {echo>: a}");
+    }
+}
