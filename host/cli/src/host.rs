@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use spade_api::OperatorHost;
-use spade_runtime::{Grants, InstallReport, Runtime, RuntimeConfig};
+use spade_runtime::{Grants, InstallReport, Runtime, RuntimeConfig, RuntimeError};
 
 use spade_registry::{Cache, Installed as RegistryInstalled, LOCK_FILE, Lockfile, Update, Wanted};
 
@@ -50,6 +50,38 @@ pub struct InstalledPlugin {
     /// `bundled`, the component's path, or `<registry id>`.
     pub source: String,
     pub result: Result<InstallReport, String>,
+    /// A bundled plugin the project replaced with its own plugin of the same name: where
+    /// the active one comes from.
+    pub replaced_by: Option<String>,
+}
+
+/// Install a project plugin. One with the name of a bundled plugin replaces it for this
+/// project (a project may pin the version it was tested with, or take a fixed plugin
+/// without a new spade): the bundled one is removed with its operators, and the
+/// replacement gets only the grants the project gives it, never the bundled defaults.
+fn install_project_plugin(
+    runtime: &Runtime,
+    installed: &mut [InstalledPlugin],
+    source: &str,
+    label: &str,
+    bytes: &[u8],
+    grants: Grants,
+) -> Result<InstallReport, RuntimeError> {
+    match runtime.install(label, bytes, grants.clone()) {
+        Err(RuntimeError::DuplicatePlugin { plugin, .. }) => {
+            let bundled = installed.iter_mut().find(|i| {
+                i.source == "bundled" && i.replaced_by.is_none() && i.result.as_ref().is_ok_and(|r| r.info.name == plugin)
+            });
+            let Some(bundled) = bundled else {
+                // Two project plugins of one name: the first stays.
+                return runtime.install(label, bytes, grants);
+            };
+            runtime.uninstall(&plugin);
+            bundled.replaced_by = Some(source.to_string());
+            runtime.install(label, bytes, grants)
+        }
+        other => other,
+    }
 }
 
 /// The runtime with the bundled plugins (their grants widened by the project's
@@ -67,7 +99,7 @@ pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<
             extra.apply(&mut grants).with_context(|| format!("grants for {short}"))?;
         }
         let result = runtime.install(name, bytes, grants).map_err(|e| e.to_string());
-        installed.push(InstalledPlugin { source: "bundled".into(), result });
+        installed.push(InstalledPlugin { source: "bundled".into(), result, replaced_by: None });
     }
     let mut from_registry = lock_registry_plugins(config, &Update::None)?.into_iter();
     for (source, spec) in &config.plugins {
@@ -75,15 +107,15 @@ pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<
         spec.apply(&mut grants)?;
         match source {
             PluginSource::File(path) => {
-                let report = install_file(runtime, path, grants)?;
-                installed.push(InstalledPlugin { source: path.display().to_string(), result: Ok(report) });
+                let report = install_file(runtime, &mut installed, path, grants)?;
+                installed.push(InstalledPlugin { source: path.display().to_string(), result: Ok(report), replaced_by: None });
             }
             PluginSource::Registry(wanted) => {
                 let got = from_registry.next().context("the registry returned fewer plugins than asked for")?;
                 let locked = &got.locked;
                 let label = format!("{} {}", locked.name, locked.version);
-                let report = runtime
-                    .install(&label, &got.bytes, grants)
+                let source = format!("{} (spade.lock)", wanted.registry.id());
+                let report = install_project_plugin(runtime, &mut installed, &source, &label, &got.bytes, grants)
                     .with_context(|| format!("plugin {label} from registry {}", wanted.registry))?;
                 if report.info.name != locked.name || report.info.version != locked.version.to_string() {
                     anyhow::bail!(
@@ -94,7 +126,7 @@ pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<
                         report.info.version
                     );
                 }
-                installed.push(InstalledPlugin { source: wanted.registry.id(), result: Ok(report) });
+                installed.push(InstalledPlugin { source: wanted.registry.id(), result: Ok(report), replaced_by: None });
             }
         }
     }
@@ -147,9 +179,10 @@ pub fn new_runtime() -> anyhow::Result<Runtime> {
 
 /// The runtime for a run of the project: see [`install_all`]. Problems of bundled plugins
 /// are warnings, so is every request of a project plugin's manifest its grants leave out.
-pub fn runtime_for(config: &ProjectConfig) -> anyhow::Result<Runtime> {
+pub fn runtime_for(config: &ProjectConfig) -> anyhow::Result<(Runtime, Vec<InstalledPlugin>)> {
     let runtime = new_runtime()?;
-    for i in install_all(config, &runtime)? {
+    let installed = install_all(config, &runtime)?;
+    for i in &installed {
         match &i.result {
             Err(e) => eprintln!("warning: bundled plugin is not available: {e}"),
             Ok(report) if i.source != "bundled" => {
@@ -160,22 +193,29 @@ pub fn runtime_for(config: &ProjectConfig) -> anyhow::Result<Runtime> {
             Ok(_) => {}
         }
     }
-    Ok(runtime)
+    Ok((runtime, installed))
 }
 
-fn install_file(runtime: &Runtime, path: &std::path::Path, grants: Grants) -> anyhow::Result<InstallReport> {
+fn install_file(
+    runtime: &Runtime,
+    installed: &mut [InstalledPlugin],
+    path: &std::path::Path,
+    grants: Grants,
+) -> anyhow::Result<InstallReport> {
     let bytes = std::fs::read(path).with_context(|| format!("plugin {}", path.display()))?;
     let label = path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-    let report = runtime.install(&label, &bytes, grants).with_context(|| format!("plugin {}", path.display()))?;
+    let source = path.display().to_string();
+    let report = install_project_plugin(runtime, installed, &source, &label, &bytes, grants)
+        .with_context(|| format!("plugin {}", path.display()))?;
     tracing::info!(plugin = %report.info.name, version = %report.info.version, operators = ?report.info.operators, "loaded");
     Ok(report)
 }
 
 /// The project's runtime plus plugins given on the command line (no extra grants).
 pub fn host_with(config: &ProjectConfig, plugins: &[PathBuf]) -> anyhow::Result<Arc<dyn OperatorHost>> {
-    let runtime = runtime_for(config)?;
+    let (runtime, mut installed) = runtime_for(config)?;
     for path in plugins {
-        let report = install_file(&runtime, path, Grants::default())?;
+        let report = install_file(&runtime, &mut installed, path, Grants::default())?;
         for w in &report.warnings {
             eprintln!("warning: plugin {} ({}): {w}", report.info.name, path.display());
         }

@@ -206,6 +206,12 @@ fn list(project: &Path) -> anyhow::Result<()> {
     let mut notes = Vec::new();
     for i in &installed {
         match &i.result {
+            Ok(report) if i.replaced_by.is_some() => notes.push(format!(
+                "bundled {} {} is replaced in this project by the plugin from {}",
+                report.info.name,
+                report.info.version,
+                i.replaced_by.as_deref().unwrap_or_default()
+            )),
             Ok(report) => {
                 println!(
                     "{:<26} {:<8} {:<6} {:<26} {:<40} {}",
