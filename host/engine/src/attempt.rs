@@ -478,7 +478,8 @@ impl<'a> Run<'a> {
             state,
             retry_count: t.retry_count,
             request: if with_request { t.request.clone() } else { None },
-            result: if state == TaskState::Success { t.result.clone() } else { None },
+            // A result written when it was produced is not written again (the store keeps it).
+            result: if state == TaskState::Success && !t.result_saved { t.result.as_deref().cloned() } else { None },
             error: if state == TaskState::Error { t.error.clone() } else { None },
         });
     }
@@ -660,12 +661,12 @@ impl<'a> Run<'a> {
         }
     }
 
-    fn apply_done(&mut self, id: TaskId, done: Done) {
+    fn apply_done(&mut self, id: TaskId, mut done: Done) {
         if !done.store_params.is_empty() || !done.reset_store_params.is_empty() {
             self.tree.mark_store(id);
         }
-        let subtasks = done.subtasks.clone();
-        self.tree.get_mut(id).result = Some(done);
+        let subtasks = done.subtasks.take();
+        self.tree.get_mut(id).result = Some(Box::new(done.clone()));
         let mut sub_id = None;
         if let Some(sub) = subtasks {
             match compile_under(&self.tree.get(id).name.clone(), "^sub", &sub) {
@@ -685,6 +686,21 @@ impl<'a> Run<'a> {
                     return;
                 }
             }
+            // The generated config goes to the store now (a resume replays it), so memory
+            // holds it only while its tasks are created, not while they run.
+            let t = self.tree.get_mut(id);
+            t.result_saved = true;
+            let t = self.tree.get(id);
+            self.changes.push(TaskChange {
+                attempt_id: self.input.attempt.attempt_id,
+                index: id as u32,
+                name: t.name.clone(),
+                state: TaskState::Running,
+                retry_count: t.retry_count,
+                request: None,
+                result: Some(Done { subtasks: Some(sub), ..done }),
+                error: None,
+            });
         }
         let mut added = sub_id.is_some();
         if let Some(check) = self.tree.get(id).config.get("_check").cloned() {
@@ -735,6 +751,7 @@ impl<'a> Run<'a> {
             }
         }
         self.notify_parent(id);
+        self.tree.release_settled(id);
     }
 
     fn finish_error(&mut self, id: TaskId) {
@@ -753,6 +770,7 @@ impl<'a> Run<'a> {
         }
         self.kill_downstreams(id);
         self.notify_parent(id);
+        self.tree.release_settled(id);
     }
 
     fn kill_downstreams(&mut self, id: TaskId) {
@@ -764,6 +782,7 @@ impl<'a> Run<'a> {
                     self.tree.get_mut(p).settled_children += 1;
                 }
                 self.kill_downstreams(d);
+                self.tree.release_settled(d);
             }
         }
     }
@@ -893,6 +912,7 @@ impl<'a> Run<'a> {
                 let t = self.tree.get_mut(id);
                 t.error = None;
                 t.result = None;
+                t.result_saved = false;
                 t.poll_state = None;
                 if t.operator.is_some() {
                     // A generator (if>, for_each>, call> ...) re-runs and regenerates.

@@ -73,8 +73,9 @@ pub struct Task {
     pub handling_error: bool,
     pub error: Option<String>,
     pub retry_count: u32,
-    /// What its operator returned (store/export params, subtasks).
-    pub result: Option<Done>,
+    /// What its operator returned (store/export params; generated subtasks are not kept).
+    /// Boxed: most tasks of a big attempt have none, or have settled and dropped it.
+    pub result: Option<Box<Done>>,
     /// Some task in this subtree has store params or reset keys.
     pub subtree_has_store: bool,
     /// Transitive upstream siblings whose subtree has store params, in sibling order.
@@ -86,6 +87,8 @@ pub struct Task {
     pub poll_state: Option<Value>,
     /// Bumped whenever a run is abandoned, so late results can be recognised.
     pub generation: u32,
+    /// Its result (with generated subtasks) is already in the store.
+    pub result_saved: bool,
     /// The compiled node, kept for tasks with `_retry` so a group retry can re-create its
     /// initial children.
     pub source: Option<Rc<TaskNode>>,
@@ -154,6 +157,7 @@ impl Tree {
             request: None,
             poll_state: None,
             generation: 0,
+            result_saved: false,
             source: node.config.contains_key("_retry").then(|| Rc::new(node.clone())),
         });
         if let Some(p) = parent {
@@ -233,6 +237,33 @@ impl Tree {
             self.tasks[c].subtree_has_store = true;
             cur = self.tasks[c].parent;
         }
+    }
+
+    /// Forget what a settled task no longer needs, so that an attempt's memory follows its
+    /// frontier rather than its size (a 100,000-item `for_each>` keeps 100,000 settled
+    /// tasks). Its request, config and retry source are on disk or were only needed to run
+    /// it; its result is kept only for what later tasks read of it: its store params (the
+    /// parameter walk of later siblings and `_error` tasks). Export params matter only to
+    /// its descendants, which have settled before it; generated subtasks were written to
+    /// the store when it produced them. Name, links, state and error stay: parents,
+    /// downstream siblings and reports read them.
+    pub fn release_settled(&mut self, id: TaskId) {
+        let t = &mut self.tasks[id];
+        t.request = None;
+        t.poll_state = None;
+        t.source = None;
+        t.config = Object::new();
+        t.downstreams = Vec::new();
+        t.upstreams = Vec::new();
+        t.result = t.result.take().and_then(|done| {
+            (!done.store_params.is_empty() || !done.reset_store_params.is_empty()).then(|| {
+                Box::new(Done {
+                    store_params: done.store_params,
+                    reset_store_params: done.reset_store_params,
+                    ..Done::default()
+                })
+            })
+        });
     }
 
     /// Compute `store_upstreams` of `id` from its direct upstreams (all final by now).

@@ -147,6 +147,8 @@ pub struct TaskChange {
     /// The frozen request, written once before the first invocation (shared with the
     /// engine: it is not copied to be saved).
     pub request: Option<std::sync::Arc<TaskRequest>>,
+    /// The operator's result; `None` keeps the one stored (a generator's result is written
+    /// when it produced its subtasks, not again when they have all finished).
     pub result: Option<Done>,
     pub error: Option<String>,
 }

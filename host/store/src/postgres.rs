@@ -378,7 +378,7 @@ impl Store for PgStore {
                 state = excluded.state,
                 retry_count = excluded.retry_count,
                 request = COALESCE(excluded.request, tasks.request),
-                result = excluded.result,
+                result = COALESCE(excluded.result, tasks.result),
                 error = excluded.error,
                 updated_at = excluded.updated_at,
                 started_at = COALESCE(tasks.started_at, excluded.started_at)",
