@@ -87,10 +87,8 @@ fn workflow() -> String {
 
 /// The echo lines, without their padding.
 fn expected_lines() -> BTreeSet<String> {
-    let mut lines: BTreeSet<String> = ["line before1", "line before2", "line stored kept-42", "line after"]
-        .into_iter()
-        .map(str::to_string)
-        .collect();
+    let mut lines: BTreeSet<String> =
+        ["line before1", "line before2", "line stored kept-42", "line after"].into_iter().map(str::to_string).collect();
     for i in 0..ITEMS {
         for t in ["a", "b", "c"] {
             lines.insert(format!("line item {i} {t}"));

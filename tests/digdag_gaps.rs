@@ -59,7 +59,10 @@ fn timezone_takes_fixed_offsets_like_java_zone_id() {
         ("GMT-3", "GMT-03:00|2024-01-01T00:00:00-03:00|2024-01-01 00:00:00|-0300|1704078000|2024-01-01 00:00 -03:00"),
         ("Z", "Z|2024-01-01T00:00:00+00:00|2024-01-01 00:00:00|+0000|1704067200|2024-01-01 00:00 +00:00"),
         ("UTC", "UTC|2024-01-01T00:00:00+00:00|2024-01-01 00:00:00|+0000|1704067200|2024-01-01 00:00 +00:00"),
-        ("Asia/Tokyo", "Asia/Tokyo|2024-01-01T00:00:00+09:00|2024-01-01 00:00:00|+0900|1704034800|2024-01-01 00:00 +09:00"),
+        (
+            "Asia/Tokyo",
+            "Asia/Tokyo|2024-01-01T00:00:00+09:00|2024-01-01 00:00:00|+0900|1704034800|2024-01-01 00:00 +09:00",
+        ),
     ];
     for (zone, want) in cases {
         let tmp = project(&format!("timezone: {zone}\n+show:\n{TIME_ECHO}"));
@@ -69,7 +72,9 @@ fn timezone_takes_fixed_offsets_like_java_zone_id() {
 
 #[test]
 fn a_fixed_offset_zone_drives_schedules_and_the_session_of_the_day() {
-    let tmp = project("timezone: +09:00\nschedule:\n  daily>: 07:00:00\n+show:\n  echo>: ${session_time} ${last_session_time} ${next_session_time}\n");
+    let tmp = project(
+        "timezone: +09:00\nschedule:\n  daily>: 07:00:00\n+show:\n  echo>: ${session_time} ${last_session_time} ${next_session_time}\n",
+    );
     // Daily sessions are the midnights of the zone (07:00 is when they run).
     assert_eq!(
         run_ok(&tmp, "2024-03-02"),

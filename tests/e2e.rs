@@ -120,8 +120,11 @@ fn require_with_random_attempt_name_starts_one_attempt_per_run() {
     )
     .unwrap();
     // The dependency takes a few seconds, so require> polls it several times (1 s, 2 s ...).
-    std::fs::write(tmp.path().join("dep.dig"), "+slow:\n  wait>: 3s\n+say:\n  echo>: dep ran as ${retry_attempt_name.length > 0}\n")
-        .unwrap();
+    std::fs::write(
+        tmp.path().join("dep.dig"),
+        "+slow:\n  wait>: 3s\n+say:\n  echo>: dep ran as ${retry_attempt_name.length > 0}\n",
+    )
+    .unwrap();
     let out = spade(tmp.path(), &["run", "main.dig", "--session", "2024-03-01"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -140,7 +143,9 @@ fn require_with_random_attempt_name_starts_one_attempt_per_run() {
 fn retry_resume_reruns_only_what_failed_and_all_reruns_everything() {
     let tmp = tempfile::tempdir().unwrap();
     let wf = |b: &str| {
-        format!("+a:\n  echo>: \"a ${{typeof retry_attempt_name == 'undefined' ? 'first' : 'retried'}}\"\n+b:\n  {b}\n+c:\n  echo>: c\n")
+        format!(
+            "+a:\n  echo>: \"a ${{typeof retry_attempt_name == 'undefined' ? 'first' : 'retried'}}\"\n+b:\n  {b}\n+c:\n  echo>: c\n"
+        )
     };
     std::fs::write(tmp.path().join("wf.dig"), wf("fail>: b broke")).unwrap();
     let first = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
@@ -262,19 +267,24 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
     )
     .unwrap();
     let secrets = tmp.path().join("secrets.yml");
-    let manage = |args: &[&str]| spade_env(tmp.path(), &[&["secrets"], args].concat(), &[("SPADE_SECRETS", secrets.as_os_str())]);
+    let manage = |args: &[&str]| {
+        spade_env(tmp.path(), &[&["secrets"], args].concat(), &[("SPADE_SECRETS", secrets.as_os_str())])
+    };
     assert!(manage(&["--set", "api.key=s3cret", "--set", "other=x"]).status.success());
     assert!(manage(&["--delete", "other"]).status.success());
     let listed = manage(&[]);
     assert_eq!(stdout_lines(&listed), ["api.key"], "keys only, never values");
     assert!(!manage(&["--set", "bad key=1"]).status.success());
-    let run = || spade_env(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"], &[("SPADE_SECRETS", secrets.as_os_str())]);
+    let run = || {
+        spade_env(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"], &[("SPADE_SECRETS", secrets.as_os_str())])
+    };
     let denied = run();
     assert!(!denied.status.success(), "without a grant the request must be refused");
     assert!(denied.stdout.is_empty());
 
     // The host is granted, the secret key not yet: the task fails naming the key.
-    std::fs::write(tmp.path().join("spade.yml"), format!("grants:\n  spade-http:\n    http: [\"127.0.0.1:{port}\"]\n")).unwrap();
+    std::fs::write(tmp.path().join("spade.yml"), format!("grants:\n  spade-http:\n    http: [\"127.0.0.1:{port}\"]\n"))
+        .unwrap();
     let no_key = run();
     let err = String::from_utf8_lossy(&no_key.stderr);
     assert!(!no_key.status.success());
@@ -524,7 +534,8 @@ fn api_starts_inspects_and_kills_attempts() {
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(tmp.path().join("hello.dig"), "timezone: UTC\n+greet:\n  echo>: hello ${who}\n").unwrap();
     std::fs::write(tmp.path().join("slow.dig"), "+w:\n  wait>: 60s\n").unwrap();
-    std::fs::write(tmp.path().join("daily.dig"), "timezone: UTC\nschedule:\n  daily>: 23:59:59\n+a:\n  echo>: daily\n").unwrap();
+    std::fs::write(tmp.path().join("daily.dig"), "timezone: UTC\nschedule:\n  daily>: 23:59:59\n+a:\n  echo>: daily\n")
+        .unwrap();
     let mut server = Command::new(env!("CARGO_BIN_EXE_spade"))
         .args(["scheduler", "--port", "0"])
         .current_dir(tmp.path())
@@ -608,7 +619,12 @@ fn api_starts_inspects_and_kills_attempts() {
     let done = wait_done(&id);
     assert_eq!((done["status"].as_str(), done["params"]["who"].as_str()), (Some("success"), Some("api")));
     let (_, tasks) = call("GET", &format!("/api/attempts/{id}/tasks"), None);
-    let greet = tasks["tasks"].as_array().unwrap().iter().find(|t| t["fullName"] == "+hello+greet").expect("the task is listed");
+    let greet = tasks["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["fullName"] == "+hello+greet")
+        .expect("the task is listed");
     assert_eq!(greet["state"], "success");
     let (status, logs) = call("GET", &format!("/api/attempts/{id}/logs"), None);
     assert_eq!(status, 200);
@@ -621,7 +637,9 @@ fn api_starts_inspects_and_kills_attempts() {
     let (status, again) = call(
         "PUT",
         "/api/attempts",
-        Some(serde_json::json!({"workflowName": "hello", "sessionTime": "2024-02-01T00:00:00Z", "params": {"who": "api"}})),
+        Some(
+            serde_json::json!({"workflowName": "hello", "sessionTime": "2024-02-01T00:00:00Z", "params": {"who": "api"}}),
+        ),
     );
     assert_eq!(status, 200, "{again}");
     assert_eq!(again["sessionId"], done["sessionId"]);
@@ -652,7 +670,8 @@ fn api_starts_inspects_and_kills_attempts() {
         .find_map(|_| {
             let (_, list) = call("GET", "/api/sessions?workflow=slow", None);
             let found = list["sessions"].as_array().unwrap().iter().find_map(|s| {
-                (s["sessionTime"] == "2024-03-01T00:00:00+00:00").then(|| s["lastAttempt"]["id"].as_str().unwrap().to_string())
+                (s["sessionTime"] == "2024-03-01T00:00:00+00:00")
+                    .then(|| s["lastAttempt"]["id"].as_str().unwrap().to_string())
             });
             if found.is_none() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
@@ -676,7 +695,8 @@ fn api_starts_inspects_and_kills_attempts() {
 /// once between them; inspection reads the same state.
 #[test]
 fn schedulers_sharing_postgres_start_each_slot_once() {
-    let base = std::env::var("SPADE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let base =
+        std::env::var("SPADE_TEST_POSTGRES").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
     let schema = format!("spade_e2e_{}", std::process::id());
     let mut admin = match postgres::Client::connect(&base, postgres::NoTls) {
         Ok(c) => c,
@@ -828,7 +848,9 @@ fn attempts_without_a_process_are_pointed_out() {
         for _ in 0..600 {
             let claimed = db.exists()
                 && rusqlite::Connection::open(&db)
-                    .and_then(|c| c.query_row("SELECT COUNT(*) FROM attempts WHERE pid IS NOT NULL", [], |r| r.get::<_, i64>(0)))
+                    .and_then(|c| {
+                        c.query_row("SELECT COUNT(*) FROM attempts WHERE pid IS NOT NULL", [], |r| r.get::<_, i64>(0))
+                    })
                     .unwrap_or(0)
                     >= n;
             if claimed {

@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use spade_api::{
-    AttemptRef, CancelToken, Invocation, Limits, LogLevel, Object, OperatorHost, Outcome,
-    StartRequest, TaskRequest, TaskServices,
+    AttemptRef, CancelToken, Invocation, Limits, LogLevel, Object, OperatorHost, Outcome, StartRequest, TaskRequest,
+    TaskServices,
 };
 use spade_runtime::bench::{BenchOptions, measure};
 use spade_runtime::{Grants, Runtime, RuntimeConfig};
@@ -88,28 +88,16 @@ fn toolchain_prefix() -> PathBuf {
 
 fn find_tool(name: &str, prefix: &Path) -> bool {
     // `clang` counts when the Debian versioned binary is there (build.sh prefers it).
-    let names: &[&str] = if name == "clang" {
-        &["clang-19", "clang"]
-    } else {
-        &[name]
-    };
+    let names: &[&str] = if name == "clang" { &["clang-19", "clang"] } else { &[name] };
     let path = std::env::var_os("PATH").unwrap_or_default();
-    let dirs: Vec<PathBuf> = std::env::split_paths(&path)
-        .chain(std::iter::once(prefix.join("bin")))
-        .collect();
-    names
-        .iter()
-        .any(|n| dirs.iter().any(|d| d.join(n).is_file()))
+    let dirs: Vec<PathBuf> = std::env::split_paths(&path).chain(std::iter::once(prefix.join("bin"))).collect();
+    names.iter().any(|n| dirs.iter().any(|d| d.join(n).is_file()))
 }
 
 /// Why `lang` cannot be built here, if it cannot.
 fn missing(lang: &Lang, prefix: &Path) -> Option<String> {
-    let mut gone: Vec<String> = lang
-        .tools
-        .iter()
-        .filter(|t| !find_tool(t, prefix))
-        .map(|t| format!("{t} not found"))
-        .collect();
+    let mut gone: Vec<String> =
+        lang.tools.iter().filter(|t| !find_tool(t, prefix)).map(|t| format!("{t} not found")).collect();
     gone.extend(
         lang.files
             .iter()
@@ -126,8 +114,7 @@ fn copy_tree(from: &Path, to: &Path) {
         let e = e.unwrap();
         let src = e.path();
         let dst = to.join(e.file_name());
-        let meta = std::fs::metadata(&src)
-            .unwrap_or_else(|err| panic!("{}: {err} (dangling symlink?)", src.display()));
+        let meta = std::fs::metadata(&src).unwrap_or_else(|err| panic!("{}: {err} (dangling symlink?)", src.display()));
         if meta.is_dir() {
             copy_tree(&src, &dst);
         } else {
@@ -220,8 +207,7 @@ fn run_lang(lang: &Lang, templates: &Path, prefix: &Path) -> Figures {
         String::from_utf8_lossy(&build.stdout),
         String::from_utf8_lossy(&build.stderr)
     );
-    let bytes = std::fs::read(&out)
-        .unwrap_or_else(|e| panic!("{}: build.sh made no {}: {e}", lang.dir, out.display()));
+    let bytes = std::fs::read(&out).unwrap_or_else(|e| panic!("{}: build.sh made no {}: {e}", lang.dir, out.display()));
 
     // No grants: only log, output and WASI are linkable.
     let rt = Runtime::new(RuntimeConfig::default()).unwrap();
@@ -236,20 +222,12 @@ fn run_lang(lang: &Lang, templates: &Path, prefix: &Path) -> Figures {
         );
     }
     assert!(
-        report
-            .imports
-            .iter()
-            .any(|i| i.starts_with("spade:operator/output")),
+        report.imports.iter().any(|i| i.starts_with("spade:operator/output")),
         "{}: imports {:?} lack spade:operator/output",
         lang.dir,
         report.imports
     );
-    assert_eq!(
-        report.info.operators,
-        vec![lang.operator.to_string()],
-        "{}",
-        lang.dir
-    );
+    assert_eq!(report.info.operators, vec![lang.operator.to_string()], "{}", lang.dir);
 
     // The success path, with a workspace.
     let ws = tmp.path().join("ws");
@@ -280,52 +258,31 @@ fn run_lang(lang: &Lang, templates: &Path, prefix: &Path) -> Figures {
     let prints = rec.prints.lock().unwrap().clone();
     assert_eq!(
         prints,
-        vec![format!(
-            "hello from {}: input.txt has 3 lines, first: alpha",
-            lang.store_key
-        )],
+        vec![format!("hello from {}: input.txt has 3 lines, first: alpha", lang.store_key)],
         "{}: printed lines",
         lang.dir
     );
     let logs = rec.logs.lock().unwrap().clone();
-    assert!(
-        logs.contains(&(LogLevel::Info, "read 3 lines from input.txt".to_string())),
-        "{}: logs {logs:?}",
-        lang.dir
-    );
+    assert!(logs.contains(&(LogLevel::Info, "read 3 lines from input.txt".to_string())), "{}: logs {logs:?}", lang.dir);
 
     // A user error becomes a failure outcome naming the file, not a trap.
     let rec = Recorder::default();
     match call(&request(lang.operator, json!("missing.txt")), &rec) {
         Outcome::Error { message, retryable } => {
-            assert!(
-                message.contains("cannot read missing.txt"),
-                "{}: failure message {message:?}",
-                lang.dir
-            );
+            assert!(message.contains("cannot read missing.txt"), "{}: failure message {message:?}", lang.dir);
             assert!(!retryable, "{}", lang.dir);
         }
-        other => panic!(
-            "{}: expected a failure for a missing file, got {other:?}",
-            lang.dir
-        ),
+        other => panic!("{}: expected a failure for a missing file, got {other:?}", lang.dir),
     }
     // A path escaping the workspace is refused by the sandbox.
     let rec = Recorder::default();
-    match call(
-        &request(lang.operator, json!("../../../../etc/passwd")),
-        &rec,
-    ) {
+    match call(&request(lang.operator, json!("../../../../etc/passwd")), &rec) {
         Outcome::Error { message, .. } => assert!(message.contains("cannot read"), "{message}"),
         other => panic!("{}: read outside the workspace: {other:?}", lang.dir),
     }
 
     // Warm calls on the success path.
-    let (warmup, iterations) = if lang.many_calls {
-        (200, 2000)
-    } else {
-        (20, 200)
-    };
+    let (warmup, iterations) = if lang.many_calls { (200, 2000) } else { (20, 200) };
     let quiet = Recorder::default();
     for _ in 0..warmup {
         call(&ok_req, &quiet);
@@ -340,12 +297,7 @@ fn run_lang(lang: &Lang, templates: &Path, prefix: &Path) -> Figures {
     times.sort();
     let ok_median = times[times.len() / 2];
 
-    let opts = BenchOptions {
-        iterations,
-        warmup,
-        cache_loads: 3,
-        workspace: None,
-    };
+    let opts = BenchOptions { iterations, warmup, cache_loads: 3, workspace: None };
     let bench = measure(&bytes, lang.operator, Some(&ok_req), &opts)
         .unwrap_or_else(|e| panic!("{}: bench::measure: {e}", lang.dir));
     Figures {
@@ -369,10 +321,7 @@ fn templates_build_install_and_run() {
         .filter(|s| !s.is_empty())
         .collect();
     for r in &required {
-        assert!(
-            LANGS.iter().any(|l| l.dir == r),
-            "SPADE_REQUIRE_LANGUAGES names {r}; known: python, js, c"
-        );
+        assert!(LANGS.iter().any(|l| l.dir == r), "SPADE_REQUIRE_LANGUAGES names {r}; known: python, js, c");
     }
 
     let mut ran = Vec::new();

@@ -48,8 +48,9 @@ fn a_missed_duration_runs_the_sla_tasks_alerts_and_fails_the_attempt() {
     // The SLA tasks ran, and the workflow's own tasks were not stopped (as in Digdag).
     assert_eq!(stdout_lines(&out), vec!["sla missed", "after main"], "{err}");
     assert!(
-        err.contains("warning: +wf^sla^alert: SLA violation: workflow wf (session 2024-03-01T00:00:00+00:00) did not finish by ")
-            && err.contains("(sla: duration 00:00:01); make it faster or move the deadline"),
+        err.contains(
+            "warning: +wf^sla^alert: SLA violation: workflow wf (session 2024-03-01T00:00:00+00:00) did not finish by "
+        ) && err.contains("(sla: duration 00:00:01); make it faster or move the deadline"),
         "{err}"
     );
     assert!(err.contains("error: task +wf^sla^fail failed: SLA violation: workflow wf"), "{err}");
@@ -127,7 +128,9 @@ fn check_shows_the_sla_and_bad_slas_are_load_errors() {
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        text.contains("  sla: duration 00:30:00 after the attempt starts; when missed: alert, fail the attempt, run ^sla tasks"),
+        text.contains(
+            "  sla: duration 00:30:00 after the attempt starts; when missed: alert, fail the attempt, run ^sla tasks"
+        ),
         "{text}"
     );
     assert!(text.contains("+wf^sla+notice  echo>"), "{text}");

@@ -146,7 +146,8 @@ fn filling_the_disk_fails_the_task_with_the_quota_in_the_error() {
     assert!(stderr.contains("+fill+fill failed"), "the error names the task: {stderr}");
     assert!(stderr.contains("disk quota of 8 MiB"), "{stderr}");
     let ws = p.join(".spade/workspace");
-    let used: u64 = ["fill.bin", "sparse.bin"].iter().map(|f| std::fs::metadata(ws.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
+    let used: u64 =
+        ["fill.bin", "sparse.bin"].iter().map(|f| std::fs::metadata(ws.join(f)).map(|m| m.len()).unwrap_or(0)).sum();
     assert!(used <= 8 << 20, "{used} bytes in the workspace past an 8 MiB quota");
 
     // spade.yml sets the quota for the project; the flag wins over it.

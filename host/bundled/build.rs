@@ -102,8 +102,7 @@ fn main() {
     // Cargo passes build-script settings through the environment; the nested build must
     // not inherit them (they describe the host build), except the jobserver.
     for (key, _) in std::env::vars() {
-        let keep = key == "CARGO_HOME" || key == "CARGO_MAKEFLAGS" || key == "RUSTUP_HOME"
-            || key == "RUSTUP_TOOLCHAIN";
+        let keep = key == "CARGO_HOME" || key == "CARGO_MAKEFLAGS" || key == "RUSTUP_HOME" || key == "RUSTUP_TOOLCHAIN";
         let cargo_set = key.starts_with("CARGO_")
             || key.starts_with("RUST")
             || matches!(key.as_str(), "TARGET" | "HOST" | "PROFILE" | "OPT_LEVEL" | "DEBUG" | "NUM_JOBS" | "OUT_DIR");

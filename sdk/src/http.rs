@@ -96,10 +96,7 @@ pub struct Response {
 impl Response {
     /// The first header named `name` (case-insensitive).
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
     }
 
     /// The body as text (invalid UTF-8 replaced).
@@ -112,19 +109,37 @@ impl Response {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Error {
     /// The URL is not an absolute http(s) URL spade can send.
-    InvalidUrl { url: String, reason: String },
+    InvalidUrl {
+        url: String,
+        reason: String,
+    },
     /// The host refused it: the plugin's http grant does not allow this scheme/host/port.
-    Denied { url: String },
+    Denied {
+        url: String,
+    },
     /// The host refused it: the host resolves to a private, loopback or link-local address
     /// that no grant names.
-    Prohibited { url: String },
+    Prohibited {
+        url: String,
+    },
     /// Connecting or waiting for data took too long (or the task ran out of time).
-    Timeout { url: String },
+    Timeout {
+        url: String,
+    },
     /// The response body is larger than allowed.
-    TooLarge { url: String, limit: usize },
-    TooManyRedirects { url: String, max: u32 },
+    TooLarge {
+        url: String,
+        limit: usize,
+    },
+    TooManyRedirects {
+        url: String,
+        max: u32,
+    },
     /// Anything else (connection refused, DNS failure, TLS, protocol errors).
-    Failed { url: String, reason: String },
+    Failed {
+        url: String,
+        reason: String,
+    },
 }
 
 impl Error {
@@ -170,14 +185,9 @@ pub(crate) struct Url {
 
 impl Url {
     pub fn parse(url: &str) -> Result<Url, Error> {
-        let invalid = |reason: &str| Error::InvalidUrl {
-            url: url.to_string(),
-            reason: reason.to_string(),
-        };
-        let (scheme, rest) = url
-            .trim()
-            .split_once("://")
-            .ok_or_else(|| invalid("it must start with http:// or https://"))?;
+        let invalid = |reason: &str| Error::InvalidUrl { url: url.to_string(), reason: reason.to_string() };
+        let (scheme, rest) =
+            url.trim().split_once("://").ok_or_else(|| invalid("it must start with http:// or https://"))?;
         let scheme = scheme.to_ascii_lowercase();
         if scheme != "http" && scheme != "https" {
             return Err(invalid("only http and https are supported"));
@@ -191,7 +201,9 @@ impl Url {
         if authority.contains('@') {
             return Err(invalid("user:password in the URL is not supported; use an Authorization header"));
         }
-        if authority.chars().any(|c| c.is_whitespace() || c.is_control()) || path.chars().any(|c| c.is_control() || c == ' ') {
+        if authority.chars().any(|c| c.is_whitespace() || c.is_control())
+            || path.chars().any(|c| c.is_control() || c == ' ')
+        {
             return Err(invalid("it contains spaces or control characters (percent-encode them)"));
         }
         let path_and_query = if path.is_empty() {
@@ -201,11 +213,7 @@ impl Url {
         } else {
             path.to_string()
         };
-        Ok(Url {
-            scheme,
-            authority: authority.to_string(),
-            path_and_query,
-        })
+        Ok(Url { scheme, authority: authority.to_string(), path_and_query })
     }
 
     /// The target of a `Location` header, relative to this URL.
@@ -246,10 +254,7 @@ pub fn send(req: &Request) -> Result<Response, Error> {
         hops += 1;
         let next = url.join(&location);
         if hops > current.max_redirects {
-            return Err(Error::TooManyRedirects {
-                url: next,
-                max: current.max_redirects,
-            });
+            return Err(Error::TooManyRedirects { url: next, max: current.max_redirects });
         }
         // Like browsers and Digdag's client: 303 (and 301/302 after a POST) becomes a GET
         // without body; 307/308 repeat the request as it was.
@@ -274,10 +279,7 @@ pub fn send(req: &Request) -> Result<Response, Error> {
 
 #[cfg(not(target_arch = "wasm32"))]
 fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
-    let hop = Request {
-        url: url.to_string(),
-        ..req.clone()
-    };
+    let hop = Request { url: url.to_string(), ..req.clone() };
     crate::testing::with_mock("http", |h| {
         h.http_requests.push(hop.clone());
         match h.http.as_mut() {
@@ -297,14 +299,8 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
     use crate::bindings::wasi::io::streams::StreamError;
 
     let shown = url.to_string();
-    let failed = |reason: String| Error::Failed {
-        url: shown.clone(),
-        reason,
-    };
-    let invalid = |reason: String| Error::InvalidUrl {
-        url: shown.clone(),
-        reason,
-    };
+    let failed = |reason: String| Error::Failed { url: shown.clone(), reason };
+    let invalid = |reason: String| Error::InvalidUrl { url: shown.clone(), reason };
     let headers = t::Fields::new();
     // A known length is sent as Content-Length rather than chunked: many servers refuse
     // chunked request bodies.
@@ -316,9 +312,7 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
             .map_err(|e| failed(format!("cannot set Content-Length: {e:?}")))?;
     }
     for (k, v) in &req.headers {
-        headers
-            .append(k, v.as_bytes())
-            .map_err(|e| failed(format!("header {k:?} cannot be sent: {e:?}")))?;
+        headers.append(k, v.as_bytes()).map_err(|e| failed(format!("header {k:?} cannot be sent: {e:?}")))?;
     }
     let request = t::OutgoingRequest::new(headers);
     let method = match method_upper.as_str() {
@@ -332,17 +326,11 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
         "TRACE" => t::Method::Trace,
         _ => t::Method::Other(req.method.clone()),
     };
-    request
-        .set_method(&method)
-        .map_err(|()| failed(format!("invalid method {:?}", req.method)))?;
+    request.set_method(&method).map_err(|()| failed(format!("invalid method {:?}", req.method)))?;
     let scheme = if url.scheme == "https" { t::Scheme::Https } else { t::Scheme::Http };
     request.set_scheme(Some(&scheme)).map_err(|()| invalid("invalid scheme".into()))?;
-    request
-        .set_authority(Some(&url.authority))
-        .map_err(|()| invalid("invalid host or port".into()))?;
-    request
-        .set_path_with_query(Some(&url.path_and_query))
-        .map_err(|()| invalid("invalid path".into()))?;
+    request.set_authority(Some(&url.authority)).map_err(|()| invalid("invalid host or port".into()))?;
+    request.set_path_with_query(Some(&url.path_and_query)).map_err(|()| invalid("invalid path".into()))?;
     let options = t::RequestOptions::new();
     if let Some(timeout) = req.timeout {
         let nanos = u64::try_from(timeout.as_nanos()).unwrap_or(u64::MAX);
@@ -373,12 +361,8 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
         Err(()) => return Err(failed("the response was already taken".into())),
     };
     let status = response.status();
-    let headers = response
-        .headers()
-        .entries()
-        .into_iter()
-        .map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned()))
-        .collect();
+    let headers =
+        response.headers().entries().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();
     let incoming = response.consume().map_err(|()| failed("cannot read the response body".into()))?;
     let mut body = Vec::new();
     {
@@ -387,10 +371,7 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
             match stream.blocking_read(64 << 10) {
                 Ok(chunk) => {
                     if body.len() + chunk.len() > req.max_response_bytes {
-                        return Err(Error::TooLarge {
-                            url: shown,
-                            limit: req.max_response_bytes,
-                        });
+                        return Err(Error::TooLarge { url: shown, limit: req.max_response_bytes });
                     }
                     body.extend_from_slice(&chunk);
                 }
@@ -401,10 +382,7 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
                     return Err(if reason.contains("timeout") || reason.contains("Timeout") {
                         Error::Timeout { url: shown }
                     } else if reason.contains("BodySize") || reason.contains("body size") {
-                        Error::TooLarge {
-                            url: shown,
-                            limit: req.max_response_bytes,
-                        }
+                        Error::TooLarge { url: shown, limit: req.max_response_bytes }
                     } else {
                         failed(format!("reading the response body failed: {reason}"))
                     });
@@ -413,12 +391,7 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
         }
     }
     drop(t::IncomingBody::finish(incoming));
-    Ok(Response {
-        status,
-        headers,
-        body,
-        url: shown,
-    })
+    Ok(Response { status, headers, body, url: shown })
 }
 
 #[cfg(target_arch = "wasm32")]
@@ -428,22 +401,17 @@ fn error_code(url: &str, e: crate::bindings::wasi::http::types::ErrorCode, req: 
     match e {
         E::HttpRequestDenied => Error::Denied { url },
         E::DestinationIpProhibited => Error::Prohibited { url },
-        E::ConnectionTimeout | E::ConnectionReadTimeout | E::ConnectionWriteTimeout | E::DnsTimeout | E::HttpResponseTimeout => {
-            Error::Timeout { url }
-        }
-        E::HttpResponseBodySize(_) => Error::TooLarge {
-            url,
-            limit: req.max_response_bytes,
-        },
+        E::ConnectionTimeout
+        | E::ConnectionReadTimeout
+        | E::ConnectionWriteTimeout
+        | E::DnsTimeout
+        | E::HttpResponseTimeout => Error::Timeout { url },
+        E::HttpResponseBodySize(_) => Error::TooLarge { url, limit: req.max_response_bytes },
         E::ConnectionRefused => Error::Failed { url, reason: "connection refused".into() },
-        E::DnsError(d) => Error::Failed {
-            url,
-            reason: format!("cannot resolve the host ({})", d.rcode.unwrap_or_default()),
-        },
-        other => Error::Failed {
-            url,
-            reason: format!("{other:?}"),
-        },
+        E::DnsError(d) => {
+            Error::Failed { url, reason: format!("cannot resolve the host ({})", d.rcode.unwrap_or_default()) }
+        }
+        other => Error::Failed { url, reason: format!("{other:?}") },
     }
 }
 
@@ -454,7 +422,10 @@ mod tests {
     #[test]
     fn parses_urls() {
         let u = Url::parse("HTTPS://api.example.com:8443/a/b?x=1#frag").unwrap();
-        assert_eq!((u.scheme.as_str(), u.authority.as_str(), u.path_and_query.as_str()), ("https", "api.example.com:8443", "/a/b?x=1"));
+        assert_eq!(
+            (u.scheme.as_str(), u.authority.as_str(), u.path_and_query.as_str()),
+            ("https", "api.example.com:8443", "/a/b?x=1")
+        );
         assert_eq!(Url::parse("http://h").unwrap().path_and_query, "/");
         assert_eq!(Url::parse("http://h?q").unwrap().path_and_query, "/?q");
         for bad in ["ftp://h/", "h/path", "http:///x", "http://u:p@h/", "http://h/a b"] {

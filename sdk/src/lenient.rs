@@ -48,10 +48,7 @@ impl<'de> IntoDeserializer<'de, serde_json::Error> for Lenient {
 }
 
 impl Lenient {
-    fn visit_number<'de, V: Visitor<'de>>(
-        self,
-        visitor: V,
-    ) -> Result<V::Value, serde_json::Error> {
+    fn visit_number<'de, V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, serde_json::Error> {
         if let Value::String(s) = &self.0
             && let Some(n) = parse_number(s)
         {
@@ -60,11 +57,7 @@ impl Lenient {
         de::Deserializer::deserialize_any(self, visitor)
     }
 
-    fn visit_container<'de, V: Visitor<'de>>(
-        self,
-        open: char,
-        visitor: V,
-    ) -> Result<V::Value, serde_json::Error> {
+    fn visit_container<'de, V: Visitor<'de>>(self, open: char, visitor: V) -> Result<V::Value, serde_json::Error> {
         if let Value::String(s) = &self.0
             && let Some(parsed) = parse_container(s, open)
         {
@@ -163,11 +156,7 @@ impl<'de> de::Deserializer<'de> for Lenient {
         self.visit_container('[', visitor)
     }
 
-    fn deserialize_tuple<V: Visitor<'de>>(
-        self,
-        _len: usize,
-        visitor: V,
-    ) -> Result<V::Value, Self::Error> {
+    fn deserialize_tuple<V: Visitor<'de>>(self, _len: usize, visitor: V) -> Result<V::Value, Self::Error> {
         self.visit_container('[', visitor)
     }
 
@@ -251,10 +240,7 @@ mod tests {
             from: i64,
             to: i64,
         }
-        assert_eq!(
-            from_value::<Range>(json!("{\"from\": 1, \"to\": \"5\"}")).unwrap(),
-            Range { from: 1, to: 5 }
-        );
+        assert_eq!(from_value::<Range>(json!("{\"from\": 1, \"to\": \"5\"}")).unwrap(), Range { from: 1, to: 5 });
     }
 
     #[test]

@@ -210,9 +210,7 @@ pub mod __private {
             Outcome::Poll { after_seconds, state } => {
                 wit::Outcome::Poll(wit::Poll { after_seconds, state: state.to_string() })
             }
-            Outcome::Error(f) => {
-                wit::Outcome::Error(wit::Failure { message: f.message, retryable: f.retryable })
-            }
+            Outcome::Error(f) => wit::Outcome::Error(wit::Failure { message: f.message, retryable: f.retryable }),
         }
     }
 }

@@ -190,9 +190,6 @@ mod tests {
 
     #[test]
     fn poll_keeps_state() {
-        assert_eq!(
-            Outcome::poll(5, json!({"n": 1})),
-            Outcome::Poll { after_seconds: 5, state: json!({"n": 1}) }
-        );
+        assert_eq!(Outcome::poll(5, json!({"n": 1})), Outcome::Poll { after_seconds: 5, state: json!({"n": 1}) });
     }
 }

@@ -86,11 +86,7 @@ impl Request {
                 self.location(),
                 self.operator
             ))),
-            other => Err(Failure::new(format!(
-                "{}: the argument must be a string, got {}",
-                self.location(),
-                other
-            ))),
+            other => Err(Failure::new(format!("{}: the argument must be a string, got {}", self.location(), other))),
         }
     }
 
@@ -158,9 +154,9 @@ impl Request {
     fn convert<T: DeserializeOwned>(&self, value: Option<&Value>, key: &str) -> Result<Option<T>, Failure> {
         match value {
             None | Some(Value::Null) => Ok(None),
-            Some(v) => lenient::from_value(v.clone()).map(Some).map_err(|e| {
-                Failure::new(format!("{}: invalid value for '{key}': {e}", self.location()))
-            }),
+            Some(v) => lenient::from_value(v.clone())
+                .map(Some)
+                .map_err(|e| Failure::new(format!("{}: invalid value for '{key}': {e}", self.location()))),
         }
     }
 }
@@ -175,10 +171,7 @@ mod tests {
         let mut r = Request::new("demo");
         r.task_name = "+wf+t".into();
         r.command = json!("arg");
-        r.params = json!({"n": "3", "flag": true, "name": "x", "nothing": null})
-            .as_object()
-            .unwrap()
-            .clone();
+        r.params = json!({"n": "3", "flag": true, "name": "x", "nothing": null}).as_object().unwrap().clone();
         r.local_params = json!({"own": 1}).as_object().unwrap().clone();
         r.raw = json!({"_do": {"echo>": "${i}"}}).as_object().unwrap().clone();
         r

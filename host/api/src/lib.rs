@@ -170,10 +170,7 @@ impl DiskQuota {
     /// Give `bytes` back (a file shrank or was deleted). Never below zero: deleting files
     /// the workspace started with does not make room beyond the limit.
     pub fn refund(&self, bytes: u64) {
-        let _ = self
-            .0
-            .used
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| Some(used.saturating_sub(bytes)));
+        let _ = self.0.used.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| Some(used.saturating_sub(bytes)));
     }
 }
 

@@ -85,12 +85,9 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
         opened.store.finish_attempt(args.attempt_id, AttemptStatus::Killed)?;
         eprintln!("Attempt {} had no live process; marked killed.", args.attempt_id);
     }
-    let index = opened
-        .project
-        .workflows
-        .iter()
-        .position(|w| w.name == old.attempt.workflow)
-        .ok_or_else(|| anyhow!("workflow '{}' of attempt {} is no longer in the project", old.attempt.workflow, args.attempt_id))?;
+    let index = opened.project.workflows.iter().position(|w| w.name == old.attempt.workflow).ok_or_else(|| {
+        anyhow!("workflow '{}' of attempt {} is no longer in the project", old.attempt.workflow, args.attempt_id)
+    })?;
     let workflow = &opened.project.workflows[index];
     let session_time = DateTime::parse_from_rfc3339(&old.attempt.session_time)
         .with_context(|| format!("attempt {} has a malformed session time", args.attempt_id))?

@@ -65,15 +65,21 @@ fn bench_plugin(args: &BenchArgs, path: &std::path::Path) -> anyhow::Result<Exit
     };
     let mut request = sample_request(&operator);
     if let Some(command) = &args.command {
-        request.command = serde_json::from_str(command).with_context(|| format!("--command {command:?} is not JSON"))?;
+        request.command =
+            serde_json::from_str(command).with_context(|| format!("--command {command:?} is not JSON"))?;
     }
     if let Some(params) = &args.params {
-        request.params = serde_json::from_str(params).with_context(|| format!("--params {params:?} is not a JSON object"))?;
+        request.params =
+            serde_json::from_str(params).with_context(|| format!("--params {params:?} is not a JSON object"))?;
         request.local_params = request.params.clone();
     }
     let opts = BenchOptions { workspace: args.workspace.clone(), ..BenchOptions::default() };
-    let report = measure(&bytes, &operator, Some(&request), &opts).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-    println!("== plugin {}: {operator}> (every capability granted; secrets, engine and workflows answer nothing)", path.display());
+    let report =
+        measure(&bytes, &operator, Some(&request), &opts).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    println!(
+        "== plugin {}: {operator}> (every capability granted; secrets, engine and workflows answer nothing)",
+        path.display()
+    );
     println!("{report}");
     Ok(ExitCode::SUCCESS)
 }
@@ -235,7 +241,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if !args.skip_waiting {
         let (kib, threads, took) = waiting_tasks(1000)?;
-        println!("== engine: 1,000 tasks waiting at once (wait>: 3s under _parallel) (target: <= 100 MB RSS, no thread per task)");
+        println!(
+            "== engine: 1,000 tasks waiting at once (wait>: 3s under _parallel) (target: <= 100 MB RSS, no thread per task)"
+        );
         println!("peak RSS {:.1} MB, peak threads {threads}, wall {:.2} s", kib as f64 / 1024.0, took.as_secs_f64());
     }
     let (wall, kib) = one_task_run(args.runs)?;
@@ -248,7 +256,8 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     for &n in &args.items {
         let dir = tempfile::tempdir()?;
         write_for_each_project(dir.path(), n)?;
-        let mut states = vec![("on disk".to_string(), BenchState::OnDisk), ("in memory".to_string(), BenchState::InMemory)];
+        let mut states =
+            vec![("on disk".to_string(), BenchState::OnDisk), ("in memory".to_string(), BenchState::InMemory)];
         if let Some(location) = &args.state {
             let shown = spade_store::StoreLocation::parse(location).to_string();
             states.push((shown, BenchState::At(location)));

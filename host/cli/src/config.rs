@@ -117,8 +117,7 @@ impl ProjectConfig {
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let loaded = spade_dig::parse_yaml_str(&text, CONFIG_FILE).map_err(|e| anyhow!("{e}"))?;
-        let file: ConfigFile = serde_json::from_value(loaded.value)
-            .map_err(|e| anyhow!("{CONFIG_FILE}: {e}"))?;
+        let file: ConfigFile = serde_json::from_value(loaded.value).map_err(|e| anyhow!("{CONFIG_FILE}: {e}"))?;
         let default_registry = file
             .registry
             .as_deref()
@@ -177,11 +176,8 @@ impl GrantSpec {
         g.expressions |= self.expressions;
         g.engine |= self.engine;
         if self.cpu_seconds.is_some() || self.memory_mb.is_some() {
-            let mut limits = g.limits.unwrap_or(Limits {
-                cpu_time: Duration::MAX,
-                memory_bytes: usize::MAX,
-                log_bytes: usize::MAX,
-            });
+            let mut limits =
+                g.limits.unwrap_or(Limits { cpu_time: Duration::MAX, memory_bytes: usize::MAX, log_bytes: usize::MAX });
             if let Some(s) = self.cpu_seconds {
                 limits.cpu_time = limits.cpu_time.min(Duration::from_secs(s));
             }
@@ -240,7 +236,8 @@ pub fn write_secrets(path: &Path, secrets: &HashMap<String, String>) -> anyhow::
     use std::os::unix::fs::OpenOptionsExt;
     let mut keys: Vec<&String> = secrets.keys().collect();
     keys.sort();
-    let mut text = String::from("# spade secrets for local runs (`spade secrets`); plugins see only keys granted to them.\n");
+    let mut text =
+        String::from("# spade secrets for local runs (`spade secrets`); plugins see only keys granted to them.\n");
     for k in keys {
         text.push_str(&format!("{}: {}\n", serde_json::to_string(k)?, serde_json::to_string(&secrets[k])?));
     }
@@ -306,10 +303,16 @@ mod tests {
             ProjectConfig::load(dir.path()).unwrap_err().to_string()
         };
         assert!(load_err("plugins:\n  - name: acme\n").contains("sets no `registry:`"));
-        assert!(load_err("registry: reg\nplugins:\n  - name: acme\n    version: \"one\"\n").contains("not a semver range"));
+        assert!(
+            load_err("registry: reg\nplugins:\n  - name: acme\n    version: \"one\"\n").contains("not a semver range")
+        );
         assert!(load_err("registry: reg\nplugins:\n  - name: acme\n    path: x.wasm\n").contains("either `path:`"));
         assert!(load_err("registry: reg\nplugins:\n  - name: Acme\n").contains("invalid plugin name"));
-        std::fs::write(dir.path().join(CONFIG_FILE), "registry: https://r.example/\nplugins:\n  - name: acme\n    version: \"^1.2\"\n").unwrap();
+        std::fs::write(
+            dir.path().join(CONFIG_FILE),
+            "registry: https://r.example/\nplugins:\n  - name: acme\n    version: \"^1.2\"\n",
+        )
+        .unwrap();
         let c = ProjectConfig::load(dir.path()).unwrap();
         match &c.plugins[0].0 {
             PluginSource::Registry(w) => {

@@ -70,7 +70,9 @@ fn install_project_plugin(
     match runtime.install(label, bytes, grants.clone()) {
         Err(RuntimeError::DuplicatePlugin { plugin, .. }) => {
             let bundled = installed.iter_mut().find(|i| {
-                i.source == "bundled" && i.replaced_by.is_none() && i.result.as_ref().is_ok_and(|r| r.info.name == plugin)
+                i.source == "bundled"
+                    && i.replaced_by.is_none()
+                    && i.result.as_ref().is_ok_and(|r| r.info.name == plugin)
             });
             let Some(bundled) = bundled else {
                 // Two project plugins of one name: the first stays.
@@ -108,7 +110,11 @@ pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<
         match source {
             PluginSource::File(path) => {
                 let report = install_file(runtime, &mut installed, path, grants)?;
-                installed.push(InstalledPlugin { source: path.display().to_string(), result: Ok(report), replaced_by: None });
+                installed.push(InstalledPlugin {
+                    source: path.display().to_string(),
+                    result: Ok(report),
+                    replaced_by: None,
+                });
             }
             PluginSource::Registry(wanted) => {
                 let got = from_registry.next().context("the registry returned fewer plugins than asked for")?;

@@ -174,8 +174,16 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table =
-        Table::new(&["SESSION", "PROJECT", "WORKFLOW", "SESSION TIME", "ATTEMPTS", "LAST ATTEMPT", "STATUS", "STARTED"]);
+    let mut table = Table::new(&[
+        "SESSION",
+        "PROJECT",
+        "WORKFLOW",
+        "SESSION TIME",
+        "ATTEMPTS",
+        "LAST ATTEMPT",
+        "STATUS",
+        "STARTED",
+    ]);
     for s in sessions {
         table.push(vec![
             s.session_id.to_string(),
@@ -292,7 +300,8 @@ pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     let info = attempt_info(store.as_mut(), args.attempt_id)?;
     header(&info);
     let prefix = args.task_prefix.as_deref().unwrap_or("");
-    let tasks: Vec<TaskRecord> = store.tasks(args.attempt_id)?.into_iter().filter(|t| t.name.starts_with(prefix)).collect();
+    let tasks: Vec<TaskRecord> =
+        store.tasks(args.attempt_id)?.into_iter().filter(|t| t.name.starts_with(prefix)).collect();
     if tasks.is_empty() && !prefix.is_empty() {
         bail!("no task of attempt {} starts with '{prefix}'; `spade tasks {0}` lists them", args.attempt_id);
     }

@@ -141,8 +141,9 @@ impl LocalLauncher {
                     run_time: None,
                 };
                 let launcher: Arc<dyn Launcher> = me.clone();
-                let summary = run_attempt(input, me.host.clone(), store.as_mut(), me.console.clone(), Some(launcher), &me.opts)
-                    .map_err(|e| e.to_string())?;
+                let summary =
+                    run_attempt(input, me.host.clone(), store.as_mut(), me.console.clone(), Some(launcher), &me.opts)
+                        .map_err(|e| e.to_string())?;
                 Ok(summary.success)
             })();
             let state = match outcome {
@@ -183,9 +184,8 @@ impl Launcher for LocalLauncher {
         };
         let session_str = session_time.format("%Y-%m-%dT%H:%M:%S%:z").to_string();
         let mut store = self.location.open().map_err(|e| e.to_string())?;
-        let attempts = store
-            .session_attempts(&self.project_name, &req.workflow_name, &session_str)
-            .map_err(|e| e.to_string())?;
+        let attempts =
+            store.session_attempts(&self.project_name, &req.workflow_name, &session_str).map_err(|e| e.to_string())?;
         if let Some(name) = &req.attempt_name {
             if let Some(a) = attempts.iter().find(|a| &a.name == name) {
                 return Ok(self.reference(a));

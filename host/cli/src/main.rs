@@ -100,8 +100,9 @@ pub fn project_dir(project: &Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_new(format!("spade={0},spade_engine={0},spade_runtime={0}", cli.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let filter =
+        tracing_subscriber::EnvFilter::try_new(format!("spade={0},spade_engine={0},spade_runtime={0}", cli.log_level))
+            .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter).with_target(false).init();
     let result = match cli.command {
         Command::Run(args) => run::run(args),

@@ -133,9 +133,8 @@ pub fn plugin(cmd: PluginCommand) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         PluginCommand::Yank { spec, registry, undo } => {
-            let (name, version) = spec
-                .split_once('@')
-                .context("give the version to yank as NAME@VERSION, e.g. acme-slack@1.2.0")?;
+            let (name, version) =
+                spec.split_once('@').context("give the version to yank as NAME@VERSION, e.g. acme-slack@1.2.0")?;
             let version: semver::Version =
                 version.parse().with_context(|| format!("{version:?} is not a version (e.g. 1.2.0)"))?;
             spade_registry::yank(&registry, name, &version, !undo)?;
@@ -185,7 +184,12 @@ fn publish(file: &Path, registry: &Path) -> anyhow::Result<()> {
     let version = semver::Version::parse(&info.version).with_context(|| {
         format!("plugin {} reports version {:?}, which is not a semver version (e.g. 1.2.0)", info.name, info.version)
     })?;
-    let meta = spade_registry::PluginMeta { name: info.name.clone(), version, wit: info.wit_version, operators: info.operators };
+    let meta = spade_registry::PluginMeta {
+        name: info.name.clone(),
+        version,
+        wit: info.wit_version,
+        operators: info.operators,
+    };
     let (entry, published) = spade_registry::publish(registry, &bytes, &meta)?;
     let what = match published {
         spade_registry::Published::Added => "published",
@@ -193,7 +197,9 @@ fn publish(file: &Path, registry: &Path) -> anyhow::Result<()> {
     };
     println!("{what} {} {} ({}) to {}: {}", meta.name, entry.version, entry.digest, registry.display(), entry.file);
     if report.manifest.is_none() {
-        eprintln!("note: the component has no embedded {MANIFEST_FILE}; build it with `spade plugin build` so it says what it asks for");
+        eprintln!(
+            "note: the component has no embedded {MANIFEST_FILE}; build it with `spade plugin build` so it says what it asks for"
+        );
     }
     Ok(())
 }
@@ -249,10 +255,7 @@ fn inspect(file: &Path) -> anyhow::Result<()> {
     println!("file:         {} ({} bytes, sha256 {})", file.display(), bytes.len(), report.digest);
     println!("plugin:       {} {}", report.info.name, report.info.version);
     println!("contract:     spade:operator@{}", report.info.wit_version);
-    println!(
-        "operators:    {}",
-        report.info.operators.iter().map(|o| format!("{o}>")).collect::<Vec<_>>().join(" ")
-    );
+    println!("operators:    {}", report.info.operators.iter().map(|o| format!("{o}>")).collect::<Vec<_>>().join(" "));
     let caps = capabilities(&report.imports);
     println!(
         "capabilities: {} (log and output are always granted; the rest must be granted)",
@@ -572,10 +575,12 @@ fn new_plugin(lang: Lang, name: &str, dir: Option<PathBuf>) -> anyhow::Result<Ex
                          SPADE_SDK_PATH is not set): edit the spade-sdk dependency in Cargo.toml before building"
                             .to_string(),
                     );
-                    format!("# {SDK_MISSING}. Point this at it, e.g.\n\
+                    format!(
+                        "# {SDK_MISSING}. Point this at it, e.g.\n\
                      #   spade-sdk = {{ path = \"/path/to/spade/sdk\" }}\n\
                      # or a git dependency on the spade repository:\n\
-                     #   spade-sdk = {{ git = \"<spade repository URL>\" }}\n")
+                     #   spade-sdk = {{ git = \"<spade repository URL>\" }}\n"
+                    )
                 }
             };
             let manifest = format!(
@@ -768,7 +773,8 @@ fn build_plugin(dir: &Path) -> anyhow::Result<ExitCode> {
         }
         if let Some(text) = &manifest {
             let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-            let with = spade_runtime::embed_manifest(&bytes, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+            let with =
+                spade_runtime::embed_manifest(&bytes, text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
             std::fs::write(path, with).with_context(|| format!("writing {}", path.display()))?;
         }
         println!("built:        {}", path.display());

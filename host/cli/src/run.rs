@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow, bail};
 use chrono::{DateTime, Utc};
-use spade_dig::Zone;
 use serde_json::Value;
+use spade_dig::Zone;
 use std::collections::HashMap;
 
 use spade_api::{CancelToken, Done, Limits, Object, TaskRequest};
@@ -150,9 +150,8 @@ const LAST_SESSION_KEY: &str = "last_session_time";
 pub fn parse_params(pairs: &[String]) -> anyhow::Result<Object> {
     let mut params = Object::new();
     for pair in pairs {
-        let (k, v) = pair
-            .split_once('=')
-            .ok_or_else(|| anyhow!("-p {pair}: expected KEY=VALUE (e.g. -p target=prod)"))?;
+        let (k, v) =
+            pair.split_once('=').ok_or_else(|| anyhow!("-p {pair}: expected KEY=VALUE (e.g. -p target=prod)"))?;
         if k.is_empty() {
             bail!("-p {pair}: the key is empty");
         }
@@ -230,7 +229,11 @@ fn record_revision(opened: &mut Opened) -> anyhow::Result<i64> {
         .project
         .workflows
         .iter()
-        .map(|w| WorkflowDefinition { name: w.name.clone(), timezone: w.timezone.name().to_string(), config: w.config.clone() })
+        .map(|w| WorkflowDefinition {
+            name: w.name.clone(),
+            timezone: w.timezone.name().to_string(),
+            config: w.config.clone(),
+        })
         .collect();
     let mut hasher = Sha256::new();
     for d in &definitions {

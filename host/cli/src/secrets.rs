@@ -22,8 +22,7 @@ pub struct SecretsArgs {
 }
 
 fn check_key(key: &str) -> anyhow::Result<()> {
-    let ok = !key.is_empty()
-        && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    let ok = !key.is_empty() && key.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
     if !ok {
         bail!("invalid secret key {key:?}: use letters, digits, `.`, `_` and `-` (e.g. slack.token)");
     }
@@ -45,7 +44,9 @@ pub fn secrets(args: SecretsArgs) -> anyhow::Result<ExitCode> {
     for spec in &args.set {
         let (key, value) = match spec.split_once('=') {
             Some((k, v)) => match v.strip_prefix('@') {
-                Some(file) => (k, std::fs::read_to_string(file).with_context(|| format!("--set {k}=@{file}: reading {file}"))?),
+                Some(file) => {
+                    (k, std::fs::read_to_string(file).with_context(|| format!("--set {k}=@{file}: reading {file}"))?)
+                }
                 None => (k, v.to_string()),
             },
             None => {

@@ -734,7 +734,6 @@ mod tests {
     use crate::test_util::obj;
     use serde_json::json;
 
-
     fn ok(v: Value) -> TaskNode {
         compile("+wf", &obj(v)).unwrap_or_else(|e| panic!("{e}"))
     }

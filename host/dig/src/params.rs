@@ -64,7 +64,6 @@ mod tests {
     use crate::test_util::obj;
     use serde_json::json;
 
-
     #[test]
     fn deep_merge_is_digdag_config_merge() {
         let mut d = obj(json!({"a": 1, "o": {"x": 1, "y": {"p": 1}}, "arr": [1, 2], "s": "keep"}));

@@ -14,8 +14,8 @@ use spade_api::Object;
 use crate::compile::{CompileErrors, TaskNode, compile, describe, suggest};
 use crate::error::{LoadError, LoadErrors, SourcePos};
 use crate::schedule::Schedule;
-use crate::zone::Zone;
 use crate::yaml::{SourceMap, display_path, load_yaml_file, pointer_push};
+use crate::zone::Zone;
 
 /// File name suffix of a workflow definition.
 pub const WORKFLOW_SUFFIX: &str = ".dig";
@@ -313,7 +313,9 @@ fn load_workflow_at(project_root: &Path, rel: &Path) -> Result<WorkflowDef, Load
             // Checked here, not when the deadline passes (Digdag only logs a bad sla then).
             match crate::sla::Sla::parse(v) {
                 Ok(sla) => {
-                    if let Err(CompileErrors(list)) = crate::compile::compile_under(&format!("+{name}"), "^sla", &sla.tasks) {
+                    if let Err(CompileErrors(list)) =
+                        crate::compile::compile_under(&format!("+{name}"), "^sla", &sla.tasks)
+                    {
                         for e in list {
                             errors.push(at(&format!("/sla{}", e.pointer), e.message).with_task(e.task));
                         }
@@ -321,7 +323,9 @@ fn load_workflow_at(project_root: &Path, rel: &Path) -> Result<WorkflowDef, Load
                 }
                 Err(msg) => {
                     // Point at the option the message is about (`sla time ...` -> /sla/time).
-                    let key = ["time", "duration", "alert", "fail"].into_iter().find(|k| msg.starts_with(&format!("sla {k} ")));
+                    let key = ["time", "duration", "alert", "fail"]
+                        .into_iter()
+                        .find(|k| msg.starts_with(&format!("sla {k} ")));
                     errors.push(at(&key.map(|k| format!("/sla/{k}")).unwrap_or_else(|| "/sla".into()), msg))
                 }
             }
@@ -381,7 +385,6 @@ mod tests {
     use crate::test_util::project;
     use serde_json::json;
 
-
     fn load_err(files: &[(&str, &str)]) -> Vec<String> {
         let d = project(files);
         load_project(d.path()).expect_err("should fail").into_iter().map(|e| e.to_string()).collect()
@@ -432,7 +435,8 @@ mod tests {
         // Digdag's WorkflowFile.fromConfig takes every top-level key starting with '+' as a
         // task, whatever follows; ModelValidator then allows only ASCII letters, digits and
         // - _ = [ ] { } % & @ ` , . in its name, at the top level as in groups.
-        for (dig, pos) in [("+集計:\n  echo>: 1\n", "wf.dig:1:1"), ("+g:\n  +集計:\n    echo>: 1\n", "wf.dig:2:3")] {
+        for (dig, pos) in [("+集計:\n  echo>: 1\n", "wf.dig:1:1"), ("+g:\n  +集計:\n    echo>: 1\n", "wf.dig:2:3")]
+        {
             let errs = load_err(&[("wf.dig", dig)]);
             assert_eq!(errs.len(), 1, "{errs:#?}");
             assert!(errs[0].starts_with(pos), "{}", errs[0]);
@@ -551,12 +555,20 @@ mod tests {
     #[test]
     fn sla_is_checked_when_loading() {
         let errs = load_err(&[("wf.dig", "sla:\n  time: 2am\n+a:\n  echo>: hi\n")]);
-        assert!(errs[0].starts_with("wf.dig:") && errs[0].contains("sla time must be HH:MM or HH:MM:SS"), "{}", errs[0]);
+        assert!(
+            errs[0].starts_with("wf.dig:") && errs[0].contains("sla time must be HH:MM or HH:MM:SS"),
+            "{}",
+            errs[0]
+        );
         let errs = load_err(&[("wf.dig", "sla:\n  +n:\n    echo>: late\n+a:\n  echo>: hi\n")]);
         assert!(errs[0].contains("exactly one of"), "{}", errs[0]);
-        let errs = load_err(&[("wf.dig", "sla:\n  duration: 00:01\n  +n:\n    echo>: a\n    fail>: b\n+a:\n  echo>: hi\n")]);
+        let errs =
+            load_err(&[("wf.dig", "sla:\n  duration: 00:01\n  +n:\n    echo>: a\n    fail>: b\n+a:\n  echo>: hi\n")]);
         assert!(errs[0].contains("task +wf^sla+n") && errs[0].contains("more than one operator"), "{}", errs[0]);
-        let d = project(&[("wf.dig", "sla:\n  duration: 00:00:01\n  fail: true\n  +n:\n    echo>: late\n+a:\n  echo>: hi\n")]);
+        let d = project(&[(
+            "wf.dig",
+            "sla:\n  duration: 00:00:01\n  fail: true\n  +n:\n    echo>: late\n+a:\n  echo>: hi\n",
+        )]);
         load_project(d.path()).unwrap();
     }
 }

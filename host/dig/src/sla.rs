@@ -72,13 +72,18 @@ impl Sla {
     /// Parse the value of `sla:`. Errors say which option is wrong and how to write it.
     pub fn parse(value: &Value) -> Result<Sla, String> {
         let Value::Object(config) = value else {
-            return Err(format!("sla must be a mapping such as `sla: {{time: 02:00, +notice: {{echo>: late}}}}`, not {value}"));
+            return Err(format!(
+                "sla must be a mapping such as `sla: {{time: 02:00, +notice: {{echo>: late}}}}`, not {value}"
+            ));
         };
         let deadline = match (config.get("time"), config.get("duration")) {
             (Some(t), None) => {
                 let (hour, minute, second) = hms("time", t)?;
                 if hour > 23 {
-                    return Err(format!("sla time is a time of day: the hour of '{}' must be 0 to 23", t.as_str().unwrap_or("")));
+                    return Err(format!(
+                        "sla time is a time of day: the hour of '{}' must be 0 to 23",
+                        t.as_str().unwrap_or("")
+                    ));
                 }
                 SlaDeadline::Time { hour, minute, second }
             }
@@ -176,7 +181,8 @@ mod tests {
 
     #[test]
     fn duration_counts_from_the_run_time() {
-        let sla = Sla::parse(&json!({"duration": "01:02:03", "fail": true, "alert": false, "+n": {"echo>": "x"}})).unwrap();
+        let sla =
+            Sla::parse(&json!({"duration": "01:02:03", "fail": true, "alert": false, "+n": {"echo>": "x"}})).unwrap();
         assert!(sla.fail && !sla.alert && sla.has_tasks());
         assert_eq!(sla.trigger_time(utc("2024-03-01T23:00:00Z"), &Utc), utc("2024-03-02T00:02:03Z"));
         assert_eq!(sla.describe(), "duration 01:02:03");

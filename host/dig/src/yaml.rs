@@ -1143,7 +1143,6 @@ mod tests {
         assert!(parse_err("!include : 'x.dig'\n").contains("only supported in files of a project"));
     }
 
-
     #[test]
     fn include_key_form_merges_in_place_and_value_form_inlines() {
         let d = project(&[

@@ -182,14 +182,18 @@ impl TimeZone for Zone {
     fn offset_from_local_date(&self, local: &NaiveDate) -> MappedLocalTime<ZoneOffset> {
         match self {
             Zone::Named(tz) => tz.offset_from_local_date(local).map(ZoneOffset::Named),
-            Zone::Fixed { offset, prefix } => MappedLocalTime::Single(ZoneOffset::Fixed { offset: *offset, prefix: *prefix }),
+            Zone::Fixed { offset, prefix } => {
+                MappedLocalTime::Single(ZoneOffset::Fixed { offset: *offset, prefix: *prefix })
+            }
         }
     }
 
     fn offset_from_local_datetime(&self, local: &NaiveDateTime) -> MappedLocalTime<ZoneOffset> {
         match self {
             Zone::Named(tz) => tz.offset_from_local_datetime(local).map(ZoneOffset::Named),
-            Zone::Fixed { offset, prefix } => MappedLocalTime::Single(ZoneOffset::Fixed { offset: *offset, prefix: *prefix }),
+            Zone::Fixed { offset, prefix } => {
+                MappedLocalTime::Single(ZoneOffset::Fixed { offset: *offset, prefix: *prefix })
+            }
         }
     }
 

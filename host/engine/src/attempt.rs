@@ -15,12 +15,12 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use spade_dig::Zone;
 use serde_json::{Value, json};
 use spade_api::{
     AttemptRef, CancelToken, DiskQuota, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
     StartRequest, TaskRequest,
 };
+use spade_dig::Zone;
 use spade_dig::{RetryPolicy, Sla, WorkflowDef, compile_under, deep_merge, parse_retry};
 use spade_expr::{Evaluator, ExprLimits};
 use spade_store::{AttemptRecord, AttemptStatus, LogLine, Store, TaskChange, TaskState};
@@ -167,12 +167,10 @@ pub fn run_attempt(
 ) -> Result<AttemptSummary, EngineError> {
     let wf = input.workflow;
     let mut tree = Tree::default();
-    let root = tree
-        .instantiate(None, &wf.root, Origin::Static, opts.max_tasks)
-        .map_err(|e| EngineError::Compile {
-            workflow: wf.name.clone(),
-            message: format!("the workflow has more than {} tasks (raise --max-tasks)", e.limit),
-        })?;
+    let root = tree.instantiate(None, &wf.root, Origin::Static, opts.max_tasks).map_err(|e| EngineError::Compile {
+        workflow: wf.name.clone(),
+        message: format!("the workflow has more than {} tasks (raise --max-tasks)", e.limit),
+    })?;
     let eval = Evaluator::new(wf.timezone, opts.expr_limits).map_err(|e| EngineError::Expr(e.to_string()))?;
     let identity = Identity {
         timezone: wf.timezone,
@@ -608,24 +606,27 @@ impl<'a> Run<'a> {
         let local_params: Object =
             local.keys().filter_map(|k| evaluated.get(k).map(|v| (k.clone(), v.clone()))).collect();
         let wf = self.input.workflow;
-        Ok((TaskRequest {
-            operator: t.operator.clone().unwrap_or_default(),
-            task_name: t.name.clone(),
-            project_name: self.input.project_name.clone(),
-            workflow_name: wf.name.clone(),
-            attempt_id: self.input.attempt.attempt_id,
-            session_id: self.input.attempt.session_id,
-            session_uuid: self.input.attempt.session_uuid.clone(),
-            session_time: self.builtins["session_time"].as_str().unwrap_or_default().to_string(),
-            timezone: wf.timezone.name().to_string(),
-            retry_attempt_name: self.input.retry_attempt_name.clone(),
-            command,
-            params: evaluated,
-            local_params,
-            raw,
-            state: None,
-            retry_count: t.retry_count,
-        }, volatile))
+        Ok((
+            TaskRequest {
+                operator: t.operator.clone().unwrap_or_default(),
+                task_name: t.name.clone(),
+                project_name: self.input.project_name.clone(),
+                workflow_name: wf.name.clone(),
+                attempt_id: self.input.attempt.attempt_id,
+                session_id: self.input.attempt.session_id,
+                session_uuid: self.input.attempt.session_uuid.clone(),
+                session_time: self.builtins["session_time"].as_str().unwrap_or_default().to_string(),
+                timezone: wf.timezone.name().to_string(),
+                retry_attempt_name: self.input.retry_attempt_name.clone(),
+                command,
+                params: evaluated,
+                local_params,
+                raw,
+                state: None,
+                retry_count: t.retry_count,
+            },
+            volatile,
+        ))
     }
 
     fn apply(&mut self, id: TaskId, generation: u32, result: Result<Outcome, InvokeError>) {
@@ -732,7 +733,8 @@ impl<'a> Run<'a> {
         let Value::Object(cfg) = config else {
             return Err(format!("{} must be a task (an object), got {config}", &name[1..]));
         };
-        let node = compile_under(&self.tree.get(id).name.clone(), name, cfg).map_err(|e| format!("invalid _{} task: {e}", &name[1..]))?;
+        let node = compile_under(&self.tree.get(id).name.clone(), name, cfg)
+            .map_err(|e| format!("invalid _{} task: {e}", &name[1..]))?;
         self.tree
             .instantiate(Some(id), &node, origin, self.opts.max_tasks)
             .map_err(|e| format!("adding {name} would exceed the limit of {} tasks per attempt", e.limit))
@@ -805,8 +807,7 @@ impl<'a> Run<'a> {
             self.finish_error(id);
             return;
         }
-        let failed_child =
-            t.children.iter().copied().find(|&c| self.tree.get(c).state == State::Error);
+        let failed_child = t.children.iter().copied().find(|&c| self.tree.get(c).state == State::Error);
         let Some(failed) = failed_child else {
             self.finish_success(id);
             return;

@@ -9,9 +9,9 @@
 //! override them); local keys come last and may shadow anything.
 
 use chrono::{DateTime, TimeZone};
-use spade_dig::Zone;
 use serde_json::Value;
 use spade_api::Object;
+use spade_dig::Zone;
 use spade_dig::{deep_merge, remove_key_path};
 
 use crate::tree::{TaskId, Tree};
@@ -59,9 +59,10 @@ pub fn collect(tree: &Tree, id: TaskId, attempt_params: &Object) -> Object {
                 deep_merge(&mut params, export);
             }
             if let Some(done) = &t.result
-                && !done.export_params.is_empty() {
-                    deep_merge(&mut params, &done.export_params);
-                }
+                && !done.export_params.is_empty()
+            {
+                deep_merge(&mut params, &done.export_params);
+            }
             apply_store(tree, node, &mut params);
         }
     }

@@ -10,8 +10,8 @@ use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use spade_dig::Zone;
 use spade_api::{AttemptRef, LogLevel, Object, StartRequest, TaskServices};
+use spade_dig::Zone;
 use spade_expr::{Evaluator, ExprLimits};
 
 use crate::attempt::{Console, Launcher};
@@ -55,7 +55,10 @@ impl KeptLogs {
     pub fn take(&mut self) -> Vec<(LogLevel, String)> {
         let mut lines = std::mem::take(&mut self.lines);
         if self.dropped > 0 {
-            lines.push((LogLevel::Warn, format!("({} more log lines not kept: {} KiB per call)", self.dropped, LOG_KEEP_BYTES >> 10)));
+            lines.push((
+                LogLevel::Warn,
+                format!("({} more log lines not kept: {} KiB per call)", self.dropped, LOG_KEEP_BYTES >> 10),
+            ));
         }
         self.bytes = 0;
         self.dropped = 0;
@@ -92,7 +95,9 @@ impl TaskServices for TaskCtx {
             let mut map = cell.borrow_mut();
             let evaluator = match map.entry(self.timezone) {
                 Entry::Occupied(e) => e.into_mut(),
-                Entry::Vacant(e) => e.insert(Evaluator::new(self.timezone, self.expr_limits).map_err(|e| e.to_string())?),
+                Entry::Vacant(e) => {
+                    e.insert(Evaluator::new(self.timezone, self.expr_limits).map_err(|e| e.to_string())?)
+                }
             };
             evaluator.render(template, scope).map_err(|e| e.to_string())
         })

@@ -168,8 +168,7 @@ impl Tree {
     }
 
     fn instantiate_children(&mut self, id: TaskId, children: &[TaskNode], origin: Origin) {
-        let child_ids: Vec<TaskId> =
-            children.iter().map(|c| self.instantiate_unchecked(Some(id), c, origin)).collect();
+        let child_ids: Vec<TaskId> = children.iter().map(|c| self.instantiate_unchecked(Some(id), c, origin)).collect();
         for (c, &cid) in children.iter().zip(&child_ids) {
             for &u in &c.upstreams {
                 let uid = child_ids[u];

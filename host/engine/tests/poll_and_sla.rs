@@ -31,7 +31,11 @@ impl OperatorHost for Host {
         Ok(match req.operator.as_str() {
             "spin" => {
                 let n = req.state.as_ref().and_then(|s| s["n"].as_u64()).unwrap_or(0) + 1;
-                if n >= req.command.as_u64().unwrap() { done } else { Outcome::Poll { after_seconds: 0, state: json!({"n": n}) } }
+                if n >= req.command.as_u64().unwrap() {
+                    done
+                } else {
+                    Outcome::Poll { after_seconds: 0, state: json!({"n": n}) }
+                }
             }
             "block" if !self.released.load(Ordering::SeqCst) => Outcome::Poll { after_seconds: 0, state: json!({}) },
             "release" => {
@@ -201,7 +205,8 @@ fn a_missed_sla_without_fail_leaves_the_attempt_successful() {
 #[test]
 fn a_failing_sla_task_is_reported_and_fails_the_attempt() {
     // `time: 00:00:30` from a run time of 00:00 two days ago: that deadline has passed.
-    let run_time = (chrono::Utc::now() - chrono::Duration::days(2)).date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
+    let run_time =
+        (chrono::Utc::now() - chrono::Duration::days(2)).date_naive().and_hms_opt(0, 0, 0).unwrap().and_utc();
     let ran = run(
         concat!(
             "timezone: UTC\nsla:\n  time: 00:00:30\n  alert: false\n  +release:\n    release>: now\n",
@@ -212,7 +217,9 @@ fn a_failing_sla_task_is_reported_and_fails_the_attempt() {
     );
     assert!(!ran.summary.success);
     assert_eq!(ran.summary.failed, vec![("+wf^sla+page".to_string(), "could not page anyone".to_string())]);
-    assert!(ran.console.failed.lock().unwrap().iter().any(|(t, m)| t == "+wf^sla+page" && m == "could not page anyone"));
+    assert!(
+        ran.console.failed.lock().unwrap().iter().any(|(t, m)| t == "+wf^sla+page" && m == "could not page anyone")
+    );
     assert!(ran.console.alerts.lock().unwrap().is_empty());
 }
 

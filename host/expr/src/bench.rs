@@ -31,36 +31,12 @@ pub struct BenchReport {
 impl fmt::Display for BenchReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "spade-expr, mean of {} iterations:", self.iterations)?;
-        writeln!(
-            f,
-            "  Evaluator::new (with moment.js)      {:>10.1?}",
-            self.create
-        )?;
-        writeln!(
-            f,
-            "  eval_config, typical task            {:>10.1?}",
-            self.eval_task
-        )?;
-        writeln!(
-            f,
-            "  eval_config, same, params all new    {:>10.1?}",
-            self.eval_task_unrelated
-        )?;
-        writeln!(
-            f,
-            "  eval_config, task without ${{}}        {:>10.1?}",
-            self.eval_plain_task
-        )?;
-        writeln!(
-            f,
-            "  render, moment add/format            {:>10.1?}",
-            self.render_moment
-        )?;
-        write!(
-            f,
-            "  memory of a fresh evaluator          {:>7.1} KiB",
-            self.memory_fresh as f64 / 1024.0
-        )
+        writeln!(f, "  Evaluator::new (with moment.js)      {:>10.1?}", self.create)?;
+        writeln!(f, "  eval_config, typical task            {:>10.1?}", self.eval_task)?;
+        writeln!(f, "  eval_config, same, params all new    {:>10.1?}", self.eval_task_unrelated)?;
+        writeln!(f, "  eval_config, task without ${{}}        {:>10.1?}", self.eval_plain_task)?;
+        writeln!(f, "  render, moment add/format            {:>10.1?}", self.render_moment)?;
+        write!(f, "  memory of a fresh evaluator          {:>7.1} KiB", self.memory_fresh as f64 / 1024.0)
     }
 }
 
@@ -129,10 +105,7 @@ pub fn run(iterations: u32) -> BenchReport {
     let memory_fresh = ev.memory_used();
     let scope = sample_scope();
     let task = sample_task();
-    let plain: Object = json!({"sh>": "echo hi", "retry": 3})
-        .as_object()
-        .cloned()
-        .unwrap_or_default();
+    let plain: Object = json!({"sh>": "echo hi", "retry": 3}).as_object().cloned().unwrap_or_default();
     // Warm-up: template compilation is cached per evaluator.
     ev.eval_config(&task, &scope).expect("eval");
 
@@ -146,10 +119,7 @@ pub fn run(iterations: u32) -> BenchReport {
         .collect();
     let start = Instant::now();
     for i in 0..iterations {
-        std::hint::black_box(
-            ev.eval_config(&task, &scopes[i as usize % scopes.len()])
-                .expect("eval"),
-        );
+        std::hint::black_box(ev.eval_config(&task, &scopes[i as usize % scopes.len()]).expect("eval"));
     }
     let eval_task = mean(start.elapsed(), iterations);
 
@@ -169,10 +139,7 @@ pub fn run(iterations: u32) -> BenchReport {
         .collect();
     let start = Instant::now();
     for i in 0..iterations {
-        std::hint::black_box(
-            ev.eval_config(&task, &other_scopes[i as usize % other_scopes.len()])
-                .expect("eval"),
-        );
+        std::hint::black_box(ev.eval_config(&task, &other_scopes[i as usize % other_scopes.len()]).expect("eval"));
     }
     let eval_task_unrelated = mean(start.elapsed(), iterations);
 
@@ -190,13 +157,5 @@ pub fn run(iterations: u32) -> BenchReport {
     }
     let render_moment = mean(start.elapsed(), iterations);
 
-    BenchReport {
-        iterations,
-        create,
-        eval_task,
-        eval_task_unrelated,
-        eval_plain_task,
-        render_moment,
-        memory_fresh,
-    }
+    BenchReport { iterations, create, eval_task, eval_task_unrelated, eval_plain_task, render_moment, memory_fresh }
 }

@@ -33,19 +33,13 @@ fn compile(ctx: &Ctx<'_>, name: &str, source: &str) -> Result<Script, String> {
             (qjs::JS_EVAL_TYPE_GLOBAL | qjs::JS_EVAL_FLAG_COMPILE_ONLY) as i32,
         );
         if qjs::JS_IsException(func) {
-            return Err(format!(
-                "{name} does not compile: {}",
-                crate::exception_message(&ctx.catch())
-            ));
+            return Err(format!("{name} does not compile: {}", crate::exception_message(&ctx.catch())));
         }
         let mut len: qjs::size_t = 0;
         let buf = qjs::JS_WriteObject(raw, &mut len, func, qjs::JS_WRITE_OBJ_BYTECODE as i32);
         qjs::JS_FreeValue(raw, func);
         if buf.is_null() {
-            return Err(format!(
-                "{name} could not be serialized: {}",
-                crate::exception_message(&ctx.catch())
-            ));
+            return Err(format!("{name} could not be serialized: {}", crate::exception_message(&ctx.catch())));
         }
         let bytes = std::slice::from_raw_parts(buf, len as usize).to_vec();
         qjs::js_free(raw, buf as *mut c_void);
@@ -61,12 +55,8 @@ impl Script {
         // `compile`), so JS_ReadObject gets valid bytecode. JS_EvalFunction takes ownership of
         // the read function; the result is handed to rquickjs, which frees it.
         unsafe {
-            let func = qjs::JS_ReadObject(
-                raw,
-                self.bytes.as_ptr(),
-                self.bytes.len() as _,
-                qjs::JS_READ_OBJ_BYTECODE as i32,
-            );
+            let func =
+                qjs::JS_ReadObject(raw, self.bytes.as_ptr(), self.bytes.len() as _, qjs::JS_READ_OBJ_BYTECODE as i32);
             if qjs::JS_IsException(func) {
                 return Err(rquickjs::Error::Exception);
             }

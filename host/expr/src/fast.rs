@@ -61,10 +61,52 @@ fn is_identifier(s: &str) -> bool {
 /// Words that are syntax, not variable names, where a template names its variable: JS never
 /// looks them up in the params (`${this}`, `${null}`, `${typeof}`).
 const RESERVED: &[&str] = &[
-    "break", "case", "catch", "class", "const", "continue", "debugger", "default", "delete", "do", "else", "enum",
-    "export", "extends", "false", "finally", "for", "function", "if", "import", "in", "instanceof", "new", "null",
-    "return", "super", "switch", "this", "throw", "true", "try", "typeof", "var", "void", "while", "with", "yield",
-    "let", "static", "implements", "interface", "package", "private", "protected", "public", "await",
+    "break",
+    "case",
+    "catch",
+    "class",
+    "const",
+    "continue",
+    "debugger",
+    "default",
+    "delete",
+    "do",
+    "else",
+    "enum",
+    "export",
+    "extends",
+    "false",
+    "finally",
+    "for",
+    "function",
+    "if",
+    "import",
+    "in",
+    "instanceof",
+    "new",
+    "null",
+    "return",
+    "super",
+    "switch",
+    "this",
+    "throw",
+    "true",
+    "try",
+    "typeof",
+    "var",
+    "void",
+    "while",
+    "with",
+    "yield",
+    "let",
+    "static",
+    "implements",
+    "interface",
+    "package",
+    "private",
+    "protected",
+    "public",
+    "await",
 ];
 
 /// Properties every plain object inherits (QuickJS's `Object.prototype`): JS finds them on an
@@ -139,8 +181,7 @@ fn js_json(value: &Value, out: &mut String) -> Option<()> {
             out.push(']');
         }
         Value::Object(o) => {
-            let mut indices: Vec<(u32, &String)> =
-                o.keys().filter_map(|k| array_index(k).map(|i| (i, k))).collect();
+            let mut indices: Vec<(u32, &String)> = o.keys().filter_map(|k| array_index(k).map(|i| (i, k))).collect();
             indices.sort_unstable();
             let named = o.keys().filter(|k| array_index(k).is_none());
             out.push('{');
@@ -161,7 +202,11 @@ fn js_json(value: &Value, out: &mut String) -> Option<()> {
 /// The value of a key that JS orders as an array index: the canonical decimal form of an
 /// integer below 2^32 - 1.
 fn array_index(key: &str) -> Option<u32> {
-    if key.is_empty() || key.len() > 10 || !key.bytes().all(|b| b.is_ascii_digit()) || (key.len() > 1 && key.starts_with('0')) {
+    if key.is_empty()
+        || key.len() > 10
+        || !key.bytes().all(|b| b.is_ascii_digit())
+        || (key.len() > 1 && key.starts_with('0'))
+    {
         return None;
     }
     key.parse::<u64>().ok().filter(|&n| n < u64::from(u32::MAX)).map(|n| n as u32)
@@ -254,8 +299,9 @@ mod tests {
     #[test]
     fn earlier_keys_of_the_same_level_win_over_params() {
         let scope = obj(json!({"a": "raw"}));
-        let out = eval_config(&obj(json!({"a": "${b}", "b": "later", "c": "${a}"})), &obj(json!({"a": "raw", "b": "p"})))
-            .unwrap();
+        let out =
+            eval_config(&obj(json!({"a": "${b}", "b": "later", "c": "${a}"})), &obj(json!({"a": "raw", "b": "p"})))
+                .unwrap();
         assert_eq!(out["c"], "p");
         let nested = eval_config(&obj(json!({"a": "x", "n": {"k": "${a}"}})), &scope).unwrap();
         assert_eq!(nested["n"]["k"], "raw", "a nested object sees the params, not the outer keys");
@@ -321,16 +367,67 @@ mod tests {
             "constructor": "own", "d": "${s}",
         }));
         let mut templates: Vec<String> = Vec::new();
-        for name in ["s", "e", "u", "n", "neg", "f", "big", "huge", "tiny", "imax", "t", "no", "z", "undefined", "l",
-            "empty", "el", "o", "profile", "constructor", "d", "missing", "Math", "this", "null", "true", "moment"]
-        {
+        for name in [
+            "s",
+            "e",
+            "u",
+            "n",
+            "neg",
+            "f",
+            "big",
+            "huge",
+            "tiny",
+            "imax",
+            "t",
+            "no",
+            "z",
+            "undefined",
+            "l",
+            "empty",
+            "el",
+            "o",
+            "profile",
+            "constructor",
+            "d",
+            "missing",
+            "Math",
+            "this",
+            "null",
+            "true",
+            "moment",
+        ] {
             templates.push(format!("${{{name}}}"));
         }
-        for path in ["o.a", "o.a.b", "o.a.n", "o.a.z", "o.a.l", "o.a.o", "o.a.missing", "o.missing", "o.missing.x",
-            "o.a.b.length", "o.s.x", "profile.address", "profile.address.city", "profile.name.first", "z.x", "n.x",
-            "t.x", "l.length", "l.x", "empty.x", "empty.x.y", "o.constructor", "o.toString", "o.hasOwnProperty",
-            "s.length", "u.length", "missing.x", "o.a.b.c.d"]
-        {
+        for path in [
+            "o.a",
+            "o.a.b",
+            "o.a.n",
+            "o.a.z",
+            "o.a.l",
+            "o.a.o",
+            "o.a.missing",
+            "o.missing",
+            "o.missing.x",
+            "o.a.b.length",
+            "o.s.x",
+            "profile.address",
+            "profile.address.city",
+            "profile.name.first",
+            "z.x",
+            "n.x",
+            "t.x",
+            "l.length",
+            "l.x",
+            "empty.x",
+            "empty.x.y",
+            "o.constructor",
+            "o.toString",
+            "o.hasOwnProperty",
+            "s.length",
+            "u.length",
+            "missing.x",
+            "o.a.b.c.d",
+        ] {
             templates.push(format!("${{{path}}}"));
         }
         templates.extend(

@@ -34,9 +34,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use spade_dig::Zone;
 use rquickjs::{Context, Ctx, FromJs, Function, Runtime, Value as JsValue};
 use serde_json::Value;
+use spade_dig::Zone;
 
 /// A JSON object with its key order preserved (the same type as `spade_api::Object`).
 pub type Object = serde_json::Map<String, Value>;
@@ -65,11 +65,7 @@ pub struct ExprLimits {
 
 impl Default for ExprLimits {
     fn default() -> Self {
-        ExprLimits {
-            time: Duration::from_secs(1),
-            memory_bytes: 64 << 20,
-            stack_bytes: 512 << 10,
-        }
+        ExprLimits { time: Duration::from_secs(1), memory_bytes: 64 << 20, stack_bytes: 512 << 10 }
     }
 }
 
@@ -124,10 +120,7 @@ impl fmt::Display for ExprError {
             ExprErrorKind::Script => {
                 write!(f, "failed to evaluate {template:?}: {}", self.message)?;
                 if self.message.starts_with("ReferenceError") {
-                    write!(
-                        f,
-                        " (set it with _export or -p, or test it with `typeof name == 'undefined'`)"
-                    )?;
+                    write!(f, " (set it with _export or -p, or test it with `typeof name == 'undefined'`)")?;
                 }
                 Ok(())
             }
@@ -140,11 +133,7 @@ impl fmt::Display for ExprError {
             ExprErrorKind::Internal if template.is_empty() => {
                 write!(f, "expression engine: {}", self.message)
             }
-            ExprErrorKind::Internal => write!(
-                f,
-                "expression engine failed on {template:?}: {}",
-                self.message
-            ),
+            ExprErrorKind::Internal => write!(f, "expression engine failed on {template:?}: {}", self.message),
         }
     }
 }
@@ -161,12 +150,7 @@ struct Deadline {
 
 impl Deadline {
     fn arm(&self, budget: Duration) {
-        let at = self
-            .origin
-            .elapsed()
-            .saturating_add(budget)
-            .as_nanos()
-            .min(u64::MAX as u128 - 1) as u64;
+        let at = self.origin.elapsed().saturating_add(budget).as_nanos().min(u64::MAX as u128 - 1) as u64;
         self.fired.store(false, Ordering::Relaxed);
         self.at.store(at, Ordering::Relaxed);
     }
@@ -206,9 +190,7 @@ enum ParamsLoad {
 }
 
 /// A JSON object text of `entries`, without building the object.
-fn object_json<'a>(
-    entries: impl Iterator<Item = (&'a String, &'a Value)>,
-) -> serde_json::Result<String> {
+fn object_json<'a>(entries: impl Iterator<Item = (&'a String, &'a Value)>) -> serde_json::Result<String> {
     let mut out = Vec::with_capacity(64);
     out.push(b'{');
     for (i, (k, v)) in entries.enumerate() {
@@ -225,16 +207,12 @@ fn object_json<'a>(
 }
 
 fn serialize<T: serde::Serialize + ?Sized>(value: &T) -> Result<String, ExprError> {
-    serde_json::to_string(value)
-        .map_err(|e| ExprError::internal(format!("could not serialize the parameters: {e}")))
+    serde_json::to_string(value).map_err(|e| ExprError::internal(format!("could not serialize the parameters: {e}")))
 }
 
 impl fmt::Debug for Evaluator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Evaluator")
-            .field("timezone", &self.timezone)
-            .field("limits", &self.limits)
-            .finish()
+        f.debug_struct("Evaluator").field("timezone", &self.timezone).field("limits", &self.limits).finish()
     }
 }
 
@@ -273,12 +251,7 @@ struct Failure {
 
 impl Failure {
     fn at(self, path: String, template: &str) -> ExprError {
-        ExprError {
-            path,
-            template: template.to_string(),
-            kind: self.kind,
-            message: self.message,
-        }
+        ExprError { path, template: template.to_string(), kind: self.kind, message: self.message }
     }
 }
 
@@ -301,11 +274,7 @@ struct Level {
 
 impl Level {
     fn new(depth: usize) -> Self {
-        Level {
-            depth,
-            known_to_js: false,
-            sent: 0,
-        }
+        Level { depth, known_to_js: false, sent: 0 }
     }
 }
 
@@ -313,20 +282,16 @@ impl<'js> Session<'js, '_> {
     fn render(&self, template: &str, level: &mut Level, built: &Object) -> Result<String, Failure> {
         let fresh = !level.known_to_js;
         let delta = if built.len() > level.sent {
-            Some(
-                object_json(built.iter().skip(level.sent)).map_err(|e| Failure {
-                    kind: ExprErrorKind::Internal,
-                    message: format!("could not serialize the evaluated keys: {e}"),
-                })?,
-            )
+            Some(object_json(built.iter().skip(level.sent)).map_err(|e| Failure {
+                kind: ExprErrorKind::Internal,
+                message: format!("could not serialize the evaluated keys: {e}"),
+            })?)
         } else {
             None
         };
         self.ev.deadline.arm(self.ev.limits.time);
         let result: rquickjs::Result<JsValue<'js>> = match &delta {
-            Some(d) => self
-                .run
-                .call((template, level.depth as u32, fresh, d.as_str())),
+            Some(d) => self.run.call((template, level.depth as u32, fresh, d.as_str())),
             None => self.run.call((template, level.depth as u32, fresh)),
         };
         // JS has recorded the level and delta before running anything that can fail.
@@ -334,10 +299,7 @@ impl<'js> Session<'js, '_> {
         level.sent = built.len();
         let outcome = match result {
             Ok(v) => match v.as_string() {
-                Some(s) => s.to_string().map_err(|e| Failure {
-                    kind: ExprErrorKind::Internal,
-                    message: e.to_string(),
-                }),
+                Some(s) => s.to_string().map_err(|e| Failure { kind: ExprErrorKind::Internal, message: e.to_string() }),
                 None => Err(Failure {
                     kind: ExprErrorKind::Internal,
                     message: format!("the template returned a {} instead of text", v.type_name()),
@@ -354,10 +316,7 @@ impl<'js> Session<'js, '_> {
         match e {
             rquickjs::Error::Allocation => self.memory_failure(),
             _ if self.ev.deadline.fired.load(Ordering::Relaxed) => self.timeout_failure(),
-            other => Failure {
-                kind: ExprErrorKind::Internal,
-                message: other.to_string(),
-            },
+            other => Failure { kind: ExprErrorKind::Internal, message: other.to_string() },
         }
     }
 
@@ -390,10 +349,7 @@ impl<'js> Session<'js, '_> {
         if message == "InternalError: out of memory" {
             return self.memory_failure();
         }
-        Failure {
-            kind: ExprErrorKind::Script,
-            message,
-        }
+        Failure { kind: ExprErrorKind::Script, message }
     }
 }
 
@@ -416,11 +372,7 @@ fn exception_message(exc: &JsValue<'_>) -> String {
 }
 
 fn format_duration(d: Duration) -> String {
-    if d.subsec_nanos() == 0 {
-        format!("{}s", d.as_secs())
-    } else {
-        format!("{}ms", d.as_millis())
-    }
+    if d.subsec_nanos() == 0 { format!("{}s", d.as_secs()) } else { format!("{}ms", d.as_millis()) }
 }
 
 fn any_needs_eval(value: &Value) -> bool {
@@ -433,41 +385,28 @@ fn any_needs_eval(value: &Value) -> bool {
 }
 
 fn object_needs_eval(o: &Object) -> bool {
-    o.iter()
-        .any(|(k, v)| !RAW_KEYS.contains(&k.as_str()) && any_needs_eval(v))
+    o.iter().any(|(k, v)| !RAW_KEYS.contains(&k.as_str()) && any_needs_eval(v))
 }
 
 impl Evaluator {
     /// A fresh context in `timezone` with moment.js loaded. Takes a few milliseconds.
     pub fn new(timezone: Zone, limits: ExprLimits) -> Result<Self, ExprError> {
-        let runtime = Runtime::new()
-            .map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
+        let runtime = Runtime::new().map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
         runtime.set_memory_limit(limits.memory_bytes);
         runtime.set_max_stack_size(limits.stack_bytes);
-        let deadline = Arc::new(Deadline {
-            origin: Instant::now(),
-            at: AtomicU64::new(u64::MAX),
-            fired: AtomicBool::new(false),
-        });
+        let deadline =
+            Arc::new(Deadline { origin: Instant::now(), at: AtomicU64::new(u64::MAX), fired: AtomicBool::new(false) });
         let handler_deadline = Arc::clone(&deadline);
         runtime.set_interrupt_handler(Some(Box::new(move || handler_deadline.check())));
-        let context = Context::full(&runtime)
-            .map_err(|e| ExprError::internal(format!("cannot create a JS context: {e}")))?;
-        let evaluator = Evaluator {
-            context,
-            runtime,
-            timezone,
-            limits,
-            deadline,
-            last_scope: Mutex::new(None),
-        };
+        let context =
+            Context::full(&runtime).map_err(|e| ExprError::internal(format!("cannot create a JS context: {e}")))?;
+        let evaluator = Evaluator { context, runtime, timezone, limits, deadline, last_scope: Mutex::new(None) };
         evaluator.load_libraries()?;
         Ok(evaluator)
     }
 
     fn load_libraries(&self) -> Result<(), ExprError> {
-        let bundle = bytecode::bundle()
-            .map_err(|e| ExprError::internal(format!("bundled JavaScript: {e}")))?;
+        let bundle = bytecode::bundle().map_err(|e| ExprError::internal(format!("bundled JavaScript: {e}")))?;
         let tz = self.timezone;
         self.deadline.arm(Duration::from_secs(30));
         let result = self.context.with(|ctx| -> rquickjs::Result<()> {
@@ -517,10 +456,7 @@ impl Evaluator {
     ) -> Result<R, ExprError> {
         // Consecutive tasks share most parameters: send JS only what changed since the last
         // call when that is less than half of them (see `update` in js/runtime.js).
-        let mut last = self
-            .last_scope
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut last = self.last_scope.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         let load = match last.take() {
             Some(prev) => {
                 let changed: Object = scope
@@ -528,8 +464,7 @@ impl Evaluator {
                     .filter(|(k, v)| prev.get(*k) != Some(*v))
                     .map(|(k, v)| (k.clone(), v.clone()))
                     .collect();
-                let removed: Vec<&String> =
-                    prev.keys().filter(|k| !scope.contains_key(*k)).collect();
+                let removed: Vec<&String> = prev.keys().filter(|k| !scope.contains_key(*k)).collect();
                 if (changed.len() + removed.len()) * 2 < scope.len() {
                     ParamsLoad::Update(serialize(&changed)?, serialize(&removed)?)
                 } else {
@@ -542,20 +477,12 @@ impl Evaluator {
             let globals = ctx.globals();
             let (begin, update, run): (Function, Function, Function) = globals
                 .get("__spade_begin")
-                .and_then(|b| {
-                    Ok((
-                        b,
-                        globals.get("__spade_update")?,
-                        globals.get("__spade_run")?,
-                    ))
-                })
+                .and_then(|b| Ok((b, globals.get("__spade_update")?, globals.get("__spade_run")?)))
                 .map_err(|e| ExprError::internal(format!("the template runner is missing: {e}")))?;
             self.deadline.arm(self.limits.time);
             let begun = match &load {
                 ParamsLoad::Full(json) => begin.call::<_, ()>((json.as_str(),)),
-                ParamsLoad::Update(changed, removed) => {
-                    update.call::<_, ()>((changed.as_str(), removed.as_str()))
-                }
+                ParamsLoad::Update(changed, removed) => update.call::<_, ()>((changed.as_str(), removed.as_str())),
             };
             self.deadline.disarm();
             if let Err(e) = begun {
@@ -563,9 +490,7 @@ impl Evaluator {
                     rquickjs::Error::Exception => exception_message(&ctx.catch()),
                     other => other.to_string(),
                 };
-                return Err(ExprError::internal(format!(
-                    "could not load the parameters into JS: {detail}"
-                )));
+                return Err(ExprError::internal(format!("could not load the parameters into JS: {detail}")));
             }
             // JS now holds exactly `scope` as its parameters.
             *last = Some(scope.clone());
@@ -595,11 +520,7 @@ impl Evaluator {
     /// again could give something else. The engine must persist such a result before use.
     /// Conservative: anything that read the clock counts, even moment's parsing of a full
     /// date (`moment(session_time)`), whose result does not depend on it.
-    pub fn eval_config_tracked(
-        &self,
-        config: &Object,
-        scope: &Object,
-    ) -> Result<(Object, bool), ExprError> {
+    pub fn eval_config_tracked(&self, config: &Object, scope: &Object) -> Result<(Object, bool), ExprError> {
         if !object_needs_eval(config) {
             return Ok((config.clone(), false));
         }
@@ -618,8 +539,7 @@ impl Evaluator {
             return Ok(template.to_string());
         }
         self.with_session(scope, |s| {
-            s.render(template, &mut Level::new(0), &Object::new())
-                .map_err(|f| f.at(String::new(), template))
+            s.render(template, &mut Level::new(0), &Object::new()).map_err(|f| f.at(String::new(), template))
         })
     }
 
@@ -689,10 +609,9 @@ fn walk_value<'a>(
             }
             Value::Array(out)
         }
-        Value::String(text) if needs_eval(text) => Value::String(
-            s.render(text, level, built)
-                .map_err(|f| f.at(render_path(path), text))?,
-        ),
+        Value::String(text) if needs_eval(text) => {
+            Value::String(s.render(text, level, built).map_err(|f| f.at(render_path(path), text))?)
+        }
         other => other.clone(),
     })
 }
@@ -713,11 +632,7 @@ mod volatile_tests {
     fn clock_and_randomness_make_a_result_volatile() {
         let ev = Evaluator::new(Zone::UTC, ExprLimits::default()).unwrap();
         let scope = obj(json!({"a": 1, "session_time": "2024-01-01T00:00:00+00:00"}));
-        let tracked = |template: &str| {
-            ev.eval_config_tracked(&obj(json!({ "x": template })), &scope)
-                .unwrap()
-                .1
-        };
+        let tracked = |template: &str| ev.eval_config_tracked(&obj(json!({ "x": template })), &scope).unwrap().1;
         assert!(!tracked("plain"));
         assert!(!tracked("${a + 1}"));
         // Conservative: moment() reads the clock while parsing even a complete date, so

@@ -122,16 +122,8 @@ fn push_js_string_body(out: &mut String, text: &str) {
 pub fn to_js(input: &str) -> String {
     let segments = parse(input);
     let mut src = String::with_capacity(input.len() + 64);
-    let exprs: Vec<&str> = segments
-        .iter()
-        .filter_map(|s| {
-            if let Segment::Expr(e) = s {
-                Some(*e)
-            } else {
-                None
-            }
-        })
-        .collect();
+    let exprs: Vec<&str> =
+        segments.iter().filter_map(|s| if let Segment::Expr(e) = s { Some(*e) } else { None }).collect();
     if !exprs.is_empty() {
         src.push_str("var __v;\nwith(this){__v=[");
         for (i, expr) in exprs.iter().enumerate() {
@@ -173,10 +165,7 @@ mod tests {
 
     #[test]
     fn splits_text_and_expressions() {
-        assert_eq!(
-            parse("p${1}m$$m${2}s"),
-            vec![lit("p"), Expr("1"), lit("m$m"), Expr("2"), lit("s")]
-        );
+        assert_eq!(parse("p${1}m$$m${2}s"), vec![lit("p"), Expr("1"), lit("m$m"), Expr("2"), lit("s")]);
         assert_eq!(parse("${a}${b}"), vec![Expr("a"), Expr("b")]);
         assert_eq!(parse(""), vec![]);
     }
@@ -207,30 +196,18 @@ mod tests {
             parse("${[1,2].map(function(x){return x*2})}!"),
             vec![Expr("[1,2].map(function(x){return x*2})"), lit("!")]
         );
-        assert_eq!(
-            parse("${ {kind: \"svc\"} }"),
-            vec![Expr(" {kind: \"svc\"} ")]
-        );
+        assert_eq!(parse("${ {kind: \"svc\"} }"), vec![Expr(" {kind: \"svc\"} ")]);
     }
 
     #[test]
     fn operator_templates_are_left_alone() {
-        assert_eq!(
-            parse("${secret:db.password}"),
-            vec![lit("${secret:db.password}")]
-        );
-        assert_eq!(
-            parse("k=${secret:k} v=${v}"),
-            vec![lit("k=${secret:k} v="), Expr("v")]
-        );
+        assert_eq!(parse("${secret:db.password}"), vec![lit("${secret:db.password}")]);
+        assert_eq!(parse("k=${secret:k} v=${v}"), vec![lit("k=${secret:k} v="), Expr("v")]);
         // Only `[a-z]+:` right after `${` counts.
         assert_eq!(parse("${x ? a:b}"), vec![Expr("x ? a:b")]);
         assert_eq!(parse("${Secret:k}"), vec![Expr("Secret:k")]);
         // A later `${` inside the skipped one is still found, as digdag.js's regex does.
-        assert_eq!(
-            parse("${env:${a}}"),
-            vec![lit("${env:"), Expr("a"), lit("}")]
-        );
+        assert_eq!(parse("${env:${a}}"), vec![lit("${env:"), Expr("a"), lit("}")]);
     }
 
     #[test]

@@ -21,13 +21,7 @@ fn instant(t: f64) -> Option<DateTime<chrono::Utc>> {
 /// Outside chrono's range (beyond ±262,000 years) the offset is 0.
 pub fn offset_ms(tz: Zone, t: f64) -> f64 {
     match instant(t) {
-        Some(dt) => {
-            f64::from(
-                tz.offset_from_utc_datetime(&dt.naive_utc())
-                    .fix()
-                    .local_minus_utc(),
-            ) * 1000.0
-        }
+        Some(dt) => f64::from(tz.offset_from_utc_datetime(&dt.naive_utc()).fix().local_minus_utc()) * 1000.0,
         None => 0.0,
     }
 }
@@ -61,12 +55,7 @@ mod tests {
     use chrono::NaiveDate;
 
     fn wall(y: i32, m: u32, d: u32, h: u32, mi: u32) -> f64 {
-        NaiveDate::from_ymd_opt(y, m, d)
-            .unwrap()
-            .and_hms_opt(h, mi, 0)
-            .unwrap()
-            .and_utc()
-            .timestamp_millis() as f64
+        NaiveDate::from_ymd_opt(y, m, d).unwrap().and_hms_opt(h, mi, 0).unwrap().and_utc().timestamp_millis() as f64
     }
 
     #[test]
@@ -93,20 +82,11 @@ mod tests {
     fn local_to_utc_handles_gaps_and_overlaps() {
         let la = Zone::parse("America/Los_Angeles").unwrap();
         // Plain winter time.
-        assert_eq!(
-            local_to_utc(la, wall(2023, 2, 14, 0, 0)),
-            wall(2023, 2, 14, 8, 0)
-        );
+        assert_eq!(local_to_utc(la, wall(2023, 2, 14, 0, 0)), wall(2023, 2, 14, 8, 0));
         // Skipped 02:30 on 2016-03-13 is read as PST: 10:30Z (= 03:30 PDT).
-        assert_eq!(
-            local_to_utc(la, wall(2016, 3, 13, 2, 30)),
-            wall(2016, 3, 13, 10, 30)
-        );
+        assert_eq!(local_to_utc(la, wall(2016, 3, 13, 2, 30)), wall(2016, 3, 13, 10, 30));
         // Repeated 01:30 on 2016-11-06 is the earlier one (PDT): 08:30Z.
-        assert_eq!(
-            local_to_utc(la, wall(2016, 11, 6, 1, 30)),
-            wall(2016, 11, 6, 8, 30)
-        );
+        assert_eq!(local_to_utc(la, wall(2016, 11, 6, 1, 30)), wall(2016, 11, 6, 8, 30));
         assert!(local_to_utc(la, f64::NAN).is_nan());
         assert_eq!(local_to_utc(la, 8.64e15), 8.64e15);
     }

@@ -19,8 +19,7 @@ impl Cache {
 
     fn path(&self, digest: &str) -> Option<PathBuf> {
         let hex = digest.strip_prefix("sha256:")?;
-        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
-            .then(|| self.dir.join(format!("{hex}.wasm")))
+        (hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit())).then(|| self.dir.join(format!("{hex}.wasm")))
     }
 
     /// The cached component with this digest. A file whose content no longer matches its

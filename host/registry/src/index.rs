@@ -38,15 +38,11 @@ pub struct IndexEntry {
 pub fn check_name(name: &str) -> Result<()> {
     let ok = (1..=64).contains(&name.len())
         && name.starts_with(|c: char| c.is_ascii_lowercase())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if ok {
         Ok(())
     } else {
-        err(format!(
-            "invalid plugin name {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter"
-        ))
+        err(format!("invalid plugin name {name:?}: use lowercase letters, digits, `-` and `_`, starting with a letter"))
     }
 }
 
@@ -87,10 +83,9 @@ fn read_index(root: &Path, name: &str) -> Result<IndexFile> {
     let path = root.join(index_path(name));
     match std::fs::read(&path) {
         Ok(bytes) => IndexFile::parse(&bytes, name, &root.display()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(IndexFile {
-            name: name.to_string(),
-            versions: Vec::new(),
-        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Ok(IndexFile { name: name.to_string(), versions: Vec::new() })
+        }
         Err(e) => err(format!("reading {}: {e}", path.display())),
     }
 }
@@ -191,7 +186,9 @@ mod tests {
     fn hostile_indexes_are_refused() {
         let parse = |text: &str| IndexFile::parse(text.as_bytes(), "p", &"r").map(|_| ()).unwrap_err().to_string();
         let entry = |file: &str| {
-            format!(r#"{{"name": "p", "versions": [{{"version": "1.0.0", "digest": "sha256:00", "wit": "0.2.0", "operators": [], "file": "{file}"}}]}}"#)
+            format!(
+                r#"{{"name": "p", "versions": [{{"version": "1.0.0", "digest": "sha256:00", "wit": "0.2.0", "operators": [], "file": "{file}"}}]}}"#
+            )
         };
         assert!(parse(&entry("../../etc/passwd")).contains("a path inside the registry"));
         assert!(parse(&entry("/etc/passwd")).contains("a path inside the registry"));

@@ -87,37 +87,18 @@ pub struct Installed {
 
 /// The newest version in `index` matching `req` that is not yanked and whose contract
 /// version `runs` accepts.
-pub fn resolve<'a>(
-    index: &'a IndexFile,
-    req: &VersionReq,
-    runs: &dyn Fn(&str) -> bool,
-) -> Result<&'a IndexEntry> {
-    let matching: Vec<&IndexEntry> = index
-        .versions
-        .iter()
-        .filter(|e| req.matches(&e.version))
-        .collect();
-    let usable = matching
-        .iter()
-        .filter(|e| !e.yanked && runs(&e.wit))
-        .max_by(|a, b| a.version.cmp(&b.version));
+pub fn resolve<'a>(index: &'a IndexFile, req: &VersionReq, runs: &dyn Fn(&str) -> bool) -> Result<&'a IndexEntry> {
+    let matching: Vec<&IndexEntry> = index.versions.iter().filter(|e| req.matches(&e.version)).collect();
+    let usable = matching.iter().filter(|e| !e.yanked && runs(&e.wit)).max_by(|a, b| a.version.cmp(&b.version));
     if let Some(e) = usable {
         return Ok(e);
     }
-    let all: Vec<String> = index
-        .versions
-        .iter()
-        .map(|e| e.version.to_string())
-        .collect();
+    let all: Vec<String> = index.versions.iter().map(|e| e.version.to_string()).collect();
     if matching.is_empty() {
         return err(format!(
             "no version of {} matches {req} (published: {})",
             index.name,
-            if all.is_empty() {
-                "none".into()
-            } else {
-                all.join(", ")
-            }
+            if all.is_empty() { "none".into() } else { all.join(", ") }
         ));
     }
     let why: Vec<String> = matching
@@ -126,18 +107,11 @@ pub fn resolve<'a>(
             if e.yanked {
                 format!("{} is yanked", e.version)
             } else {
-                format!(
-                    "{} is built for spade:operator@{}, which this spade does not run",
-                    e.version, e.wit
-                )
+                format!("{} is built for spade:operator@{}, which this spade does not run", e.version, e.wit)
             }
         })
         .collect();
-    err(format!(
-        "no usable version of {} matches {req}: {}",
-        index.name,
-        why.join("; ")
-    ))
+    err(format!("no usable version of {} matches {req}: {}", index.name, why.join("; ")))
 }
 
 /// Makes every plugin of `wanted` available: from the lock where it still fits (unless
@@ -156,10 +130,7 @@ pub fn install(
     for w in wanted {
         check_name(&w.name)?;
         if !seen.insert(w.name.clone()) {
-            return err(format!(
-                "plugin {} is asked for twice; list it once",
-                w.name
-            ));
+            return err(format!("plugin {} is asked for twice; list it once", w.name));
         }
         let source = w.registry.id();
         let may_keep = match update {
@@ -173,11 +144,9 @@ pub fn install(
             .find(|p| p.name == w.name && p.source == source && w.req.matches(&p.version))
             .filter(|_| may_keep);
         let installed = match kept {
-            Some(locked) => Installed {
-                bytes: fetch_locked(w, locked, cache)?,
-                locked: locked.clone(),
-                newly_locked: false,
-            },
+            Some(locked) => {
+                Installed { bytes: fetch_locked(w, locked, cache)?, locked: locked.clone(), newly_locked: false }
+            }
             None => {
                 let index = w.registry.index(&w.name)?;
                 let entry = resolve(&index, &w.req, runs)
@@ -291,10 +260,7 @@ mod tests {
     }
 
     fn index(entries: Vec<IndexEntry>) -> IndexFile {
-        IndexFile {
-            name: "p".into(),
-            versions: entries,
-        }
+        IndexFile { name: "p".into(), versions: entries }
     }
 
     fn runs(wit: &str) -> bool {

@@ -70,11 +70,8 @@ impl Lockfile {
 
     /// Writes the lockfile to `path` (atomically).
     pub fn save(&self, path: &Path) -> Result<()> {
-        let body = toml::to_string(&LockText {
-            version: FORMAT_VERSION,
-            plugins: self.plugins.clone(),
-        })
-        .map_err(|e| RegistryError(format!("cannot write the lockfile: {e}")))?;
+        let body = toml::to_string(&LockText { version: FORMAT_VERSION, plugins: self.plugins.clone() })
+            .map_err(|e| RegistryError(format!("cannot write the lockfile: {e}")))?;
         write_atomic(path, format!("{HEADER}{body}").as_bytes())
     }
 }

@@ -89,8 +89,7 @@ impl Registry {
 
     /// The file at `rel` (at most `limit` bytes); missing is an error.
     pub fn fetch(&self, rel: &str, limit: u64) -> Result<Vec<u8>> {
-        self.get(rel, limit)?
-            .ok_or_else(|| RegistryError(format!("registry {self} lists {rel} but does not have it")))
+        self.get(rel, limit)?.ok_or_else(|| RegistryError(format!("registry {self} lists {rel} but does not have it")))
     }
 
     fn get(&self, rel: &str, limit: u64) -> Result<Option<Vec<u8>>> {
@@ -105,9 +104,11 @@ impl Registry {
                         Ok(None)
                     }
                     Err(e) => err(format!("reading {}: {e}", path.display())),
-                    Ok(m) if m.len() > limit => {
-                        err(format!("{} is {} bytes, more than the {limit} a registry file may have", path.display(), m.len()))
-                    }
+                    Ok(m) if m.len() > limit => err(format!(
+                        "{} is {} bytes, more than the {limit} a registry file may have",
+                        path.display(),
+                        m.len()
+                    )),
                     Ok(_) => std::fs::read(&path)
                         .map(Some)
                         .map_err(|e| RegistryError(format!("reading {}: {e}", path.display()))),
@@ -126,10 +127,7 @@ fn http_get(url: &str, limit: u64) -> Result<Option<Vec<u8>>> {
         .user_agent(concat!("spade/", env!("CARGO_PKG_VERSION")))
         .build();
     let agent = ureq::Agent::new_with_config(config);
-    let mut response = agent
-        .get(url)
-        .call()
-        .map_err(|e| RegistryError(format!("fetching {url}: {e}")))?;
+    let mut response = agent.get(url).call().map_err(|e| RegistryError(format!("fetching {url}: {e}")))?;
     match response.status().as_u16() {
         200 => {}
         404 | 410 => return Ok(None),
@@ -139,17 +137,12 @@ fn http_get(url: &str, limit: u64) -> Result<Option<Vec<u8>>> {
             ));
         }
     }
-    let bytes = response
-        .body_mut()
-        .with_config()
-        .limit(limit)
-        .read_to_vec()
-        .map_err(|e| match e {
-            ureq::Error::BodyExceedsLimit(_) => {
-                RegistryError(format!("fetching {url}: the file is larger than {limit} bytes"))
-            }
-            e => RegistryError(format!("fetching {url}: {e}")),
-        })?;
+    let bytes = response.body_mut().with_config().limit(limit).read_to_vec().map_err(|e| match e {
+        ureq::Error::BodyExceedsLimit(_) => {
+            RegistryError(format!("fetching {url}: the file is larger than {limit} bytes"))
+        }
+        e => RegistryError(format!("fetching {url}: {e}")),
+    })?;
     Ok(Some(bytes))
 }
 

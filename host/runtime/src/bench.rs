@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use spade_api::{
-    AttemptRef, CancelToken, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost,
-    StartRequest, TaskRequest, TaskServices,
+    AttemptRef, CancelToken, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, StartRequest,
+    TaskRequest, TaskServices,
 };
 
 use crate::{Grants, LoadKind, Runtime, RuntimeConfig, RuntimeError};
@@ -29,12 +29,7 @@ pub struct BenchOptions {
 
 impl Default for BenchOptions {
     fn default() -> Self {
-        BenchOptions {
-            iterations: 2000,
-            warmup: 200,
-            cache_loads: 30,
-            workspace: None,
-        }
+        BenchOptions { iterations: 2000, warmup: 200, cache_loads: 30, workspace: None }
     }
 }
 
@@ -63,11 +58,7 @@ impl std::fmt::Display for BenchReport {
             if self.pooling { "pooling" } else { "on-demand" }
         )?;
         writeln!(f, "compile + cache:    {:.2} ms", ms(self.compile))?;
-        writeln!(
-            f,
-            "cache load median:  {:.3} ms",
-            ms(self.cache_load_median)
-        )?;
+        writeln!(f, "cache load median:  {:.3} ms", ms(self.cache_load_median))?;
         write!(
             f,
             "warm call median:   {:.1} us (p90 {:.1} us, p99 {:.1} us, {} calls)",
@@ -126,12 +117,9 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new(tag: &str) -> Result<TempDir, BenchError> {
         use std::os::unix::fs::DirBuilderExt;
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos())
-            .unwrap_or(0);
-        let p =
-            std::env::temp_dir().join(format!("spade-bench-{tag}-{}-{nanos}", std::process::id()));
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        let p = std::env::temp_dir().join(format!("spade-bench-{tag}-{}-{nanos}", std::process::id()));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&p)
@@ -191,27 +179,19 @@ pub fn measure(
     let temp_workspace = TempDir::new("ws")?;
     let workspace = opts.workspace.as_deref().unwrap_or(temp_workspace.path());
     if !workspace.is_dir() {
-        return Err(BenchError::Setup(format!(
-            "the workspace {} is not a directory",
-            workspace.display()
-        )));
+        return Err(BenchError::Setup(format!("the workspace {} is not a directory", workspace.display())));
     }
 
     // First runtime: compiles and fills the cache.
     let rt = Runtime::new(RuntimeConfig::with_cache_dir(cache.path()))?;
     if !rt.has_cache() {
-        return Err(BenchError::Setup(format!(
-            "the cache directory {} is unusable",
-            cache.path().display()
-        )));
+        return Err(BenchError::Setup(format!("the cache directory {} is unusable", cache.path().display())));
     }
     let t = Instant::now();
     let first = rt.install("bench", bytes, Grants::all())?;
     let compile = t.elapsed();
     if first.load != LoadKind::Compiled {
-        return Err(BenchError::Setup(
-            "a fresh cache unexpectedly had the plugin".into(),
-        ));
+        return Err(BenchError::Setup("a fresh cache unexpectedly had the plugin".into()));
     }
 
     // Cache loads: the same engine configuration reads what the first install wrote.
@@ -221,9 +201,7 @@ pub fn measure(
         let (_pre, report) = rt.prepare("bench", bytes, &Grants::all())?;
         loads.push(t.elapsed());
         if report.load != LoadKind::Cached {
-            return Err(BenchError::Setup(
-                "the cache did not serve the plugin back".into(),
-            ));
+            return Err(BenchError::Setup("the cache did not serve the plugin back".into()));
         }
     }
     loads.sort();

@@ -64,17 +64,10 @@ fn untrusted(meta: &fs::Metadata, want_dir: bool) -> Option<String> {
         return Some("is not a regular file".into());
     }
     if meta.uid() != euid() {
-        return Some(format!(
-            "is owned by uid {}, not by the current user ({})",
-            meta.uid(),
-            euid()
-        ));
+        return Some(format!("is owned by uid {}, not by the current user ({})", meta.uid(), euid()));
     }
     if meta.mode() & 0o022 != 0 {
-        return Some(format!(
-            "is writable by group or others (mode {:o})",
-            meta.mode() & 0o7777
-        ));
+        return Some(format!("is writable by group or others (mode {:o})", meta.mode() & 0o7777));
     }
     None
 }
@@ -149,14 +142,8 @@ impl Cache {
             .recursive(true)
             .mode(0o700)
             .create(dir)
-            .map_err(|e| {
-                format!(
-                    "cannot create the compile cache directory {}: {e}",
-                    dir.display()
-                )
-            })?;
-        let meta =
-            fs::symlink_metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            .map_err(|e| format!("cannot create the compile cache directory {}: {e}", dir.display()))?;
+        let meta = fs::symlink_metadata(dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
         if let Some(why) = untrusted(&meta, true) {
             return Err(format!(
                 "the compile cache directory {} {why}; fix its ownership/permissions (chmod 700) or set SPADE_CACHE_DIR",
@@ -166,10 +153,7 @@ impl Cache {
         let mut h = ShaHasher(Sha256::new());
         engine.precompile_compatibility_hash().hash(&mut h);
         let compat = hex::encode(&h.0.finalize()[..12]);
-        Ok(Cache {
-            dir: dir.to_path_buf(),
-            compat,
-        })
+        Ok(Cache { dir: dir.to_path_buf(), compat })
     }
 
     fn paths(&self, digest: &str) -> (PathBuf, PathBuf) {
@@ -191,29 +175,18 @@ impl Cache {
             }
             metas.push(meta);
         }
-        let text =
-            fs::read_to_string(&sidecar).map_err(|e| format!("{}: {e}", sidecar.display()))?;
-        let sum = Sum::parse(&text)
-            .ok_or_else(|| format!("{} is not a spade cache record", sidecar.display()))?;
+        let text = fs::read_to_string(&sidecar).map_err(|e| format!("{}: {e}", sidecar.display()))?;
+        let sum = Sum::parse(&text).ok_or_else(|| format!("{} is not a spade cache record", sidecar.display()))?;
         if sum.identity != Identity::of(&metas[0]) {
             // Not the inode we wrote (copied, restored, touched): trust the content only.
             let bytes = fs::read(&cwasm).map_err(|e| format!("{}: {e}", cwasm.display()))?;
             if sha256_hex(&bytes) != sum.sha256 {
-                return Err(format!(
-                    "{} does not match its recorded digest",
-                    cwasm.display()
-                ));
+                return Err(format!("{} does not match its recorded digest", cwasm.display()));
             }
-            let meta =
-                fs::symlink_metadata(&cwasm).map_err(|e| format!("{}: {e}", cwasm.display()))?;
+            let meta = fs::symlink_metadata(&cwasm).map_err(|e| format!("{}: {e}", cwasm.display()))?;
             let _ = self.write_atomic(
                 &sidecar,
-                Sum {
-                    sha256: sum.sha256.clone(),
-                    identity: Identity::of(&meta),
-                }
-                .render()
-                .as_bytes(),
+                Sum { sha256: sum.sha256.clone(), identity: Identity::of(&meta) }.render().as_bytes(),
             );
         }
         // SAFETY: the file was written by spade (`Component::serialize` with the same engine
@@ -225,16 +198,11 @@ impl Cache {
 
     /// Stores the compiled `component` under `digest`.
     pub fn store(&self, digest: &str, component: &Component) -> Result<(), String> {
-        let bytes = component
-            .serialize()
-            .map_err(|e| format!("cannot serialize the compiled component: {e}"))?;
+        let bytes = component.serialize().map_err(|e| format!("cannot serialize the compiled component: {e}"))?;
         let (cwasm, sidecar) = self.paths(digest);
         self.write_atomic(&cwasm, &bytes)?;
         let meta = fs::symlink_metadata(&cwasm).map_err(|e| format!("{}: {e}", cwasm.display()))?;
-        let sum = Sum {
-            sha256: sha256_hex(&bytes),
-            identity: Identity::of(&meta),
-        };
+        let sum = Sum { sha256: sha256_hex(&bytes), identity: Identity::of(&meta) };
         self.write_atomic(&sidecar, sum.render().as_bytes())
     }
 
@@ -244,17 +212,10 @@ impl Cache {
             ".tmp-{}-{}-{}",
             std::process::id(),
             SEQ.fetch_add(1, Ordering::Relaxed),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos())
-                .unwrap_or(0)
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
         ));
         let result = (|| {
-            let mut f = fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&tmp)?;
+            let mut f = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&tmp)?;
             f.write_all(bytes)?;
             f.sync_data()?;
             fs::rename(&tmp, dest)
@@ -272,26 +233,12 @@ mod tests {
 
     #[test]
     fn sum_round_trips_and_rejects_junk() {
-        let s = Sum {
-            sha256: "ab".repeat(32),
-            identity: Identity {
-                dev: 1,
-                ino: 2,
-                size: 3,
-                ctime: -4,
-                ctime_nsec: 5,
-            },
-        };
+        let s =
+            Sum { sha256: "ab".repeat(32), identity: Identity { dev: 1, ino: 2, size: 3, ctime: -4, ctime_nsec: 5 } };
         let back = Sum::parse(&s.render()).unwrap();
         assert_eq!((back.sha256, back.identity), (s.sha256, s.identity));
         assert!(Sum::parse("spade-cwasm 1\nsha256 xyz\nfile 1 2 3 4 5\n").is_none());
         assert!(Sum::parse("").is_none());
-        assert!(
-            Sum::parse(&format!(
-                "spade-cwasm 2\nsha256 {}\nfile 1 2 3 4 5\n",
-                "a".repeat(64)
-            ))
-            .is_none()
-        );
+        assert!(Sum::parse(&format!("spade-cwasm 2\nsha256 {}\nfile 1 2 3 4 5\n", "a".repeat(64))).is_none());
     }
 }

@@ -11,8 +11,8 @@ use wasmtime::Store;
 use wasmtime::component::{HasSelf, InstancePre, Linker};
 
 use crate::host::{
-    HostState, Plugin, PluginPre, wit_engine, wit_expressions, wit_log, wit_output, wit_secrets,
-    wit_types, wit_workflows,
+    HostState, Plugin, PluginPre, wit_engine, wit_expressions, wit_log, wit_output, wit_secrets, wit_types,
+    wit_workflows,
 };
 
 /// The current contract version (what `wit/operator.wit` declares).
@@ -126,10 +126,7 @@ impl AnyPre {
 }
 
 impl AnyPlugin {
-    pub fn call_describe(
-        &self,
-        store: &mut Store<HostState>,
-    ) -> wasmtime::Result<wit_types::PluginInfo> {
+    pub fn call_describe(&self, store: &mut Store<HostState>) -> wasmtime::Result<wit_types::PluginInfo> {
         match self {
             AnyPlugin::V0_2(p) => p.call_describe(store),
             AnyPlugin::V0_1(p) => {
@@ -177,15 +174,11 @@ impl AnyPlugin {
                         export_params: d.export_params,
                         subtasks: d.subtasks,
                     }),
-                    old::types::Outcome::Poll(p) => wit_types::Outcome::Poll(wit_types::Poll {
-                        after_seconds: p.after_seconds,
-                        state: p.state,
-                    }),
+                    old::types::Outcome::Poll(p) => {
+                        wit_types::Outcome::Poll(wit_types::Poll { after_seconds: p.after_seconds, state: p.state })
+                    }
                     old::types::Outcome::Error(f) => {
-                        wit_types::Outcome::Error(wit_types::Failure {
-                            message: f.message,
-                            retryable: f.retryable,
-                        })
+                        wit_types::Outcome::Error(wit_types::Failure { message: f.message, retryable: f.retryable })
                     }
                 })
             }
@@ -248,10 +241,7 @@ fn old_ref(r: wit_engine::AttemptRef) -> old::engine::AttemptRef {
 }
 
 impl old::engine::Host for HostState {
-    fn start_or_find(
-        &mut self,
-        req: old::engine::StartRequest,
-    ) -> Result<old::engine::AttemptRef, String> {
+    fn start_or_find(&mut self, req: old::engine::StartRequest) -> Result<old::engine::AttemptRef, String> {
         let req = wit_engine::StartRequest {
             project_name: req.project_name,
             workflow_name: req.workflow_name,
@@ -283,22 +273,13 @@ mod tests {
 
     #[test]
     fn detects_versions_from_imports() {
-        assert_eq!(
-            d(&["wasi:io/streams@0.2.0", "spade:operator/types@0.2.0"]),
-            "V0_2"
-        );
-        assert_eq!(
-            d(&["spade:operator/types@0.2.3", "spade:operator/log@0.2.3"]),
-            "V0_2"
-        );
+        assert_eq!(d(&["wasi:io/streams@0.2.0", "spade:operator/types@0.2.0"]), "V0_2");
+        assert_eq!(d(&["spade:operator/types@0.2.3", "spade:operator/log@0.2.3"]), "V0_2");
         assert_eq!(d(&["spade:operator/types@0.1.0"]), "V0_1");
         assert_eq!(d(&["spade:operator/types@9.0.0"]), "unsupported 9.0.0");
         assert_eq!(d(&["spade:operator/types@0.9.0"]), "unsupported 0.9.0");
         assert_eq!(d(&["spade:operator/types"]), "unsupported (no version)");
         assert_eq!(d(&["wasi:io/streams@0.2.0"]), "missing");
-        assert_eq!(
-            d(&["spade:operator/types@0.1.0", "spade:operator/log@0.2.0"]),
-            "mixed 0.1.0,0.2.0"
-        );
+        assert_eq!(d(&["spade:operator/types@0.1.0", "spade:operator/log@0.2.0"]), "mixed 0.1.0,0.2.0");
     }
 }

@@ -42,10 +42,7 @@ pub(crate) fn encode_request(req: &TaskRequest) -> wit_types::TaskRequest {
 }
 
 fn bad(plugin: &str, message: String) -> InvokeError {
-    InvokeError::Plugin {
-        plugin: plugin.to_string(),
-        message,
-    }
+    InvokeError::Plugin { plugin: plugin.to_string(), message }
 }
 
 fn describe_kind(v: &Value) -> &'static str {
@@ -60,12 +57,8 @@ fn describe_kind(v: &Value) -> &'static str {
 }
 
 fn parse_json(plugin: &str, field: &str, text: &str) -> Result<Value, InvokeError> {
-    serde_json::from_str(text).map_err(|e| {
-        bad(
-            plugin,
-            format!("returned invalid JSON in outcome field `{field}`: {e}"),
-        )
-    })
+    serde_json::from_str(text)
+        .map_err(|e| bad(plugin, format!("returned invalid JSON in outcome field `{field}`: {e}")))
 }
 
 /// An object field; empty text counts as `{}` (plugins written by hand often leave it so).
@@ -77,10 +70,7 @@ fn parse_object(plugin: &str, field: &str, text: &str) -> Result<Object, InvokeE
         Value::Object(m) => Ok(m),
         other => Err(bad(
             plugin,
-            format!(
-                "returned {} in outcome field `{field}`, which must be a JSON object",
-                describe_kind(&other)
-            ),
+            format!("returned {} in outcome field `{field}`, which must be a JSON object", describe_kind(&other)),
         )),
     }
 }
@@ -88,11 +78,7 @@ fn parse_object(plugin: &str, field: &str, text: &str) -> Result<Object, InvokeE
 fn check_size(plugin: &str, fields: &[(&str, usize)]) -> Result<(), InvokeError> {
     let total: usize = fields.iter().map(|(_, n)| n).sum();
     if total > MAX_OUTCOME_BYTES {
-        let (name, largest) = fields
-            .iter()
-            .max_by_key(|(_, n)| *n)
-            .copied()
-            .unwrap_or(("outcome", total));
+        let (name, largest) = fields.iter().max_by_key(|(_, n)| *n).copied().unwrap_or(("outcome", total));
         return Err(bad(
             plugin,
             format!(
@@ -104,10 +90,7 @@ fn check_size(plugin: &str, fields: &[(&str, usize)]) -> Result<(), InvokeError>
     Ok(())
 }
 
-pub(crate) fn decode_outcome(
-    plugin: &str,
-    out: wit_types::Outcome,
-) -> Result<Outcome, InvokeError> {
+pub(crate) fn decode_outcome(plugin: &str, out: wit_types::Outcome) -> Result<Outcome, InvokeError> {
     match out {
         wit_types::Outcome::Done(d) => {
             check_size(
@@ -116,10 +99,7 @@ pub(crate) fn decode_outcome(
                     ("done.store-params", d.store_params.len()),
                     ("done.export-params", d.export_params.len()),
                     ("done.subtasks", d.subtasks.as_ref().map_or(0, |s| s.len())),
-                    (
-                        "done.reset-store-params",
-                        d.reset_store_params.iter().map(|k| k.len()).sum(),
-                    ),
+                    ("done.reset-store-params", d.reset_store_params.iter().map(|k| k.len()).sum()),
                 ],
             )?;
             if d.reset_store_params.len() > MAX_RESET_KEYS {
@@ -131,11 +111,7 @@ pub(crate) fn decode_outcome(
                     ),
                 ));
             }
-            if let Some(k) = d
-                .reset_store_params
-                .iter()
-                .find(|k| k.len() > MAX_RESET_KEY_BYTES)
-            {
+            if let Some(k) = d.reset_store_params.iter().find(|k| k.len() > MAX_RESET_KEY_BYTES) {
                 return Err(bad(
                     plugin,
                     format!(
@@ -151,26 +127,17 @@ pub(crate) fn decode_outcome(
                 Some(s) if s.trim().is_empty() => {
                     return Err(bad(
                         plugin,
-                        "returned an empty `done.subtasks`; it must be a JSON object (or none)"
-                            .into(),
+                        "returned an empty `done.subtasks`; it must be a JSON object (or none)".into(),
                     ));
                 }
                 Some(s) => Some(parse_object(plugin, "done.subtasks", s)?),
             };
-            Ok(Outcome::Done(Done {
-                store_params,
-                reset_store_params: d.reset_store_params,
-                export_params,
-                subtasks,
-            }))
+            Ok(Outcome::Done(Done { store_params, reset_store_params: d.reset_store_params, export_params, subtasks }))
         }
         wit_types::Outcome::Poll(p) => {
             check_size(plugin, &[("poll.state", p.state.len())])?;
             let state = parse_json(plugin, "poll.state", &p.state)?;
-            Ok(Outcome::Poll {
-                after_seconds: p.after_seconds,
-                state,
-            })
+            Ok(Outcome::Poll { after_seconds: p.after_seconds, state })
         }
         wit_types::Outcome::Error(f) => {
             let message = if f.message.len() > MAX_MESSAGE_BYTES {
@@ -182,10 +149,7 @@ pub(crate) fn decode_outcome(
             } else {
                 f.message
             };
-            Ok(Outcome::Error {
-                message,
-                retryable: f.retryable,
-            })
+            Ok(Outcome::Error { message, retryable: f.retryable })
         }
     }
 }
@@ -205,9 +169,7 @@ mod tests {
 
     #[test]
     fn decodes_done() {
-        let Outcome::Done(d) = decode_outcome("p", done(r#"{"k": 1}"#)).unwrap() else {
-            panic!()
-        };
+        let Outcome::Done(d) = decode_outcome("p", done(r#"{"k": 1}"#)).unwrap() else { panic!() };
         assert_eq!(d.store_params["k"], 1);
         assert!(d.export_params.is_empty());
         assert_eq!(d.reset_store_params, vec!["a.b"]);
@@ -217,24 +179,12 @@ mod tests {
     #[test]
     fn names_the_bad_field() {
         let e = decode_outcome("p", done("[1]")).unwrap_err().to_string();
-        assert!(
-            e.contains("`done.store-params`") && e.contains("an array"),
-            "{e}"
-        );
+        assert!(e.contains("`done.store-params`") && e.contains("an array"), "{e}");
         let e = decode_outcome("p", done("{oops")).unwrap_err().to_string();
-        assert!(
-            e.contains("invalid JSON") && e.contains("`done.store-params`"),
-            "{e}"
-        );
-        let e = decode_outcome(
-            "p",
-            wit_types::Outcome::Poll(wit_types::Poll {
-                after_seconds: 1,
-                state: "".into(),
-            }),
-        )
-        .unwrap_err()
-        .to_string();
+        assert!(e.contains("invalid JSON") && e.contains("`done.store-params`"), "{e}");
+        let e = decode_outcome("p", wit_types::Outcome::Poll(wit_types::Poll { after_seconds: 1, state: "".into() }))
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("`poll.state`"), "{e}");
     }
 
@@ -251,9 +201,7 @@ mod tests {
             message: "m".repeat(MAX_MESSAGE_BYTES + 10),
             retryable: true,
         });
-        let Outcome::Error { message, retryable } = decode_outcome("p", f).unwrap() else {
-            panic!()
-        };
+        let Outcome::Error { message, retryable } = decode_outcome("p", f).unwrap() else { panic!() };
         assert!(retryable && message.ends_with("[message cut: 10 more bytes]"));
     }
 }

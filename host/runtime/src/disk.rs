@@ -21,9 +21,7 @@ use wasmtime_wasi::filesystem::WasiFilesystemCtxView;
 use wasmtime_wasi::p2::bindings::filesystem::types as async_fs;
 use wasmtime_wasi::p2::bindings::sync::filesystem::types as fs;
 use wasmtime_wasi::p2::bindings::sync::io::streams;
-use wasmtime_wasi::p2::{
-    DynOutputStream, FsError, FsResult, OutputStream, Pollable, StreamError, StreamResult,
-};
+use wasmtime_wasi::p2::{DynOutputStream, FsError, FsResult, OutputStream, Pollable, StreamError, StreamResult};
 
 use crate::host::HostState;
 
@@ -98,7 +96,12 @@ impl QuotaFsView<'_> {
         (st.type_ == fs::DescriptorType::RegularFile && st.link_count == 1).then_some(st.size)
     }
 
-    fn wrap(&mut self, stream: Resource<streams::OutputStream>, pos: u64, end: u64) -> FsResult<Resource<streams::OutputStream>> {
+    fn wrap(
+        &mut self,
+        stream: Resource<streams::OutputStream>,
+        pos: u64,
+        end: u64,
+    ) -> FsResult<Resource<streams::OutputStream>> {
         let inner: DynOutputStream = self.fs.table.delete(stream)?;
         let wrapped: DynOutputStream = Box::new(QuotaStream { inner, disk: self.disk.clone(), pos, end });
         Ok(self.fs.table.push(wrapped)?)
@@ -153,7 +156,12 @@ impl fs::HostDescriptor for QuotaFsView<'_> {
         }
     }
 
-    fn set_times(&mut self, fd: Resource<fs::Descriptor>, atim: fs::NewTimestamp, mtim: fs::NewTimestamp) -> FsResult<()> {
+    fn set_times(
+        &mut self,
+        fd: Resource<fs::Descriptor>,
+        atim: fs::NewTimestamp,
+        mtim: fs::NewTimestamp,
+    ) -> FsResult<()> {
         fs::HostDescriptor::set_times(&mut self.fs, fd, atim, mtim)
     }
 
@@ -190,7 +198,12 @@ impl fs::HostDescriptor for QuotaFsView<'_> {
         fs::HostDescriptor::stat(&mut self.fs, fd)
     }
 
-    fn stat_at(&mut self, fd: Resource<fs::Descriptor>, flags: fs::PathFlags, path: String) -> FsResult<fs::DescriptorStat> {
+    fn stat_at(
+        &mut self,
+        fd: Resource<fs::Descriptor>,
+        flags: fs::PathFlags,
+        path: String,
+    ) -> FsResult<fs::DescriptorStat> {
         fs::HostDescriptor::stat_at(&mut self.fs, fd, flags, path)
     }
 
@@ -274,11 +287,19 @@ impl fs::HostDescriptor for QuotaFsView<'_> {
         Ok(())
     }
 
-    fn read_via_stream(&mut self, fd: Resource<fs::Descriptor>, offset: u64) -> FsResult<Resource<streams::InputStream>> {
+    fn read_via_stream(
+        &mut self,
+        fd: Resource<fs::Descriptor>,
+        offset: u64,
+    ) -> FsResult<Resource<streams::InputStream>> {
         fs::HostDescriptor::read_via_stream(&mut self.fs, fd, offset)
     }
 
-    fn write_via_stream(&mut self, fd: Resource<fs::Descriptor>, offset: u64) -> FsResult<Resource<streams::OutputStream>> {
+    fn write_via_stream(
+        &mut self,
+        fd: Resource<fs::Descriptor>,
+        offset: u64,
+    ) -> FsResult<Resource<streams::OutputStream>> {
         let end = self.size_of(&fd)?;
         let stream = fs::HostDescriptor::write_via_stream(&mut self.fs, fd, offset)?;
         self.wrap(stream, offset, end)
@@ -310,7 +331,10 @@ impl fs::HostDescriptor for QuotaFsView<'_> {
 }
 
 impl fs::HostDirectoryEntryStream for QuotaFsView<'_> {
-    fn read_directory_entry(&mut self, stream: Resource<fs::DirectoryEntryStream>) -> FsResult<Option<fs::DirectoryEntry>> {
+    fn read_directory_entry(
+        &mut self,
+        stream: Resource<fs::DirectoryEntryStream>,
+    ) -> FsResult<Option<fs::DirectoryEntry>> {
         fs::HostDirectoryEntryStream::read_directory_entry(&mut self.fs, stream)
     }
 

@@ -47,15 +47,8 @@ pub(crate) struct PluginCtx {
 
 impl PluginCtx {
     pub fn new(name: &str, linked: Linked) -> PluginCtx {
-        let http = Arc::new(linked.http.clone().unwrap_or(HttpPolicy {
-            granted: Vec::new(),
-            wanted: None,
-        }));
-        PluginCtx {
-            name: name.to_string(),
-            linked,
-            http,
-        }
+        let http = Arc::new(linked.http.clone().unwrap_or(HttpPolicy { granted: Vec::new(), wanted: None }));
+        PluginCtx { name: name.to_string(), linked, http }
     }
 
     fn may_read_secret(&self, key: &str) -> bool {
@@ -81,11 +74,7 @@ pub(crate) struct Stop {
 
 impl Stop {
     pub fn new(cancel: Option<CancelToken>, deadline: Instant) -> Arc<Stop> {
-        Arc::new(Stop {
-            cancel,
-            deadline,
-            fired: AtomicU8::new(0),
-        })
+        Arc::new(Stop { cancel, deadline, fired: AtomicU8::new(0) })
     }
 
     /// Whether the call must stop now; remembers why.
@@ -98,9 +87,7 @@ impl Stop {
             return None;
         };
         let code = if why == Interrupt::Cancelled { 1 } else { 2 };
-        let _ = self
-            .fired
-            .compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = self.fired.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
         Some(why)
     }
 
@@ -163,16 +150,9 @@ impl Pollable for Sleep {
 /// to it. `shadow_sleeps` fails loudly if a wasmtime-wasi upgrade moves it.
 const WASI_CLOCKS: &str = "wasi:clocks/monotonic-clock@0.2.12";
 
-fn subscribe_sleep(
-    data: &mut HostState,
-    duration: Duration,
-) -> wasmtime::Result<Resource<DynPollable>> {
+fn subscribe_sleep(data: &mut HostState, duration: Duration) -> wasmtime::Result<Resource<DynPollable>> {
     let until = tokio::time::Instant::now().checked_add(duration);
-    let sleep = data.table.push(Sleep {
-        until,
-        stop: data.stop.clone(),
-        yielded: false,
-    })?;
+    let sleep = data.table.push(Sleep { until, stop: data.stop.clone(), yielded: false })?;
     subscribe(&mut data.table, sleep)
 }
 
@@ -181,9 +161,7 @@ pub(crate) fn shadow_sleeps(linker: &mut Linker<HostState>) -> Result<(), String
     let probe = linker.instance(WASI_CLOCKS).and_then(|mut i| {
         i.func_wrap(
             "subscribe-duration",
-            |_: StoreContextMut<'_, HostState>, (_,): (u64,)| -> wasmtime::Result<(u64,)> {
-                Ok((0,))
-            },
+            |_: StoreContextMut<'_, HostState>, (_,): (u64,)| -> wasmtime::Result<(u64,)> { Ok((0,)) },
         )
     });
     if probe.is_ok() {
@@ -193,23 +171,14 @@ pub(crate) fn shadow_sleeps(linker: &mut Linker<HostState>) -> Result<(), String
     }
     linker.allow_shadowing(true);
     let result = linker.instance(WASI_CLOCKS).and_then(|mut i| {
-        i.func_wrap(
-            "subscribe-duration",
-            |mut cx: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
-                Ok((subscribe_sleep(cx.data_mut(), Duration::from_nanos(nanos))?,))
-            },
-        )?;
-        i.func_wrap(
-            "subscribe-instant",
-            |mut cx: StoreContextMut<'_, HostState>, (when,): (u64,)| {
-                let data = cx.data_mut();
-                let now = u64::try_from(data.clock_origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-                Ok((subscribe_sleep(
-                    data,
-                    Duration::from_nanos(when.saturating_sub(now)),
-                )?,))
-            },
-        )
+        i.func_wrap("subscribe-duration", |mut cx: StoreContextMut<'_, HostState>, (nanos,): (u64,)| {
+            Ok((subscribe_sleep(cx.data_mut(), Duration::from_nanos(nanos))?,))
+        })?;
+        i.func_wrap("subscribe-instant", |mut cx: StoreContextMut<'_, HostState>, (when,): (u64,)| {
+            let data = cx.data_mut();
+            let now = u64::try_from(data.clock_origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            Ok((subscribe_sleep(data, Duration::from_nanos(when.saturating_sub(now)))?,))
+        })
     });
     linker.allow_shadowing(false);
     result.map_err(|e| format!("cannot define {WASI_CLOCKS}: {e:#}"))
@@ -236,20 +205,13 @@ pub(crate) struct HostState {
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
 impl WasiHttpView for HostState {
     fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.http_guard,
-        }
+        WasiHttpCtxView { ctx: &mut self.http, table: &mut self.table, hooks: &mut self.http_guard }
     }
 }
 
@@ -306,9 +268,7 @@ impl spade::operator::secrets::Host for HostState {
 
 impl spade::operator::workflows::Host for HostState {
     fn load(&mut self, path: String) -> Result<String, String> {
-        let services = self
-            .services
-            .ok_or_else(|| services_missing("workflows.load"))?;
+        let services = self.services.ok_or_else(|| services_missing("workflows.load"))?;
         let config = services.load_workflow(&path)?;
         serde_json::to_string(&config).map_err(|e| format!("cannot encode workflow {path}: {e}"))
     }
@@ -316,11 +276,7 @@ impl spade::operator::workflows::Host for HostState {
 
 fn parse_object(what: &str, text: &str) -> Result<Object, String> {
     if text.len() > MAX_CAPABILITY_INPUT {
-        return Err(format!(
-            "{what} is {} bytes; the limit is {} bytes",
-            text.len(),
-            MAX_CAPABILITY_INPUT
-        ));
+        return Err(format!("{what} is {} bytes; the limit is {} bytes", text.len(), MAX_CAPABILITY_INPUT));
     }
     match serde_json::from_str::<Value>(text) {
         Ok(Value::Object(m)) => Ok(m),
@@ -331,15 +287,9 @@ fn parse_object(what: &str, text: &str) -> Result<Object, String> {
 
 impl spade::operator::expressions::Host for HostState {
     fn render(&mut self, template: String, scope: String) -> Result<String, String> {
-        let services = self
-            .services
-            .ok_or_else(|| services_missing("expressions.render"))?;
+        let services = self.services.ok_or_else(|| services_missing("expressions.render"))?;
         if template.len() > MAX_CAPABILITY_INPUT {
-            return Err(format!(
-                "template is {} bytes; the limit is {} bytes",
-                template.len(),
-                MAX_CAPABILITY_INPUT
-            ));
+            return Err(format!("template is {} bytes; the limit is {} bytes", template.len(), MAX_CAPABILITY_INPUT));
         }
         let scope = parse_object("scope", &scope)?;
         services.render_template(&template, &scope)
@@ -359,13 +309,8 @@ fn attempt_ref(r: spade_api::AttemptRef) -> wit_engine::AttemptRef {
 }
 
 impl wit_engine::Host for HostState {
-    fn start_or_find(
-        &mut self,
-        req: wit_engine::StartRequest,
-    ) -> Result<wit_engine::AttemptRef, String> {
-        let services = self
-            .services
-            .ok_or_else(|| services_missing("engine.start-or-find"))?;
+    fn start_or_find(&mut self, req: wit_engine::StartRequest) -> Result<wit_engine::AttemptRef, String> {
+        let services = self.services.ok_or_else(|| services_missing("engine.start-or-find"))?;
         let params = parse_object("start-request.params", &req.params)?;
         let req = StartRequest {
             project_name: req.project_name,
@@ -379,9 +324,7 @@ impl wit_engine::Host for HostState {
     }
 
     fn status(&mut self, attempt_id: i64) -> Result<wit_engine::AttemptRef, String> {
-        let services = self
-            .services
-            .ok_or_else(|| services_missing("engine.status"))?;
+        let services = self.services.ok_or_else(|| services_missing("engine.status"))?;
         services.attempt_status(attempt_id).map(attempt_ref)
     }
 }
@@ -393,10 +336,7 @@ mod tests {
     #[test]
     fn secret_grants() {
         let ctx = |keys: &[&str]| {
-            let linked = Linked {
-                secrets: keys.iter().map(|k| k.to_string()).collect(),
-                ..Linked::default()
-            };
+            let linked = Linked { secrets: keys.iter().map(|k| k.to_string()).collect(), ..Linked::default() };
             PluginCtx::new("p", linked)
         };
         let p = ctx(&["a", "slack.*"]);

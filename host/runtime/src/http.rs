@@ -115,16 +115,9 @@ impl HttpAllow {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'));
         if !valid_host {
-            return Err(bad(
-                "the host is not a name, `*.domain`, `*` or an IP address",
-            ));
+            return Err(bad("the host is not a name, `*.domain`, `*` or an IP address"));
         }
-        Ok(HttpAllow {
-            scheme,
-            host,
-            port,
-            private: false,
-        })
+        Ok(HttpAllow { scheme, host, port, private: false })
     }
 
     /// Also allow private/loopback/link-local addresses of this grant's hosts.
@@ -265,10 +258,7 @@ impl HttpPolicy {
     /// The granted entries for `scheme://host:port`, or why it is refused.
     fn matching(&self, scheme: &str, host: &str, port: u16) -> Result<Matching, String> {
         let pick = |list: &[HttpAllow]| -> Vec<HttpAllow> {
-            list.iter()
-                .filter(|a| a.matches(scheme, host, port))
-                .cloned()
-                .collect()
+            list.iter().filter(|a| a.matches(scheme, host, port)).cloned().collect()
         };
         let granted = pick(&self.granted);
         if granted.is_empty() {
@@ -310,12 +300,7 @@ pub(crate) struct HttpGuard {
 
 impl HttpGuard {
     pub fn new(policy: Arc<HttpPolicy>, stop: Arc<Stop>) -> Self {
-        HttpGuard {
-            policy,
-            stop,
-            notes: Arc::default(),
-            requests: 0,
-        }
+        HttpGuard { policy, stop, notes: Arc::default(), requests: 0 }
     }
 }
 
@@ -330,11 +315,7 @@ fn allowed_list(allow: &[HttpAllow]) -> String {
     if allow.is_empty() {
         return "no hosts".into();
     }
-    allow
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    allow.iter().map(|a| a.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 impl WasiHttpHooks for HttpGuard {
@@ -354,17 +335,14 @@ impl WasiHttpHooks for HttpGuard {
             uri.host().unwrap_or("?"),
             uri.port().map_or(String::new(), |p| format!(":{p}"))
         );
-        let deny =
-            move |line: String, err: HttpError| -> Box<dyn Future<Output = SendResult> + Send> {
-                note(&notes, line);
-                Box::new(async move { Err(err) })
-            };
+        let deny = move |line: String, err: HttpError| -> Box<dyn Future<Output = SendResult> + Send> {
+            note(&notes, line);
+            Box::new(async move { Err(err) })
+        };
         self.requests += 1;
         if self.requests > MAX_HTTP_REQUESTS {
             return deny(
-                format!(
-                    "spade: http request {shown} refused: a call may make at most {MAX_HTTP_REQUESTS} requests"
-                ),
+                format!("spade: http request {shown} refused: a call may make at most {MAX_HTTP_REQUESTS} requests"),
                 HttpError::ConnectionLimitReached,
             );
         }
@@ -375,11 +353,8 @@ impl WasiHttpHooks for HttpGuard {
                 HttpError::HttpRequestDenied,
             );
         }
-        let Some(host) = uri.host().map(|h| {
-            h.trim_start_matches('[')
-                .trim_end_matches(']')
-                .to_ascii_lowercase()
-        }) else {
+        let Some(host) = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase())
+        else {
             return deny(
                 format!("spade: http request {shown} refused: the URL has no host"),
                 HttpError::HttpRequestUriInvalid,
@@ -389,36 +364,22 @@ impl WasiHttpHooks for HttpGuard {
         let grants = match self.policy.matching(&scheme, &host, port) {
             Ok(m) => m,
             Err(why) => {
-                return deny(
-                    format!("spade: http request {shown} refused: {why}"),
-                    HttpError::HttpRequestDenied,
-                );
+                return deny(format!("spade: http request {shown} refused: {why}"), HttpError::HttpRequestDenied);
             }
         };
         let stop = self.stop.clone();
         let notes = self.notes.clone();
         let opts = options.unwrap_or_default();
         let limits = Timeouts {
-            connect: opts
-                .connect_timeout
-                .map_or(HTTP_CONNECT_TIMEOUT, |t| t.min(HTTP_CONNECT_TIMEOUT)),
-            first_byte: opts
-                .first_byte_timeout
-                .map_or(HTTP_FIRST_BYTE_TIMEOUT, |t| t.min(HTTP_FIRST_BYTE_TIMEOUT)),
+            connect: opts.connect_timeout.map_or(HTTP_CONNECT_TIMEOUT, |t| t.min(HTTP_CONNECT_TIMEOUT)),
+            first_byte: opts.first_byte_timeout.map_or(HTTP_FIRST_BYTE_TIMEOUT, |t| t.min(HTTP_FIRST_BYTE_TIMEOUT)),
             between_bytes: opts
                 .between_bytes_timeout
-                .map_or(HTTP_BETWEEN_BYTES_TIMEOUT, |t| {
-                    t.min(HTTP_BETWEEN_BYTES_TIMEOUT)
-                }),
+                .map_or(HTTP_BETWEEN_BYTES_TIMEOUT, |t| t.min(HTTP_BETWEEN_BYTES_TIMEOUT)),
         };
         Box::new(async move {
-            let target = Target {
-                https: scheme == "https",
-                host,
-                port,
-            };
-            let sent =
-                until_stopped(&stop, send(request, &target, &grants, limits, stop.clone())).await;
+            let target = Target { https: scheme == "https", host, port };
+            let sent = until_stopped(&stop, send(request, &target, &grants, limits, stop.clone())).await;
             match sent {
                 Some(Ok(r)) => Ok(r),
                 Some(Err((err, why))) => {
@@ -428,9 +389,7 @@ impl WasiHttpHooks for HttpGuard {
                 None => {
                     note(
                         &notes,
-                        format!(
-                            "spade: http request {shown} stopped: the call was killed or ran out of time"
-                        ),
+                        format!("spade: http request {shown} stopped: the call was killed or ran out of time"),
                     );
                     Err(HttpError::ConnectionTimeout)
                 }
@@ -472,28 +431,18 @@ async fn until_stopped<F: Future>(stop: &Stop, fut: F) -> Option<F::Output> {
 
 type Failed = (HttpError, String);
 
-async fn resolve(
-    target: &Target,
-    grants: &Matching,
-    timeout: Duration,
-) -> Result<Vec<SocketAddr>, Failed> {
+async fn resolve(target: &Target, grants: &Matching, timeout: Duration) -> Result<Vec<SocketAddr>, Failed> {
     let addrs: Vec<SocketAddr> = match target.host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, target.port)],
         Err(_) => {
             let lookup = tokio::net::lookup_host((target.host.as_str(), target.port));
             match tokio::time::timeout(timeout, lookup).await {
                 Err(_) => {
-                    return Err((
-                        HttpError::DnsTimeout,
-                        format!("resolving {} timed out", target.host),
-                    ));
+                    return Err((HttpError::DnsTimeout, format!("resolving {} timed out", target.host)));
                 }
                 Ok(Err(e)) => {
                     return Err((
-                        HttpError::DnsError {
-                            rcode: Some(e.to_string()),
-                            info_code: None,
-                        },
+                        HttpError::DnsError { rcode: Some(e.to_string()), info_code: None },
                         format!("cannot resolve {}: {e}", target.host),
                     ));
                 }
@@ -501,15 +450,10 @@ async fn resolve(
             }
         }
     };
-    let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) = addrs
-        .into_iter()
-        .partition(|a| is_public(a.ip()) || grants.names_address(a.ip()));
+    let (ok, refused): (Vec<SocketAddr>, Vec<SocketAddr>) =
+        addrs.into_iter().partition(|a| is_public(a.ip()) || grants.names_address(a.ip()));
     if ok.is_empty() {
-        let list = refused
-            .iter()
-            .map(|a| a.ip().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = refused.iter().map(|a| a.ip().to_string()).collect::<Vec<_>>().join(", ");
         return Err((
             HttpError::DestinationIpProhibited,
             format!(
@@ -530,9 +474,7 @@ fn tls_config() -> Arc<rustls::ClientConfig> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     CONFIG
         .get_or_init(|| {
-            let roots = rustls::RootCertStore {
-                roots: webpki_roots::TLS_SERVER_ROOTS.into(),
-            };
+            let roots = rustls::RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.into() };
             let provider = Arc::new(rustls::crypto::ring::default_provider());
             let config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -581,29 +523,18 @@ async fn send(
     let stream: Box<dyn Stream> = if target.https {
         let name = match target.host.parse::<IpAddr>() {
             Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
-            Err(_) => {
-                rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|e| {
-                    (
-                        HttpError::InvalidDnsNameError(e),
-                        format!("{} is not a valid TLS server name", target.host),
-                    )
-                })?
-            }
+            Err(_) => rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|e| {
+                (HttpError::InvalidDnsNameError(e), format!("{} is not a valid TLS server name", target.host))
+            })?,
         };
         let tls = tokio_rustls::TlsConnector::from(tls_config());
         match tokio::time::timeout(limits.connect, tls.connect(name, tcp)).await {
             Ok(Ok(s)) => Box::new(s),
             Ok(Err(e)) => {
-                return Err((
-                    HttpError::TlsProtocolError,
-                    format!("TLS with {} failed: {e}", target.host),
-                ));
+                return Err((HttpError::TlsProtocolError, format!("TLS with {} failed: {e}", target.host)));
             }
             Err(_) => {
-                return Err((
-                    HttpError::ConnectionTimeout,
-                    "the TLS handshake timed out".into(),
-                ));
+                return Err((HttpError::ConnectionTimeout, "the TLS handshake timed out".into()));
             }
         }
     } else {
@@ -619,32 +550,18 @@ async fn send(
         Ok(Ok(x)) => x,
         Ok(Err(e)) => return Err((HttpError::from(e), "the HTTP handshake failed".into())),
         Err(_) => {
-            return Err((
-                HttpError::ConnectionTimeout,
-                "the HTTP handshake timed out".into(),
-            ));
+            return Err((HttpError::ConnectionTimeout, "the HTTP handshake timed out".into()));
         }
     };
     // The request line carries only the path: the authority went to the Host header.
-    let path = request
-        .uri()
-        .path_and_query()
-        .map_or("/".to_string(), |p| p.as_str().to_string());
+    let path = request.uri().path_and_query().map_or("/".to_string(), |p| p.as_str().to_string());
     *request.uri_mut() = http::Uri::builder()
         .path_and_query(path)
         .build()
-        .map_err(|e| {
-            (
-                HttpError::HttpRequestUriInvalid,
-                format!("invalid path: {e}"),
-            )
-        })?;
+        .map_err(|e| (HttpError::HttpRequestUriInvalid, format!("invalid path: {e}")))?;
 
     let mut conn = Some(conn);
-    let mut response = std::pin::pin!(tokio::time::timeout(
-        limits.first_byte,
-        sender.send_request(request)
-    ));
+    let mut response = std::pin::pin!(tokio::time::timeout(limits.first_byte, sender.send_request(request)));
     // hyper needs its connection driven while the response is awaited.
     let res = std::future::poll_fn(|cx| {
         if let Poll::Ready(r) = response.as_mut().poll(cx) {
@@ -664,30 +581,20 @@ async fn send(
     .await;
     let res = match res {
         Err(_) => {
-            return Err((
-                HttpError::ConnectionReadTimeout,
-                format!("no response within {:?}", limits.first_byte),
-            ));
+            return Err((HttpError::ConnectionReadTimeout, format!("no response within {:?}", limits.first_byte)));
         }
         Ok(Err(e)) => {
-            return Err((
-                HttpError::from(e),
-                "the server did not send a valid HTTP response".into(),
-            ));
+            return Err((HttpError::from(e), "the server did not send a valid HTTP response".into()));
         }
         Ok(Ok(r)) => r,
     };
-    if let Some(len) = res
-        .headers()
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+    if let Some(len) =
+        res.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
         && len > MAX_HTTP_RESPONSE_BYTES
     {
         return Err((
             HttpError::HttpResponseBodySize(Some(len)),
-            format!(
-                "the response body is {len} bytes; the limit is {MAX_HTTP_RESPONSE_BYTES} bytes"
-            ),
+            format!("the response body is {len} bytes; the limit is {MAX_HTTP_RESPONSE_BYTES} bytes"),
         ));
     }
     let io: IoFuture = Box::new(async move {
@@ -725,19 +632,14 @@ impl Body for CappedBody {
     type Data = Bytes;
     type Error = HttpError;
 
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, HttpError>>> {
         let this = &mut *self;
         match Pin::new(&mut this.incoming).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     this.read += data.len() as u64;
                     if this.read > MAX_HTTP_RESPONSE_BYTES {
-                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(
-                            this.read,
-                        )))));
+                        return Poll::Ready(Some(Err(HttpError::HttpResponseBodySize(Some(this.read)))));
                     }
                 }
                 this.last_frame = tokio::time::Instant::now();
@@ -824,12 +726,7 @@ mod tests {
         ] {
             assert!(!is_public(ip.parse().unwrap()), "{ip}");
         }
-        for ip in [
-            "93.184.216.34",
-            "8.8.8.8",
-            "2606:2800:220:1::1",
-            "::ffff:8.8.8.8",
-        ] {
+        for ip in ["93.184.216.34", "8.8.8.8", "2606:2800:220:1::1", "::ffff:8.8.8.8"] {
             assert!(is_public(ip.parse().unwrap()), "{ip}");
         }
     }

@@ -36,13 +36,11 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use spade_api::{
-    CancelToken, DiskQuota, Invocation, InvokeError, Limits, LogLevel, OperatorHost, Outcome, PluginInfo,
-    TaskServices,
+    CancelToken, DiskQuota, Invocation, InvokeError, Limits, LogLevel, OperatorHost, Outcome, PluginInfo, TaskServices,
 };
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
-    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
-    UpdateDeadline,
+    Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap, UpdateDeadline,
 };
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
@@ -56,8 +54,8 @@ use crate::sandbox::{Capture, Limiter, LineBudget};
 pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION, supports_wit_version};
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
 pub use crate::http::{
-    HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPolicy,
-    HttpPort, MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
+    HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPolicy, HttpPort,
+    MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
 };
 pub use crate::manifest::{
     Linked, MANIFEST_FILE, MANIFEST_SECTION, Manifest, Wants, embed as embed_manifest,
@@ -92,21 +90,14 @@ impl Default for RuntimeConfig {
             pooling: true,
             max_instances: 64,
             max_memory_bytes: 1 << 30,
-            describe_limits: Limits {
-                cpu_time: Duration::from_secs(10),
-                memory_bytes: 256 << 20,
-                log_bytes: 64 << 10,
-            },
+            describe_limits: Limits { cpu_time: Duration::from_secs(10), memory_bytes: 256 << 20, log_bytes: 64 << 10 },
         }
     }
 }
 
 impl RuntimeConfig {
     pub fn with_cache_dir(dir: impl Into<PathBuf>) -> Self {
-        RuntimeConfig {
-            cache_dir: Some(dir.into()),
-            ..Self::default()
-        }
+        RuntimeConfig { cache_dir: Some(dir.into()), ..Self::default() }
     }
 }
 
@@ -186,40 +177,28 @@ pub enum RuntimeError {
          (cli, clocks, filesystem, io, random, sockets with every use denied, http when granted) and \
          spade:operator@{WIT_VERSION} (log, output, secrets, workflows, expressions, engine): {message}"
     )]
-    UnsupportedImport {
-        plugin: String,
-        import: String,
-        message: String,
-    },
+    UnsupportedImport { plugin: String, import: String, message: String },
     #[error(
         "plugin {plugin}: imports {} but its manifest ({MANIFEST_FILE}) does not ask for {}; add {} to \
          [wants] in {MANIFEST_FILE} and rebuild it with `spade plugin build`",
-        quoted(capabilities), them(capabilities), them(capabilities)
+        quoted(capabilities),
+        them(capabilities),
+        them(capabilities)
     )]
-    NotAsked {
-        plugin: String,
-        capabilities: Vec<String>,
-    },
+    NotAsked { plugin: String, capabilities: Vec<String> },
     #[error(
         "plugin {plugin}: its embedded manifest ({MANIFEST_FILE}) is invalid: {message}; fix it and \
          rebuild the plugin with `spade plugin build`"
     )]
     BadManifest { plugin: String, message: String },
     #[error("plugin {plugin}: {}", not_granted(capabilities))]
-    NotGranted {
-        plugin: String,
-        capabilities: Vec<String>,
-    },
+    NotGranted { plugin: String, capabilities: Vec<String> },
     #[error(
         "plugin {plugin}: was built against spade:operator@{found}, which this spade does not support; \
          it supports {supported}. Rebuild the plugin against spade:operator@{WIT_VERSION} (or a spade SDK for it), \
          or use a spade release that supports @{found}"
     )]
-    UnsupportedContract {
-        plugin: String,
-        found: String,
-        supported: String,
-    },
+    UnsupportedContract { plugin: String, found: String, supported: String },
     #[error("plugin {plugin}: does not export the spade:operator `plugin` world: {message}")]
     MissingExports { plugin: String, message: String },
     #[error("plugin {plugin}: `describe` failed: {message}")]
@@ -229,24 +208,13 @@ pub enum RuntimeError {
     #[error(
         "plugin {plugin}: operator '{operator}>' is already provided by plugin {existing}; only one plugin may serve an operator, so load only one of them"
     )]
-    DuplicateOperator {
-        plugin: String,
-        operator: String,
-        existing: String,
-    },
+    DuplicateOperator { plugin: String, operator: String, existing: String },
     #[error("plugin {plugin} is already installed (version {existing_version})")]
-    DuplicatePlugin {
-        plugin: String,
-        existing_version: String,
-    },
+    DuplicatePlugin { plugin: String, existing_version: String },
 }
 
 fn quoted(capabilities: &[String]) -> String {
-    capabilities
-        .iter()
-        .map(|i| format!("`{i}`"))
-        .collect::<Vec<_>>()
-        .join(", ")
+    capabilities.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ")
 }
 
 fn them(capabilities: &[String]) -> &'static str {
@@ -254,11 +222,7 @@ fn them(capabilities: &[String]) -> &'static str {
 }
 
 fn not_granted(capabilities: &[String]) -> String {
-    let list = capabilities
-        .iter()
-        .map(|i| format!("`{i}`"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let list = capabilities.iter().map(|i| format!("`{i}`")).collect::<Vec<_>>().join(", ");
     if capabilities.len() == 1 {
         format!(
             "imports the capability {list} but was not granted it; grant it when installing the plugin, or rebuild the plugin without that import"
@@ -310,11 +274,7 @@ impl Slots {
                 *free -= 1;
                 return Some(SlotGuard(self));
             }
-            free = self
-                .cv
-                .wait_timeout(free, Duration::from_millis(50))
-                .unwrap_or_else(|e| e.into_inner())
-                .0;
+            free = self.cv.wait_timeout(free, Duration::from_millis(50)).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
 }
@@ -334,12 +294,7 @@ struct Active<'a>(&'a Ticker);
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.0
-            .state
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .active -= 1;
+        self.0.state.0.lock().unwrap_or_else(|e| e.into_inner()).active -= 1;
     }
 }
 
@@ -348,41 +303,33 @@ impl Ticker {
         let state: Arc<(Mutex<TickerState>, Condvar)> = Arc::default();
         let weak = engine.weak();
         let st = state.clone();
-        let spawned = std::thread::Builder::new()
-            .name("spade-epoch".into())
-            .spawn(move || {
-                loop {
-                    {
-                        let mut s = st.0.lock().unwrap_or_else(|e| e.into_inner());
-                        while s.active == 0 && !s.shutdown {
-                            s = st.1.wait(s).unwrap_or_else(|e| e.into_inner());
-                        }
-                        if s.shutdown {
-                            return;
-                        }
+        let spawned = std::thread::Builder::new().name("spade-epoch".into()).spawn(move || {
+            loop {
+                {
+                    let mut s = st.0.lock().unwrap_or_else(|e| e.into_inner());
+                    while s.active == 0 && !s.shutdown {
+                        s = st.1.wait(s).unwrap_or_else(|e| e.into_inner());
                     }
-                    std::thread::sleep(EPOCH_TICK);
-                    match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
-                        None => return,
+                    if s.shutdown {
+                        return;
                     }
                 }
-            });
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => return,
+                }
+            }
+        });
         if let Err(e) = spawned {
             // Without the ticker deadlines and kills cannot fire; say so loudly.
-            tracing::error!(
-                "cannot start the epoch ticker thread: {e}; CPU limits and kill will not work"
-            );
+            tracing::error!("cannot start the epoch ticker thread: {e}; CPU limits and kill will not work");
         }
         Ticker { state }
     }
 
     fn enter(&self) -> Active<'_> {
-        self.state
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .active += 1;
+        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).active += 1;
         self.state.1.notify_all();
         Active(self)
     }
@@ -390,11 +337,7 @@ impl Ticker {
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.state
-            .0
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .shutdown = true;
+        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).shutdown = true;
         self.state.1.notify_all();
     }
 }
@@ -450,9 +393,7 @@ impl Runtime {
             match Engine::new(&engine_config(&config, true)) {
                 Ok(e) => (e, true),
                 Err(e) => {
-                    tracing::warn!(
-                        "pooling allocator unavailable ({e:#}); using on-demand allocation"
-                    );
+                    tracing::warn!("pooling allocator unavailable ({e:#}); using on-demand allocation");
                     (
                         Engine::new(&engine_config(&config, false))
                             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?,
@@ -461,37 +402,26 @@ impl Runtime {
                 }
             }
         } else {
-            (
-                Engine::new(&engine_config(&config, false))
-                    .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?,
-                false,
-            )
+            (Engine::new(&engine_config(&config, false)).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?, false)
         };
         let mut linker: Linker<HostState> = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         // Linked for every plugin; only those granted http may import it (see `prepare`).
         wasmtime_wasi_http::p2::add_only_http_to_linker_sync(&mut linker)
             .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         contract::add_to_linker(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         disk::link(&mut linker).map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
         host::shadow_sleeps(&mut linker).map_err(RuntimeError::Engine)?;
-        let cache = config
-            .cache_dir
-            .as_deref()
-            .and_then(|dir| match Cache::open(dir, &engine) {
-                Ok(c) => Some(c),
-                Err(why) => {
-                    tracing::warn!("{why}; plugins will be compiled on every start");
-                    None
-                }
-            });
+        let cache = config.cache_dir.as_deref().and_then(|dir| match Cache::open(dir, &engine) {
+            Ok(c) => Some(c),
+            Err(why) => {
+                tracing::warn!("{why}; plugins will be compiled on every start");
+                None
+            }
+        });
         let ticker = Ticker::start(&engine);
         Ok(Runtime {
-            slots: Slots {
-                free: Mutex::new(config.max_instances.max(1)),
-                cv: Condvar::new(),
-            },
+            slots: Slots { free: Mutex::new(config.max_instances.max(1)), cv: Condvar::new() },
             engine,
             linker,
             cache,
@@ -514,47 +444,24 @@ impl Runtime {
 
     /// Installed plugins, in install order.
     pub fn plugins(&self) -> Vec<PluginInfo> {
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .plugins
-            .iter()
-            .map(|p| p.info.clone())
-            .collect()
+        self.registry.read().unwrap_or_else(|e| e.into_inner()).plugins.iter().map(|p| p.info.clone()).collect()
     }
 
     /// The plugin serving `operator`.
     pub fn plugin_for(&self, operator: &str) -> Option<PluginInfo> {
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .operators
-            .get(operator)
-            .map(|p| p.info.clone())
+        self.registry.read().unwrap_or_else(|e| e.into_inner()).operators.get(operator).map(|p| p.info.clone())
     }
 
     /// Compiles (or loads from the cache) and links `bytes`. `label` names the plugin in
     /// errors until `describe` gives its real name (e.g. the file or crate name).
-    fn prepare(
-        &self,
-        label: &str,
-        bytes: &[u8],
-        grants: &Grants,
-    ) -> Result<(AnyPre, InstallReport), RuntimeError> {
+    fn prepare(&self, label: &str, bytes: &[u8], grants: &Grants) -> Result<(AnyPre, InstallReport), RuntimeError> {
         let started = Instant::now();
-        let invalid = |message: String| RuntimeError::InvalidComponent {
-            plugin: label.to_string(),
-            message,
-        };
+        let invalid = |message: String| RuntimeError::InvalidComponent { plugin: label.to_string(), message };
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
-            return Err(invalid(
-                "the file does not start with the WebAssembly magic bytes".into(),
-            ));
+            return Err(invalid("the file does not start with the WebAssembly magic bytes".into()));
         }
         if Engine::detect_precompiled(bytes).is_some() {
-            return Err(invalid(
-                "it is a precompiled .cwasm file; install the .wasm component instead".into(),
-            ));
+            return Err(invalid("it is a precompiled .cwasm file; install the .wasm component instead".into()));
         }
         if bytes[4..8] == [1, 0, 0, 0] {
             return Err(invalid(
@@ -567,12 +474,10 @@ impl Runtime {
         // whatever it was granted.
         let manifest = match manifest::read_embedded(bytes) {
             Ok(None) => None,
-            Ok(Some(text)) => Some(Manifest::parse(&text).map_err(|message| {
-                RuntimeError::BadManifest {
-                    plugin: label.to_string(),
-                    message,
-                }
-            })?),
+            Ok(Some(text)) => Some(
+                Manifest::parse(&text)
+                    .map_err(|message| RuntimeError::BadManifest { plugin: label.to_string(), message })?,
+            ),
             Err(why) => return Err(invalid(why)),
         };
         let digest = sha256_hex(bytes);
@@ -590,8 +495,7 @@ impl Runtime {
         let component = match component {
             Some(c) => c,
             None => {
-                let c =
-                    Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
+                let c = Component::new(&self.engine, bytes).map_err(|e| invalid(format!("{e:#}")))?;
                 if let Some(cache) = &self.cache
                     && let Err(why) = cache.store(&digest, &c)
                 {
@@ -602,10 +506,7 @@ impl Runtime {
         };
 
         let ty = component.component_type();
-        let imports: Vec<String> = ty
-            .imports(&self.engine)
-            .map(|(name, _)| name.to_string())
-            .collect();
+        let imports: Vec<String> = ty.imports(&self.engine).map(|(name, _)| name.to_string()).collect();
         let contract = match contract::detect(imports.iter().map(String::as_str)) {
             Detected::Supported(c) => c,
             Detected::Unsupported(found) => {
@@ -618,20 +519,16 @@ impl Runtime {
             Detected::Missing => {
                 return Err(RuntimeError::MissingExports {
                     plugin: label.to_string(),
-                    message:
-                        "it imports no spade:operator interface (every plugin imports at least \
+                    message: "it imports no spade:operator interface (every plugin imports at least \
                               `spade:operator/types`, which `describe` and `run` use)"
-                            .into(),
+                        .into(),
                 });
             }
             Detected::Mixed(versions) => {
                 return Err(RuntimeError::UnsupportedContract {
                     plugin: label.to_string(),
                     found: versions.join(" and @"),
-                    supported: format!(
-                        "{}, one version per plugin",
-                        contract::supported_versions_text()
-                    ),
+                    supported: format!("{}, one version per plugin", contract::supported_versions_text()),
                 });
             }
         };
@@ -661,28 +558,16 @@ impl Runtime {
         capability_imports.sort_unstable();
         capability_imports.dedup();
         if let Some(m) = &manifest {
-            let unasked: Vec<String> = capability_imports
-                .iter()
-                .filter(|c| !m.asks_for(c))
-                .map(|c| c.to_string())
-                .collect();
+            let unasked: Vec<String> =
+                capability_imports.iter().filter(|c| !m.asks_for(c)).map(|c| c.to_string()).collect();
             if !unasked.is_empty() {
-                return Err(RuntimeError::NotAsked {
-                    plugin: label.to_string(),
-                    capabilities: unasked,
-                });
+                return Err(RuntimeError::NotAsked { plugin: label.to_string(), capabilities: unasked });
             }
         }
-        let ungranted: Vec<String> = capability_imports
-            .iter()
-            .filter(|c| !linked.links(c))
-            .map(|c| c.to_string())
-            .collect();
+        let ungranted: Vec<String> =
+            capability_imports.iter().filter(|c| !linked.links(c)).map(|c| c.to_string()).collect();
         if !ungranted.is_empty() {
-            return Err(RuntimeError::NotGranted {
-                plugin: label.to_string(),
-                capabilities: ungranted,
-            });
+            return Err(RuntimeError::NotGranted { plugin: label.to_string(), capabilities: ungranted });
         }
         let pre = self.linker.instantiate_pre(&component).map_err(|e| {
             let message = format!("{e:#}");
@@ -691,16 +576,10 @@ impl Runtime {
                 .find(|i| message.contains(i.as_str()))
                 .map(|i| format!("`{i}`"))
                 .unwrap_or_else(|| "an interface".into());
-            RuntimeError::UnsupportedImport {
-                plugin: label.to_string(),
-                import,
-                message,
-            }
+            RuntimeError::UnsupportedImport { plugin: label.to_string(), import, message }
         })?;
-        let pre = AnyPre::new(contract, pre).map_err(|e| RuntimeError::MissingExports {
-            plugin: label.to_string(),
-            message: format!("{e:#}"),
-        })?;
+        let pre = AnyPre::new(contract, pre)
+            .map_err(|e| RuntimeError::MissingExports { plugin: label.to_string(), message: format!("{e:#}") })?;
         let report = InstallReport {
             info: PluginInfo {
                 name: label.to_string(),
@@ -726,12 +605,7 @@ impl Runtime {
     /// imports (`secrets`, `workflows`, `expressions`, `engine`) not in `grants`, a plugin
     /// name that is already installed, or an operator another installed plugin already
     /// serves (the first install keeps it; nothing of the refused plugin is registered).
-    pub fn install(
-        &self,
-        label: &str,
-        bytes: &[u8],
-        grants: Grants,
-    ) -> Result<InstallReport, RuntimeError> {
+    pub fn install(&self, label: &str, bytes: &[u8], grants: Grants) -> Result<InstallReport, RuntimeError> {
         let (pre, mut report) = self.prepare(label, bytes, &grants)?;
         let ctx = Arc::new(PluginCtx::new(label, report.linked.clone()));
         let info = self.describe(label, &pre, &ctx)?;
@@ -778,22 +652,12 @@ impl Runtime {
         Some(removed.info.clone())
     }
 
-    fn describe(
-        &self,
-        label: &str,
-        pre: &AnyPre,
-        ctx: &Arc<PluginCtx>,
-    ) -> Result<PluginInfo, RuntimeError> {
+    fn describe(&self, label: &str, pre: &AnyPre, ctx: &Arc<PluginCtx>) -> Result<PluginInfo, RuntimeError> {
         let limits = self.clamp(self.config.describe_limits);
-        let fail = |message: String| RuntimeError::Describe {
-            plugin: label.to_string(),
-            message,
-        };
+        let fail = |message: String| RuntimeError::Describe { plugin: label.to_string(), message };
         let _slot = self.slots.acquire(None);
         let _active = self.ticker.enter();
-        let (out, call) = self.call(pre, ctx, None, None, &limits, None, |plugin, store| {
-            plugin.call_describe(store)
-        });
+        let (out, call) = self.call(pre, ctx, None, None, &limits, None, |plugin, store| plugin.call_describe(store));
         let info = out.map_err(|e| fail(call.explain(e, &limits)))?;
         Ok(PluginInfo {
             name: info.name,
@@ -810,6 +674,7 @@ impl Runtime {
 
     /// One call in a fresh store. `services` must outlive the call (it does: the store is
     /// created and dropped inside this function).
+    #[allow(clippy::too_many_arguments)] // one private function, each argument a different concern
     fn call<R>(
         &self,
         pre: &AnyPre,
@@ -824,11 +689,7 @@ impl Runtime {
         let stderr = Capture::new(limits.log_bytes);
         let clock_origin = Instant::now();
         let stop = Stop::new(cancel, clock_origin + limits.cpu_time);
-        let mut report = CallReport {
-            stdout: stdout.clone(),
-            stderr: stderr.clone(),
-            ..CallReport::default()
-        };
+        let mut report = CallReport { stdout: stdout.clone(), stderr: stderr.clone(), ..CallReport::default() };
         let mut b = WasiCtxBuilder::new();
         // Blocking file I/O on this thread instead of hopping through tokio's pool.
         b.allow_blocking_current_thread(true)
@@ -844,19 +705,15 @@ impl Runtime {
             b.initial_cwd("/");
             if let Err(e) = b.preopened_dir(ws, "/", FsPerms::ReadWrite) {
                 return (
-                    Err(CallError::Workspace(format!(
-                        "cannot open the task workspace {}: {e:#}",
-                        ws.display()
-                    ))),
+                    Err(CallError::Workspace(format!("cannot open the task workspace {}: {e:#}", ws.display()))),
                     report,
                 );
             }
         }
         // SAFETY: the reference is stored in the `Store`'s data, and the store is created
         // and dropped within this function, so it never outlives `services`' real lifetime.
-        let services: Option<&'static dyn TaskServices> = services.map(|s| unsafe {
-            std::mem::transmute::<&dyn TaskServices, &'static dyn TaskServices>(s)
-        });
+        let services: Option<&'static dyn TaskServices> =
+            services.map(|s| unsafe { std::mem::transmute::<&dyn TaskServices, &'static dyn TaskServices>(s) });
         let state = HostState {
             wasi: b.build(),
             table: wasmtime::component::ResourceTable::new(),
@@ -878,17 +735,8 @@ impl Runtime {
             None => Ok(UpdateDeadline::Continue(1)),
             Some(why) => Err(wasmtime::format_err!("interrupted: {why:?}")),
         });
-        let result = pre
-            .instantiate(&mut store)
-            .and_then(|plugin| f(&plugin, &mut store));
-        let notes = std::mem::take(
-            &mut *store
-                .data()
-                .http_guard
-                .notes
-                .lock()
-                .unwrap_or_else(|e| e.into_inner()),
-        );
+        let result = pre.instantiate(&mut store).and_then(|plugin| f(&plugin, &mut store));
+        let notes = std::mem::take(&mut *store.data().http_guard.notes.lock().unwrap_or_else(|e| e.into_inner()));
         for line in notes {
             store.data_mut().log_line(LogLevel::Warn, &line);
         }
@@ -908,11 +756,7 @@ impl Runtime {
         };
         report.denied_memory = data.limiter.denied_memory;
         report.denied_table = data.limiter.denied_table;
-        report.print_dropped = (
-            data.print.dropped_lines,
-            data.print.dropped_bytes,
-            data.print.limit(),
-        );
+        report.print_dropped = (data.print.dropped_lines, data.print.dropped_bytes, data.print.limit());
         report.log = Some(data.log);
         (result.map_err(CallError::Wasm), report)
     }
@@ -960,10 +804,7 @@ impl CallReport {
         };
         let mut msg = match self.interrupted {
             Some(Interrupt::Deadline) => {
-                format!(
-                    "exceeded its time limit of {:?} (cpu_time) and was stopped",
-                    limits.cpu_time
-                )
+                format!("exceeded its time limit of {:?} (cpu_time) and was stopped", limits.cpu_time)
             }
             Some(Interrupt::Cancelled) => "was killed".to_string(),
             None => {
@@ -986,15 +827,10 @@ impl CallReport {
                         sandbox::MAX_TABLE_ELEMENTS
                     )
                 } else if let Some(exit) = err.downcast_ref::<wasmtime_wasi::I32Exit>() {
-                    format!(
-                        "exited with status {} instead of returning an outcome",
-                        exit.0
-                    )
+                    format!("exited with status {} instead of returning an outcome", exit.0)
                 } else if let Some(trap) = err.downcast_ref::<Trap>() {
                     match trap {
-                        Trap::StackOverflow => {
-                            "overflowed its stack (too deep recursion) and was stopped".to_string()
-                        }
+                        Trap::StackOverflow => "overflowed its stack (too deep recursion) and was stopped".to_string(),
                         Trap::UnreachableCodeReached => "crashed (panic or abort)".to_string(),
                         other => format!("crashed: {other}"),
                     }
@@ -1022,10 +858,9 @@ impl CallReport {
     /// Writes captured stdout/stderr and the notes about dropped lines to the task log.
     fn flush_logs(&mut self, services: &dyn TaskServices) {
         let mut budget = self.log.take().unwrap_or_else(|| LineBudget::new(0));
-        for (capture, level, name) in [
-            (&self.stdout, LogLevel::Info, "stdout"),
-            (&self.stderr, LogLevel::Warn, "stderr"),
-        ] {
+        for (capture, level, name) in
+            [(&self.stdout, LogLevel::Info, "stdout"), (&self.stderr, LogLevel::Warn, "stderr")]
+        {
             let (bytes, dropped) = capture.take();
             let text = String::from_utf8_lossy(&bytes);
             for line in text.lines() {
@@ -1036,7 +871,10 @@ impl CallReport {
             if dropped > 0 {
                 services.log(
                     LogLevel::Warn,
-                    &format!("spade: {dropped} bytes of the plugin's {name} were dropped (limit {} bytes per call)", budget.limit()),
+                    &format!(
+                        "spade: {dropped} bytes of the plugin's {name} were dropped (limit {} bytes per call)",
+                        budget.limit()
+                    ),
                 );
             }
         }
@@ -1061,11 +899,7 @@ impl CallReport {
 }
 
 fn valid_operator_name(op: &str) -> bool {
-    !op.is_empty()
-        && op.len() <= 64
-        && op
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    !op.is_empty() && op.len() <= 64 && op.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
 fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
@@ -1076,31 +910,18 @@ fn parse_version(v: &str) -> Option<(u64, u64, u64)> {
 }
 
 fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
-    let bad = |message: String| RuntimeError::BadInfo {
-        plugin: label.to_string(),
-        message,
-    };
-    if info.name.trim().is_empty()
-        || info.name.len() > 128
-        || info.name.chars().any(|c| c.is_control())
-    {
+    let bad = |message: String| RuntimeError::BadInfo { plugin: label.to_string(), message };
+    if info.name.trim().is_empty() || info.name.len() > 128 || info.name.chars().any(|c| c.is_control()) {
         return Err(bad(format!(
             "`describe` returned an invalid plugin name {:?}",
             sandbox::truncate(&info.name, 200)
         )));
     }
     if info.operators.is_empty() {
-        return Err(bad(format!(
-            "plugin {} serves no operators (`describe` returned an empty list)",
-            info.name
-        )));
+        return Err(bad(format!("plugin {} serves no operators (`describe` returned an empty list)", info.name)));
     }
     if info.operators.len() > 256 {
-        return Err(bad(format!(
-            "plugin {} declares {} operators; the limit is 256",
-            info.name,
-            info.operators.len()
-        )));
+        return Err(bad(format!("plugin {} declares {} operators; the limit is 256", info.name, info.operators.len())));
     }
     if let Some(op) = info.operators.iter().find(|op| !valid_operator_name(op)) {
         return Err(bad(format!(
@@ -1117,8 +938,7 @@ fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
             sandbox::truncate(&info.wit_version, 200)
         )));
     };
-    let compatible =
-        plugin.0 == host.0 && (plugin.1 < host.1 || (plugin.1 == host.1 && plugin.2 <= host.2));
+    let compatible = plugin.0 == host.0 && (plugin.1 < host.1 || (plugin.1 == host.1 && plugin.2 <= host.2));
     if !compatible {
         return Err(bad(format!(
             "plugin {} was built against spade:operator@{}, but this spade provides @{WIT_VERSION}; \
@@ -1131,11 +951,7 @@ fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
 
 impl OperatorHost for Runtime {
     fn has_operator(&self, operator: &str) -> bool {
-        self.registry
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .operators
-            .contains_key(operator)
+        self.registry.read().unwrap_or_else(|e| e.into_inner()).operators.contains_key(operator)
     }
 
     fn invoke(&self, inv: Invocation<'_>) -> Result<Outcome, InvokeError> {
@@ -1157,10 +973,7 @@ impl OperatorHost for Runtime {
         if inv.cancel.is_cancelled() {
             return Err(InvokeError::Cancelled);
         }
-        let _slot = self
-            .slots
-            .acquire(Some(inv.cancel))
-            .ok_or(InvokeError::Cancelled)?;
+        let _slot = self.slots.acquire(Some(inv.cancel)).ok_or(InvokeError::Cancelled)?;
         let _active = self.ticker.enter();
         let request = decode::encode_request(inv.request);
         let plugin_name = loaded.info.name.as_str();
@@ -1175,13 +988,8 @@ impl OperatorHost for Runtime {
         );
         let result = match out {
             Ok(outcome) => decode::decode_outcome(plugin_name, outcome),
-            Err(_) if report.interrupted == Some(Interrupt::Cancelled) => {
-                Err(InvokeError::Cancelled)
-            }
-            Err(e) => Err(InvokeError::Plugin {
-                plugin: plugin_name.to_string(),
-                message: report.explain(e, &limits),
-            }),
+            Err(_) if report.interrupted == Some(Interrupt::Cancelled) => Err(InvokeError::Cancelled),
+            Err(e) => Err(InvokeError::Plugin { plugin: plugin_name.to_string(), message: report.explain(e, &limits) }),
         };
         report.flush_logs(inv.services);
         result

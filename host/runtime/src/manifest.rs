@@ -84,14 +84,11 @@ impl Manifest {
     /// Parses manifest text. Errors say what is wrong and where (TOML line and column);
     /// the caller says which manifest.
     pub fn parse(text: &str) -> Result<Manifest, String> {
-        let file: ManifestFile =
-            toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
+        let file: ManifestFile = toml::from_str(text).map_err(|e| e.to_string().trim_end().to_string())?;
         let w = file.wants;
         for key in &w.secrets {
             if key.is_empty() || key.strip_suffix('*').unwrap_or(key).contains('*') {
-                return Err(format!(
-                    "secret key {key:?} in [wants] secrets: use an exact key, `prefix*` or `*`"
-                ));
+                return Err(format!("secret key {key:?} in [wants] secrets: use an exact key, `prefix*` or `*`"));
             }
         }
         let http = w
@@ -156,8 +153,8 @@ pub fn read_embedded(component: &[u8]) -> Result<Option<String>, String> {
                 data.len()
             ));
         }
-        let text = std::str::from_utf8(data)
-            .map_err(|_| format!("its `{MANIFEST_SECTION}` section is not UTF-8 text"))?;
+        let text =
+            std::str::from_utf8(data).map_err(|_| format!("its `{MANIFEST_SECTION}` section is not UTF-8 text"))?;
         found = Some(text.to_string());
     }
     Ok(found)
@@ -166,13 +163,9 @@ pub fn read_embedded(component: &[u8]) -> Result<Option<String>, String> {
 /// `component` with `manifest` as its embedded manifest (replacing any earlier one).
 /// The manifest is checked first, so a component never carries one the host would refuse.
 pub fn embed(component: &[u8], manifest: &str) -> Result<Vec<u8>, String> {
-    Manifest::parse(manifest)
-        .map_err(|e| format!("{MANIFEST_FILE}: invalid plugin manifest: {e}"))?;
+    Manifest::parse(manifest).map_err(|e| format!("{MANIFEST_FILE}: invalid plugin manifest: {e}"))?;
     if manifest.len() > MAX_MANIFEST_BYTES {
-        return Err(format!(
-            "{MANIFEST_FILE} is {} bytes (at most {MAX_MANIFEST_BYTES})",
-            manifest.len()
-        ));
+        return Err(format!("{MANIFEST_FILE} is {} bytes (at most {MAX_MANIFEST_BYTES})", manifest.len()));
     }
     let old: Vec<std::ops::Range<usize>> = custom_sections(component)?
         .into_iter()
@@ -186,18 +179,17 @@ pub fn embed(component: &[u8], manifest: &str) -> Result<Vec<u8>, String> {
         at = range.end;
     }
     out.extend_from_slice(&component[at..]);
-    CustomSection {
-        name: MANIFEST_SECTION.into(),
-        data: manifest.as_bytes().into(),
-    }
-    .append_to(&mut out);
+    CustomSection { name: MANIFEST_SECTION.into(), data: manifest.as_bytes().into() }.append_to(&mut out);
     Ok(out)
 }
+
+/// A custom section: its name, its data and the byte range of the whole section.
+type SectionRef<'a> = (&'a str, &'a [u8], std::ops::Range<usize>);
 
 /// The top-level custom sections of a component: (name, data, byte range of the whole
 /// section). Nested modules and components are skipped whole: their custom sections are
 /// their own.
-fn custom_sections(bytes: &[u8]) -> Result<Vec<(&str, &[u8], std::ops::Range<usize>)>, String> {
+fn custom_sections(bytes: &[u8]) -> Result<Vec<SectionRef<'_>>, String> {
     let broken = |e: wasmparser::BinaryReaderError| format!("its section layout is broken: {e}");
     if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
         return Err("it is not a WebAssembly binary".into());
@@ -242,10 +234,7 @@ impl Linked {
             return (
                 Linked {
                     secrets: grants.secrets.clone(),
-                    http: grants.http.clone().map(|granted| HttpPolicy {
-                        granted,
-                        wanted: None,
-                    }),
+                    http: grants.http.clone().map(|granted| HttpPolicy { granted, wanted: None }),
                     workflows: grants.workflows,
                     expressions: grants.expressions,
                     engine: grants.engine,
@@ -275,19 +264,13 @@ impl Linked {
             }
         }
         let http = match (&grants.http, w.http.is_empty()) {
-            (Some(granted), false) => Some(HttpPolicy {
-                granted: granted.clone(),
-                wanted: Some(w.http.clone()),
-            }),
+            (Some(granted), false) => Some(HttpPolicy { granted: granted.clone(), wanted: Some(w.http.clone()) }),
             _ => None,
         };
         let mut limits = grants.limits;
         if w.memory_bytes.is_some() || w.cpu_time.is_some() {
-            let mut l = limits.unwrap_or(Limits {
-                cpu_time: Duration::MAX,
-                memory_bytes: usize::MAX,
-                log_bytes: usize::MAX,
-            });
+            let mut l =
+                limits.unwrap_or(Limits { cpu_time: Duration::MAX, memory_bytes: usize::MAX, log_bytes: usize::MAX });
             if let Some(mem) = w.memory_bytes {
                 if mem > l.memory_bytes {
                     warnings.push(format!(
@@ -341,11 +324,7 @@ impl Linked {
 }
 
 /// `secrets(a,b) http(...) workflows expressions engine`, the parts that are on.
-fn capability_list(
-    secrets: &[String],
-    http: Option<String>,
-    flags: [(bool, &str); 3],
-) -> Vec<String> {
+fn capability_list(secrets: &[String], http: Option<String>, flags: [(bool, &str); 3]) -> Vec<String> {
     let mut parts = Vec::new();
     if !secrets.is_empty() {
         parts.push(format!("secrets({})", secrets.join(",")));
@@ -353,12 +332,7 @@ fn capability_list(
     if let Some(h) = http {
         parts.push(format!("http({h})"));
     }
-    parts.extend(
-        flags
-            .into_iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, name)| name.to_string()),
-    );
+    parts.extend(flags.into_iter().filter(|(on, _)| *on).map(|(_, name)| name.to_string()));
     parts
 }
 
@@ -368,38 +342,21 @@ impl fmt::Display for Linked {
         let parts = capability_list(
             &self.secrets,
             self.http.as_ref().map(|h| h.to_string()),
-            [
-                (self.workflows, "workflows"),
-                (self.expressions, "expressions"),
-                (self.engine, "engine"),
-            ],
+            [(self.workflows, "workflows"), (self.expressions, "expressions"), (self.engine, "engine")],
         );
-        if parts.is_empty() {
-            f.write_str("-")
-        } else {
-            f.write_str(&parts.join(" "))
-        }
+        if parts.is_empty() { f.write_str("-") } else { f.write_str(&parts.join(" ")) }
     }
 }
 
 impl fmt::Display for Wants {
     /// The request in one line, e.g. `secrets(slack.*) http(https://x) memory 64 MiB`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let http = (!self.http.is_empty()).then(|| {
-            self.http
-                .iter()
-                .map(|h| h.to_string())
-                .collect::<Vec<_>>()
-                .join(", ")
-        });
+        let http =
+            (!self.http.is_empty()).then(|| self.http.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "));
         let mut parts = capability_list(
             &self.secrets,
             http,
-            [
-                (self.workflows, "workflows"),
-                (self.expressions, "expressions"),
-                (self.engine, "engine"),
-            ],
+            [(self.workflows, "workflows"), (self.expressions, "expressions"), (self.engine, "engine")],
         );
         if let Some(m) = self.memory_bytes {
             parts.push(format!("memory {} MiB", m >> 20));
@@ -407,23 +364,12 @@ impl fmt::Display for Wants {
         if let Some(t) = self.cpu_time {
             parts.push(format!("time {} s", t.as_secs()));
         }
-        if parts.is_empty() {
-            f.write_str("nothing beyond log and output")
-        } else {
-            f.write_str(&parts.join(" "))
-        }
+        if parts.is_empty() { f.write_str("nothing beyond log and output") } else { f.write_str(&parts.join(" ")) }
     }
 }
 
 fn list_or_none(keys: &[String]) -> String {
-    if keys.is_empty() {
-        "none".into()
-    } else {
-        keys.iter()
-            .map(|k| format!("`{k}`"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
+    if keys.is_empty() { "none".into() } else { keys.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", ") }
 }
 
 /// Whether the key pattern `pattern` (exact, `prefix*`, `*`) covers `key`.
@@ -505,11 +451,7 @@ mod tests {
 
         let narrow = Grants {
             secrets: vec!["slack.token".into()],
-            limits: Some(Limits {
-                cpu_time: Duration::from_secs(1),
-                memory_bytes: 16 << 20,
-                log_bytes: 1 << 20,
-            }),
+            limits: Some(Limits { cpu_time: Duration::from_secs(1), memory_bytes: 16 << 20, log_bytes: 1 << 20 }),
             ..Grants::default()
         };
         let (linked, warnings) = Linked::new(Some(&m), &narrow);
@@ -526,11 +468,7 @@ mod tests {
     fn embed_replaces_and_reads_back() {
         // The smallest component: magic and layer/version, then a custom section of its own.
         let mut component = b"\0asm\x0d\0\x01\0".to_vec();
-        CustomSection {
-            name: "other".into(),
-            data: b"keep me".as_slice().into(),
-        }
-        .append_to(&mut component);
+        CustomSection { name: "other".into(), data: b"keep me".as_slice().into() }.append_to(&mut component);
         assert_eq!(read_embedded(&component).unwrap(), None);
         let one = embed(&component, "[wants]\nengine = true\n").unwrap();
         assert_eq!(read_embedded(&one).unwrap().as_deref(), Some("[wants]\nengine = true\n"));

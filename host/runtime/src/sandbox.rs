@@ -39,24 +39,12 @@ pub(crate) struct Limiter {
 
 impl Limiter {
     pub fn new(memory_limit: usize) -> Self {
-        Limiter {
-            memory_limit,
-            memory_used: 0,
-            table_used: 0,
-            last_growth: 0,
-            denied_memory: None,
-            denied_table: None,
-        }
+        Limiter { memory_limit, memory_used: 0, table_used: 0, last_growth: 0, denied_memory: None, denied_table: None }
     }
 }
 
 impl ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
         let growth = desired.saturating_sub(current);
         let total = self.memory_used.saturating_add(growth);
         if total > self.memory_limit || maximum.is_some_and(|m| desired > m) {
@@ -75,15 +63,8 @@ impl ResourceLimiter for Limiter {
         Ok(())
     }
 
-    fn table_growing(
-        &mut self,
-        current: usize,
-        desired: usize,
-        maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
-        let total = self
-            .table_used
-            .saturating_add(desired.saturating_sub(current));
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let total = self.table_used.saturating_add(desired.saturating_sub(current));
         if total > MAX_TABLE_ELEMENTS || maximum.is_some_and(|m| desired > m) {
             self.denied_table = Some(total);
             return Ok(false);
@@ -116,13 +97,7 @@ pub(crate) struct LineBudget {
 
 impl LineBudget {
     pub fn new(limit: usize) -> Self {
-        LineBudget {
-            limit,
-            used: 0,
-            calls: 0,
-            dropped_lines: 0,
-            dropped_bytes: 0,
-        }
+        LineBudget { limit, used: 0, calls: 0, dropped_lines: 0, dropped_bytes: 0 }
     }
 
     /// The line to forward (cut to [`MAX_LINE_BYTES`]), or `None` when over the budget.
@@ -152,12 +127,7 @@ pub(crate) fn cap_line(line: &str) -> std::borrow::Cow<'_, str> {
     while !line.is_char_boundary(end) {
         end -= 1;
     }
-    format!(
-        "{} ... [line cut: {} more bytes]",
-        &line[..end],
-        line.len() - end
-    )
-    .into()
+    format!("{} ... [line cut: {} more bytes]", &line[..end], line.len() - end).into()
 }
 
 /// Cuts `s` to at most `max` bytes on a char boundary.
@@ -189,10 +159,7 @@ pub(crate) struct Capture {
 
 impl Capture {
     pub fn new(capacity: usize) -> Self {
-        Capture {
-            capacity,
-            buf: Arc::default(),
-        }
+        Capture { capacity, buf: Arc::default() }
     }
 
     fn push(&self, bytes: &[u8]) {
@@ -240,11 +207,7 @@ impl OutputStream for Capture {
 }
 
 impl tokio::io::AsyncWrite for Capture {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
+    fn poll_write(self: Pin<&mut Self>, _cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
         self.push(buf);
         Poll::Ready(Ok(buf.len()))
     }

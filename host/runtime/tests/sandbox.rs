@@ -17,27 +17,15 @@ fn runtime() -> &'static Runtime {
     &RT.get_or_init(|| {
         let cache = tempfile::tempdir().unwrap();
         let rt = Runtime::new(RuntimeConfig::with_cache_dir(cache.path().join("spade"))).unwrap();
-        let grants = Grants {
-            secrets: vec!["allowed".into(), "team.*".into()],
-            ..Grants::default()
-        };
-        rt.install(
-            "spade-test-hostile",
-            &test_plugin("spade-test-hostile"),
-            grants,
-        )
-        .unwrap();
+        let grants = Grants { secrets: vec!["allowed".into(), "team.*".into()], ..Grants::default() };
+        rt.install("spade-test-hostile", &test_plugin("spade-test-hostile"), grants).unwrap();
         (rt, cache)
     })
     .0
 }
 
 fn limits() -> Limits {
-    Limits {
-        cpu_time: Duration::from_secs(20),
-        memory_bytes: 128 << 20,
-        log_bytes: 256 << 10,
-    }
+    Limits { cpu_time: Duration::from_secs(20), memory_bytes: 128 << 20, log_bytes: 256 << 10 }
 }
 
 /// Runs `attack` in a fresh sandbox, checks containment, then checks a normal call works.
@@ -45,11 +33,7 @@ fn attack(name: &str, limits: Limits) -> (Result<Outcome, InvokeError>, Sandbox,
     attack_with(name, json!({}), limits)
 }
 
-fn attack_with(
-    name: &str,
-    params: Value,
-    limits: Limits,
-) -> (Result<Outcome, InvokeError>, Sandbox, Recorder) {
+fn attack_with(name: &str, params: Value, limits: Limits) -> (Result<Outcome, InvokeError>, Sandbox, Recorder) {
     let rt = runtime();
     let sb = Sandbox::new();
     let services = Recorder::default();
@@ -58,59 +42,30 @@ fn attack_with(
     params["outside"] = json!(sb.outside.display().to_string());
     let req = request("hostile", json!(name), params);
     let out = invoke(rt, &sb, &services, &req, limits, &CancelToken::new());
-    assert_eq!(
-        sb.outside_snapshot(),
-        before,
-        "attack {name} changed files outside the workspace"
-    );
+    assert_eq!(sb.outside_snapshot(), before, "attack {name} changed files outside the workspace");
     if let Ok(o) = &out {
         let text = serde_json::to_string(o).unwrap();
-        assert!(
-            !text.contains(SECRET),
-            "attack {name} leaked the secret: {text}"
-        );
+        assert!(!text.contains(SECRET), "attack {name} leaked the secret: {text}");
     }
     for (_, line) in services.logs() {
-        assert!(
-            !line.contains(SECRET),
-            "attack {name} leaked the secret into the log"
-        );
+        assert!(!line.contains(SECRET), "attack {name} leaked the secret into the log");
     }
     // The host is still fine: a normal call right after succeeds.
     let noop = request("hostile", json!("noop"), json!({}));
-    let after = invoke(
-        rt,
-        &sb,
-        &Recorder::default(),
-        &noop,
-        Limits::default(),
-        &CancelToken::new(),
-    );
-    assert!(
-        matches!(after, Ok(Outcome::Done(_))),
-        "noop after {name} failed: {after:?}"
-    );
+    let after = invoke(rt, &sb, &Recorder::default(), &noop, Limits::default(), &CancelToken::new());
+    assert!(matches!(after, Ok(Outcome::Done(_))), "noop after {name} failed: {after:?}");
     (out, sb, services)
 }
 
 /// The per-attempt results a file attack reported.
 fn results(out: Result<Outcome, InvokeError>) -> Vec<Value> {
     let store = done_store(out.expect("the attack should return an outcome"));
-    store["hostile"]["results"]
-        .as_array()
-        .cloned()
-        .expect("results")
+    store["hostile"]["results"].as_array().cloned().expect("results")
 }
 
 fn assert_all_refused(name: &str, results: &[Value], ops: &[&str]) {
-    let relevant: Vec<&Value> = results
-        .iter()
-        .filter(|r| ops.contains(&r["op"].as_str().unwrap()))
-        .collect();
-    assert!(
-        !relevant.is_empty(),
-        "{name}: no {ops:?} attempts reported: {results:?}"
-    );
+    let relevant: Vec<&Value> = results.iter().filter(|r| ops.contains(&r["op"].as_str().unwrap())).collect();
+    assert!(!relevant.is_empty(), "{name}: no {ops:?} attempts reported: {results:?}");
     for r in relevant {
         assert_eq!(r["ok"], json!(false), "{name}: an attempt succeeded: {r}");
     }
@@ -133,13 +88,7 @@ fn workspace_is_root_and_read_write() {
     assert!(sb.ws.join("rel.txt").is_file() && sb.ws.join("abs.txt").is_file());
     assert!(sb.ws.join("sub/deeper/f.txt").is_file());
     let find = |op: &str, path: &str| {
-        results
-            .iter()
-            .find(|r| r["op"] == op && r["path"] == path)
-            .unwrap()["detail"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        results.iter().find(|r| r["op"] == op && r["path"] == path).unwrap()["detail"].as_str().unwrap().to_string()
     };
     assert_eq!(find("read", "input.txt"), "hello from the host\n");
     assert_eq!(find("cwd", ""), "/");
@@ -153,11 +102,7 @@ fn parent_paths_are_refused() {
     let (out, sb, _) = attack("read_parent", limits());
     assert_all_refused("read_parent", &results(out), &["read"]);
     let (out, _, _) = attack("write_parent", limits());
-    assert_all_refused(
-        "write_parent",
-        &results(out),
-        &["write", "mkdir", "remove", "rename"],
-    );
+    assert_all_refused("write_parent", &results(out), &["write", "mkdir", "remove", "rename"]);
     assert!(!sb.root.join("planted.txt").exists());
 }
 
@@ -192,9 +137,7 @@ fn hard_links_cannot_reach_outside() {
     }
     assert!(!sb.root.join("planted_link").exists());
     assert_eq!(
-        std::fs::metadata(sb.root.join("secret.txt"))
-            .map(|m| std::os::unix::fs::MetadataExt::nlink(&m))
-            .unwrap(),
+        std::fs::metadata(sb.root.join("secret.txt")).map(|m| std::os::unix::fs::MetadataExt::nlink(&m)).unwrap(),
         1
     );
 }
@@ -206,20 +149,14 @@ fn own_symlinks_are_not_followed_outside() {
     assert_all_refused("symlink_own", &results, &["read", "list"]);
     // Creating a symlink with an absolute target is refused outright; a write to that
     // name then just creates a regular file inside the workspace.
-    for r in results
-        .iter()
-        .filter(|r| r["op"] == "symlink" || r["op"] == "write")
-    {
+    for r in results.iter().filter(|r| r["op"] == "symlink" || r["op"] == "write") {
         let path = r["path"].as_str().unwrap();
         if r["op"] == "symlink" && path.contains(" -> /") {
             assert_eq!(r["ok"], json!(false), "{r}");
         }
         if r["op"] == "write" && r["ok"] == json!(true) {
             let meta = std::fs::symlink_metadata(sb.ws.join(path)).unwrap();
-            assert!(
-                meta.is_file(),
-                "{path} should be a plain file in the workspace"
-            );
+            assert!(meta.is_file(), "{path} should be a plain file in the workspace");
         }
     }
     assert!(!sb.outside.join("planted.txt").exists());
@@ -245,20 +182,13 @@ fn listing_root_shows_only_the_workspace() {
 #[test]
 fn no_network() {
     let (out, _, _) = attack("net", limits());
-    assert_all_refused(
-        "net",
-        &results(out),
-        &["tcp_connect", "udp_bind", "tcp_listen", "dns"],
-    );
+    assert_all_refused("net", &results(out), &["tcp_connect", "udp_bind", "tcp_listen", "dns"]);
 }
 
 #[test]
 fn secrets_only_granted_keys() {
-    let (out, _, services) = attack_with(
-        "secret",
-        json!({"keys": ["allowed", "team.token", "forbidden", "team"]}),
-        limits(),
-    );
+    let (out, _, services) =
+        attack_with("secret", json!({"keys": ["allowed", "team.token", "forbidden", "team"]}), limits());
     let results = results(out);
     let get = |k: &str| results.iter().find(|r| r["path"] == k).unwrap().clone();
     assert_eq!(get("allowed")["detail"], "value-of-allowed");
@@ -275,27 +205,15 @@ fn stdio_goes_to_the_task_log() {
     let (out, _, services) = attack("stdio", limits());
     assert!(matches!(out, Ok(Outcome::Done(_))));
     let logs = services.logs();
-    assert!(
-        logs.contains(&(LogLevel::Info, "to stdout".into())),
-        "{logs:?}"
-    );
-    assert!(
-        logs.contains(&(LogLevel::Warn, "to stderr".into())),
-        "{logs:?}"
-    );
-    assert!(
-        logs.contains(&(LogLevel::Warn, "to log".into())),
-        "{logs:?}"
-    );
+    assert!(logs.contains(&(LogLevel::Info, "to stdout".into())), "{logs:?}");
+    assert!(logs.contains(&(LogLevel::Warn, "to stderr".into())), "{logs:?}");
+    assert!(logs.contains(&(LogLevel::Warn, "to log".into())), "{logs:?}");
     assert_eq!(services.prints(), vec!["to output".to_string()]);
 }
 
 #[test]
 fn infinite_loop_hits_the_deadline() {
-    let l = Limits {
-        cpu_time: Duration::from_millis(300),
-        ..limits()
-    };
+    let l = Limits { cpu_time: Duration::from_millis(300), ..limits() };
     let t = Instant::now();
     let (out, _, _) = attack("infinite_loop", l);
     let msg = plugin_error(out);
@@ -306,10 +224,7 @@ fn infinite_loop_hits_the_deadline() {
 
 #[test]
 fn memory_is_capped() {
-    let l = Limits {
-        memory_bytes: 64 << 20,
-        ..limits()
-    };
+    let l = Limits { memory_bytes: 64 << 20, ..limits() };
     let (out, _, _) = attack("memory", l);
     let msg = plugin_error(out);
     assert!(msg.contains("memory limit of 64 MiB"), "{msg}");
@@ -326,61 +241,28 @@ fn stack_overflow_is_a_task_error() {
 fn panic_and_exit_are_task_errors() {
     let (out, _, services) = attack("panic", limits());
     let msg = plugin_error(out);
-    assert!(
-        msg.contains("crashed") && msg.contains("panicked on purpose"),
-        "{msg}"
-    );
-    assert!(
-        services
-            .logs()
-            .iter()
-            .any(|(l, m)| *l == LogLevel::Warn && m.contains("panicked on purpose"))
-    );
+    assert!(msg.contains("crashed") && msg.contains("panicked on purpose"), "{msg}");
+    assert!(services.logs().iter().any(|(l, m)| *l == LogLevel::Warn && m.contains("panicked on purpose")));
     let (out, _, _) = attack("exit", limits());
     let msg = plugin_error(out);
     // WASI 0.2's exit carries only success/failure, so exit(7) arrives as status 1.
-    assert!(
-        msg.contains("exited with status 1 instead of returning an outcome"),
-        "{msg}"
-    );
+    assert!(msg.contains("exited with status 1 instead of returning an outcome"), "{msg}");
 }
 
 #[test]
 fn log_flood_is_capped() {
-    let l = Limits {
-        log_bytes: 64 << 10,
-        ..limits()
-    };
+    let l = Limits { log_bytes: 64 << 10, ..limits() };
     let (out, _, services) = attack_with("log_flood", json!({"count": 50_000, "size": 100}), l);
     assert!(matches!(out, Ok(Outcome::Done(_))), "{out:?}");
     let logs = services.logs();
-    let notes: Vec<&String> = logs
-        .iter()
-        .map(|(_, m)| m)
-        .filter(|m| m.starts_with("spade: "))
-        .collect();
-    let kept: usize = logs
-        .iter()
-        .filter(|(_, m)| !m.starts_with("spade: "))
-        .map(|(_, m)| m.len())
-        .sum();
+    let notes: Vec<&String> = logs.iter().map(|(_, m)| m).filter(|m| m.starts_with("spade: ")).collect();
+    let kept: usize = logs.iter().filter(|(_, m)| !m.starts_with("spade: ")).map(|(_, m)| m.len()).sum();
     assert!(kept <= 64 << 10, "kept {kept} bytes of log");
     assert!(kept >= 60 << 10, "the budget should be used: kept {kept}");
-    assert!(
-        notes
-            .iter()
-            .any(|m| m.contains("log lines") && m.contains("dropped")),
-        "{notes:?}"
-    );
+    assert!(notes.iter().any(|m| m.contains("log lines") && m.contains("dropped")), "{notes:?}");
     let printed: usize = services.prints().iter().map(|l| l.len()).sum();
-    assert!(
-        printed <= 64 << 10 && printed >= 60 << 10,
-        "printed {printed}"
-    );
-    assert!(
-        notes.iter().any(|m| m.contains("output lines")),
-        "{notes:?}"
-    );
+    assert!((60 << 10..=64 << 10).contains(&printed), "printed {printed}");
+    assert!(notes.iter().any(|m| m.contains("output lines")), "{notes:?}");
 }
 
 #[test]
@@ -398,53 +280,23 @@ fn huge_lines_are_cut() {
 fn huge_outcome_is_refused() {
     let (out, _, _) = attack_with("huge_outcome", json!({"size": 20 << 20}), limits());
     let msg = plugin_error(out);
-    assert!(
-        msg.contains("`done.store-params`") && msg.contains("16 MiB"),
-        "{msg}"
-    );
+    assert!(msg.contains("`done.store-params`") && msg.contains("16 MiB"), "{msg}");
 }
 
 #[test]
 fn malformed_outcomes_name_the_field() {
     let cases = [
-        (
-            "store_params",
-            "malformed",
-            "`done.store-params`",
-            "invalid JSON",
-        ),
-        (
-            "store_params",
-            "non_object",
-            "`done.store-params`",
-            "must be a JSON object",
-        ),
-        (
-            "export_params",
-            "non_object",
-            "`done.export-params`",
-            "an array",
-        ),
+        ("store_params", "malformed", "`done.store-params`", "invalid JSON"),
+        ("store_params", "non_object", "`done.store-params`", "must be a JSON object"),
+        ("export_params", "non_object", "`done.export-params`", "an array"),
         ("subtasks", "malformed", "`done.subtasks`", "invalid JSON"),
         ("poll_state", "malformed", "`poll.state`", "invalid JSON"),
-        (
-            "store_params",
-            "deep",
-            "`done.store-params`",
-            "recursion limit",
-        ),
+        ("store_params", "deep", "`done.store-params`", "recursion limit"),
     ];
     for (field, kind, name, what) in cases {
-        let (out, _, _) = attack_with(
-            "malformed_outcome",
-            json!({"field": field, "kind": kind}),
-            limits(),
-        );
+        let (out, _, _) = attack_with("malformed_outcome", json!({"field": field, "kind": kind}), limits());
         let msg = plugin_error(out);
-        assert!(
-            msg.contains(name) && msg.contains(what),
-            "{field}/{kind}: {msg}"
-        );
+        assert!(msg.contains(name) && msg.contains(what), "{field}/{kind}: {msg}");
     }
 }
 
@@ -453,19 +305,13 @@ fn outcomes_and_request_round_trip() {
     let rt = runtime();
     let sb = Sandbox::new();
     let services = Recorder::default();
-    let mut req = request(
-        "hostile",
-        json!("echo_request"),
-        json!({"a": {"b": [1, 2]}}),
-    );
+    let mut req = request("hostile", json!("echo_request"), json!({"a": {"b": [1, 2]}}));
     req.local_params.insert("own".into(), json!(true));
-    req.raw
-        .insert("_do".into(), json!({"+x": {"echo>": "${a}"}}));
+    req.raw.insert("_do".into(), json!({"+x": {"echo>": "${a}"}}));
     req.state = Some(json!({"n": 1}));
     req.retry_attempt_name = Some("again".into());
     req.retry_count = 3;
-    let store =
-        done_store(invoke(rt, &sb, &services, &req, limits(), &CancelToken::new()).unwrap());
+    let store = done_store(invoke(rt, &sb, &services, &req, limits(), &CancelToken::new()).unwrap());
     let echoed = &store["request"];
     assert_eq!(echoed["command"], "echo_request");
     assert_eq!(echoed["params"], json!({"a": {"b": [1, 2]}}));
@@ -478,36 +324,10 @@ fn outcomes_and_request_round_trip() {
     assert_eq!(echoed["session_time"], "2024-02-29T13:14:15+00:00");
     assert_eq!(echoed["task_name"], "+test+task");
 
-    let poll = invoke(
-        rt,
-        &sb,
-        &services,
-        &request("hostile", json!("poll"), json!({})),
-        limits(),
-        &CancelToken::new(),
-    );
-    assert_eq!(
-        poll.unwrap(),
-        Outcome::Poll {
-            after_seconds: 5,
-            state: json!({"n": 1})
-        }
-    );
-    let fail = invoke(
-        rt,
-        &sb,
-        &services,
-        &request("hostile", json!("fail"), json!({})),
-        limits(),
-        &CancelToken::new(),
-    );
-    assert_eq!(
-        fail.unwrap(),
-        Outcome::Error {
-            message: "hostile failed on purpose".into(),
-            retryable: true
-        }
-    );
+    let poll = invoke(rt, &sb, &services, &request("hostile", json!("poll"), json!({})), limits(), &CancelToken::new());
+    assert_eq!(poll.unwrap(), Outcome::Poll { after_seconds: 5, state: json!({"n": 1}) });
+    let fail = invoke(rt, &sb, &services, &request("hostile", json!("fail"), json!({})), limits(), &CancelToken::new());
+    assert_eq!(fail.unwrap(), Outcome::Error { message: "hostile failed on purpose".into(), retryable: true });
 }
 
 #[test]
@@ -525,46 +345,22 @@ fn kill_interrupts_an_infinite_loop() {
     };
     let t = Instant::now();
     let req = request("hostile", json!("infinite_loop"), json!({}));
-    let l = Limits {
-        cpu_time: Duration::from_secs(120),
-        ..limits()
-    };
+    let l = Limits { cpu_time: Duration::from_secs(120), ..limits() };
     let out = invoke(rt, &sb, &services, &req, l, &cancel);
     killer.join().unwrap();
     assert!(matches!(out, Err(InvokeError::Cancelled)), "{out:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "kill took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(5), "kill took {:?}", t.elapsed());
     // Already-cancelled tokens stop the call before it starts.
-    let out = invoke(
-        rt,
-        &sb,
-        &services,
-        &request("hostile", json!("noop"), json!({})),
-        l,
-        &cancel,
-    );
+    let out = invoke(rt, &sb, &services, &request("hostile", json!("noop"), json!({})), l, &cancel);
     assert!(matches!(out, Err(InvokeError::Cancelled)));
-    let out = invoke(
-        rt,
-        &sb,
-        &services,
-        &request("hostile", json!("noop"), json!({})),
-        l,
-        &CancelToken::new(),
-    );
+    let out = invoke(rt, &sb, &services, &request("hostile", json!("noop"), json!({})), l, &CancelToken::new());
     assert!(matches!(out, Ok(Outcome::Done(_))));
 }
 
 #[test]
 fn sleeping_guests_are_stopped_too() {
     // A sleep blocks inside the host, out of reach of epoch interruption.
-    let l = Limits {
-        cpu_time: Duration::from_millis(300),
-        ..limits()
-    };
+    let l = Limits { cpu_time: Duration::from_millis(300), ..limits() };
     let t = Instant::now();
     let (out, _, _) = attack("sleep", l);
     let msg = plugin_error(out);
@@ -580,21 +376,10 @@ fn sleeping_guests_are_stopped_too() {
         c.cancel();
     });
     let t = Instant::now();
-    let out = invoke(
-        rt,
-        &sb,
-        &Recorder::default(),
-        &request("hostile", json!("sleep"), json!({})),
-        limits(),
-        &cancel,
-    );
+    let out = invoke(rt, &sb, &Recorder::default(), &request("hostile", json!("sleep"), json!({})), limits(), &cancel);
     killer.join().unwrap();
     assert!(matches!(out, Err(InvokeError::Cancelled)), "{out:?}");
-    assert!(
-        t.elapsed() < Duration::from_secs(5),
-        "kill took {:?}",
-        t.elapsed()
-    );
+    assert!(t.elapsed() < Duration::from_secs(5), "kill took {:?}", t.elapsed());
 
     // A short sleep within the limits is a normal sleep.
     let out = invoke(
@@ -613,18 +398,9 @@ fn sleeping_guests_are_stopped_too() {
 fn unknown_operator() {
     let rt = runtime();
     let sb = Sandbox::new();
-    let out = invoke(
-        rt,
-        &sb,
-        &Recorder::default(),
-        &request("nope", json!(null), json!({})),
-        limits(),
-        &CancelToken::new(),
-    );
-    assert!(
-        matches!(out, Err(InvokeError::UnknownOperator(ref op)) if op == "nope"),
-        "{out:?}"
-    );
+    let out =
+        invoke(rt, &sb, &Recorder::default(), &request("nope", json!(null), json!({})), limits(), &CancelToken::new());
+    assert!(matches!(out, Err(InvokeError::UnknownOperator(ref op)) if op == "nope"), "{out:?}");
     assert!(rt.has_operator("hostile") && !rt.has_operator("nope"));
 }
 
@@ -643,10 +419,7 @@ fn missing_workspace_is_a_clear_error() {
         cancel: &CancelToken::new(),
     });
     let msg = plugin_error(out);
-    assert!(
-        msg.contains("cannot open the task workspace") && msg.contains("does-not-exist"),
-        "{msg}"
-    );
+    assert!(msg.contains("cannot open the task workspace") && msg.contains("does-not-exist"), "{msg}");
 }
 
 #[test]

@@ -76,7 +76,8 @@ pub trait Control: Send + Sync + 'static {
     fn workflows(&self) -> Vec<WorkflowInfo>;
     /// Start an attempt of `workflow` for `session_time` (none: now) with `params`. Errors
     /// are messages for the API client (unknown workflow, bad session time).
-    fn start(&self, workflow: &str, session_time: Option<&str>, params: &Map<String, Value>) -> Result<Started, String>;
+    fn start(&self, workflow: &str, session_time: Option<&str>, params: &Map<String, Value>)
+    -> Result<Started, String>;
     /// Whether the process recorded as running an attempt (`owner`) is known to be gone;
     /// never known for a store shared with other hosts.
     fn owner_gone(&self, owner: Option<u32>) -> bool;
@@ -311,13 +312,8 @@ async fn workflows(State(c): Shared) -> Json<Value> {
 }
 
 async fn schedules(State(c): Shared) -> Json<Value> {
-    let list: Vec<Value> = c
-        .control
-        .workflows()
-        .iter()
-        .filter(|w| w.schedule.is_some())
-        .map(|w| workflow_json(w, &c.project))
-        .collect();
+    let list: Vec<Value> =
+        c.control.workflows().iter().filter(|w| w.schedule.is_some()).map(|w| workflow_json(w, &c.project)).collect();
     Json(json!({ "schedules": list }))
 }
 
@@ -443,7 +439,10 @@ struct StartBody {
 /// How long `PUT /api/attempts` waits for the started process to record its attempt.
 const START_WAIT: Duration = Duration::from_secs(15);
 
-async fn start_attempt(State(c): Shared, body: Result<Json<StartBody>, axum::extract::rejection::JsonRejection>) -> Response {
+async fn start_attempt(
+    State(c): Shared,
+    body: Result<Json<StartBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
     let Json(body) = match body {
         Ok(b) => b,
         Err(e) => return ApiError(StatusCode::BAD_REQUEST, e.body_text()).into_response(),
@@ -453,7 +452,8 @@ async fn start_attempt(State(c): Shared, body: Result<Json<StartBody>, axum::ext
     };
     let control = c.control.clone();
     let wf = workflow.clone();
-    let started = tokio::task::spawn_blocking(move || control.start(&wf, body.session_time.as_deref(), &body.params)).await;
+    let started =
+        tokio::task::spawn_blocking(move || control.start(&wf, body.session_time.as_deref(), &body.params)).await;
     let started = match started {
         Ok(Ok(s)) => s,
         Ok(Err(message)) => return ApiError(StatusCode::BAD_REQUEST, message).into_response(),

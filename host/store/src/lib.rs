@@ -311,7 +311,6 @@ pub(crate) fn from_json<T: serde::de::DeserializeOwned>(what: &str, s: &str) -> 
     serde_json::from_str(s).map_err(|source| StoreError::Json { what: what.to_string(), source })
 }
 
-
 /// The name of a new attempt of a session that has `count` attempts: the one asked for
 /// (unless taken), `""` for the first, else a fresh readable `run-N`.
 pub(crate) fn attempt_name(
@@ -354,7 +353,16 @@ pub(crate) fn task_record(
 ) -> Result<TaskRecord> {
     let request = request.map(|s| from_json(&format!("request of task {name}"), s)).transpose()?;
     let result = result.map(|s| from_json(&format!("result of task {name}"), s)).transpose()?;
-    Ok(TaskRecord { state: TaskState::parse(state), retry_count, request, result, error, updated_at_ms, started_at_ms, name })
+    Ok(TaskRecord {
+        state: TaskState::parse(state),
+        retry_count,
+        request,
+        result,
+        error,
+        updated_at_ms,
+        started_at_ms,
+        name,
+    })
 }
 
 /// Frozen requests of the tasks still running or polling at the end of their attempt, from

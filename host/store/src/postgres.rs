@@ -173,7 +173,8 @@ impl PgStore {
     /// Connects to `url` (`postgres://user@host:port/db`), creating and migrating the schema
     /// as needed.
     pub fn open(url: &str) -> Result<PgStore> {
-        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Connect { url: redact(url), message: describe(&e) })?;
+        let client =
+            Client::connect(url, NoTls).map_err(|e| StoreError::Connect { url: redact(url), message: describe(&e) })?;
         let mut store = PgStore { client, own_schema: None };
         store.migrate()?;
         Ok(store)
@@ -185,7 +186,8 @@ impl PgStore {
         if !schema.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(StoreError::Postgres(format!("invalid schema name {schema:?}")));
         }
-        let client = Client::connect(url, NoTls).map_err(|e| StoreError::Connect { url: redact(url), message: describe(&e) })?;
+        let client =
+            Client::connect(url, NoTls).map_err(|e| StoreError::Connect { url: redact(url), message: describe(&e) })?;
         let mut store = PgStore { client, own_schema: Some(schema.to_string()) };
         store.client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}; SET search_path TO {schema}"))?;
         store.migrate()?;
@@ -236,7 +238,10 @@ impl PgStore {
         let mut tasks = TaskCounts::default();
         let lo = attempt.attempt_id << 32;
         let hi = (attempt.attempt_id + 1) << 32;
-        for r in self.client.query("SELECT state, COUNT(*) FROM tasks WHERE id >= $1 AND id < $2 GROUP BY state", &[&lo, &hi])? {
+        for r in self
+            .client
+            .query("SELECT state, COUNT(*) FROM tasks WHERE id >= $1 AND id < $2 GROUP BY state", &[&lo, &hi])?
+        {
             tasks.add(TaskState::parse(r.get::<_, &str>(0)), r.get::<_, i64>(1) as u64);
         }
         Ok(AttemptInfo {
@@ -554,7 +559,13 @@ impl Store for PgStore {
         )?;
         Ok(rows
             .iter()
-            .map(|r| LogLine { attempt_id: r.get(0), task_name: r.get(1), at_ms: r.get(2), level: r.get(3), message: r.get(4) })
+            .map(|r| LogLine {
+                attempt_id: r.get(0),
+                task_name: r.get(1),
+                at_ms: r.get(2),
+                level: r.get(3),
+                message: r.get(4),
+            })
             .collect())
     }
 
@@ -610,10 +621,9 @@ impl Store for PgStore {
 
     fn swap_value(&mut self, key: &str, expected: Option<&str>, value: &str) -> Result<bool> {
         let n = match expected {
-            None => self.client.execute(
-                "INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING",
-                &[&key, &value],
-            )?,
+            None => self
+                .client
+                .execute("INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &value])?,
             Some(old) => {
                 self.client.execute("UPDATE kv SET value = $3 WHERE key = $1 AND value = $2", &[&key, &old, &value])?
             }

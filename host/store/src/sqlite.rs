@@ -166,8 +166,8 @@ impl SqliteStore {
         if let Some(dir) = path.parent() {
             let _ = std::fs::create_dir_all(dir);
         }
-        let conn = Connection::open(path)
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let conn =
+            Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         Self::init(conn)
     }
 
@@ -179,8 +179,8 @@ impl SqliteStore {
     /// A scratch database for runs that keep nothing (`--no-save`): a file, so attempts
     /// started by `require>` can open it too, but without durability (no fsync, no WAL).
     pub fn open_scratch(path: &Path) -> Result<Self> {
-        let conn = Connection::open(path)
-            .map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
+        let conn =
+            Connection::open(path).map_err(|source| StoreError::Open { path: path.display().to_string(), source })?;
         let store = Self::init(conn)?;
         store.conn.pragma_update(None, "synchronous", "OFF")?;
         Ok(store)
@@ -383,7 +383,8 @@ impl Store for SqliteStore {
              FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id
              WHERE p.name = ?1 AND s.workflow = ?2 AND a.status = 'running' ORDER BY a.id",
         )?;
-        let rows = stmt.query_map(params![project, workflow], |r| Ok((attempt_from_row(r)?, r.get::<_, Option<u32>>(7)?)))?;
+        let rows =
+            stmt.query_map(params![project, workflow], |r| Ok((attempt_from_row(r)?, r.get::<_, Option<u32>>(7)?)))?;
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
 
@@ -470,7 +471,9 @@ impl Store for SqliteStore {
         let project_id = self.project_id(project)?;
         let tx = self.conn.transaction()?;
         let existing: Option<i64> = tx
-            .query_row("SELECT id FROM revisions WHERE project_id = ?1 AND name = ?2", params![project_id, name], |r| r.get(0))
+            .query_row("SELECT id FROM revisions WHERE project_id = ?1 AND name = ?2", params![project_id, name], |r| {
+                r.get(0)
+            })
             .optional()?;
         let id = match existing {
             Some(id) => id,
@@ -521,7 +524,13 @@ impl Store for SqliteStore {
              WHERE attempt_id = ?1 AND substr(task_name, 1, length(?2)) = ?2 ORDER BY id",
         )?;
         let rows = stmt.query_map(params![attempt_id, prefix], |r| {
-            Ok(LogLine { attempt_id: r.get(0)?, task_name: r.get(1)?, at_ms: r.get(2)?, level: r.get(3)?, message: r.get(4)? })
+            Ok(LogLine {
+                attempt_id: r.get(0)?,
+                task_name: r.get(1)?,
+                at_ms: r.get(2)?,
+                level: r.get(3)?,
+                message: r.get(4)?,
+            })
         })?;
         Ok(rows.collect::<std::result::Result<Vec<_>, _>>()?)
     }
@@ -588,4 +597,3 @@ impl Store for SqliteStore {
         Ok(n == 1)
     }
 }
-

@@ -22,10 +22,7 @@ fn each_store(test: impl Fn(&mut dyn Store)) {
             }
         }
         Err(e) if std::env::var_os("SPADE_TEST_POSTGRES").is_none() => {
-            eprintln!(
-                "note: PostgreSQL not reachable at {} ({e}); tested SQLite only",
-                postgres_url()
-            );
+            eprintln!("note: PostgreSQL not reachable at {} ({e}); tested SQLite only", postgres_url());
         }
         Err(e) => panic!("SPADE_TEST_POSTGRES is set but {} does not answer: {e}", postgres_url()),
     }
@@ -106,13 +103,9 @@ fn task_logs_are_kept_per_attempt_and_filtered_by_prefix() {
             level: "info".into(),
             message: msg.into(),
         };
-        s.append_logs(&[line("+wf+a", "one"), line("+wf+b", "two"), line("+wf+a", "three")])
-            .unwrap();
+        s.append_logs(&[line("+wf+a", "one"), line("+wf+b", "two"), line("+wf+a", "three")]).unwrap();
         let all = s.task_logs(a.attempt_id, "").unwrap();
-        assert_eq!(
-            all.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(),
-            ["one", "two", "three"]
-        );
+        assert_eq!(all.iter().map(|l| l.message.as_str()).collect::<Vec<_>>(), ["one", "two", "three"]);
         let a_only = s.task_logs(a.attempt_id, "+wf+a").unwrap();
         assert_eq!(a_only.len(), 2);
         assert!(s.task_logs(a.attempt_id + 1, "").unwrap().is_empty());
@@ -122,13 +115,9 @@ fn task_logs_are_kept_per_attempt_and_filtered_by_prefix() {
 #[test]
 fn revisions_are_recorded_once_per_name() {
     each_store(|s| {
-        let wf = WorkflowDefinition {
-            name: "wf".into(),
-            timezone: "UTC".into(),
-            config: Object::new(),
-        };
+        let wf = WorkflowDefinition { name: "wf".into(), timezone: "UTC".into(), config: Object::new() };
         let r1 = s.put_revision("p", "abc", std::slice::from_ref(&wf)).unwrap();
-        assert_eq!(s.put_revision("p", "abc", &[wf.clone()]).unwrap(), r1);
+        assert_eq!(s.put_revision("p", "abc", std::slice::from_ref(&wf)).unwrap(), r1);
         assert_ne!(s.put_revision("p", "def", &[wf]).unwrap(), r1);
         let a = s.begin_attempt(&new_attempt(None)).unwrap();
         s.link_revision(a.attempt_id, r1).unwrap();
@@ -174,8 +163,7 @@ fn a_task_keeps_the_time_it_first_started() {
         .unwrap();
         let started = s.tasks(a.attempt_id).unwrap()[0].started_at_ms;
         assert!(started.is_some());
-        s.write(&[change(a.attempt_id, 0, "+wf+t", TaskState::Success)])
-            .unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+t", TaskState::Success)]).unwrap();
         let tasks = s.tasks(a.attempt_id).unwrap();
         assert_eq!(tasks[0].started_at_ms, started, "a later change keeps the start time");
         assert_eq!(tasks[1].started_at_ms, None, "a task that never ran has none");
@@ -229,12 +217,7 @@ fn list_sessions_filters_by_workflow_and_shows_the_latest_attempt() {
         let a = s.begin_attempt(&new_attempt(None)).unwrap();
         s.finish_attempt(a.attempt_id, AttemptStatus::Error).unwrap();
         let b = s.begin_attempt(&new_attempt(None)).unwrap();
-        let other = s
-            .begin_attempt(&NewAttempt {
-                workflow: "other".into(),
-                ..new_attempt(None)
-            })
-            .unwrap();
+        let other = s.begin_attempt(&NewAttempt { workflow: "other".into(), ..new_attempt(None) }).unwrap();
 
         let all = s.list_sessions(None).unwrap();
         assert_eq!(all.len(), 2);
@@ -272,12 +255,7 @@ fn list_attempts_counts_tasks_per_state_and_filters_by_session() {
         .unwrap();
         s.finish_attempt(a.attempt_id, AttemptStatus::Error).unwrap();
         let b = s.begin_attempt(&new_attempt(None)).unwrap();
-        let other = s
-            .begin_attempt(&NewAttempt {
-                workflow: "other".into(),
-                ..new_attempt(None)
-            })
-            .unwrap();
+        let other = s.begin_attempt(&NewAttempt { workflow: "other".into(), ..new_attempt(None) }).unwrap();
 
         let all = s.list_attempts(None).unwrap();
         let ids: Vec<i64> = all.iter().map(|i| i.attempt.attempt_id).collect();
@@ -286,27 +264,12 @@ fn list_attempts_counts_tasks_per_state_and_filters_by_session() {
         let session = s.list_attempts(Some(a.session_id)).unwrap();
         assert_eq!(session.len(), 2);
         let first = &session[1];
-        assert_eq!(
-            first.attempt,
-            AttemptRecord {
-                status: AttemptStatus::Error,
-                ..a.clone()
-            }
-        );
+        assert_eq!(first.attempt, AttemptRecord { status: AttemptStatus::Error, ..a.clone() });
         assert_eq!(first.project, "p");
         assert_eq!(first.timezone, "UTC");
         assert_eq!(first.params.get("k"), Some(&serde_json::Value::String("v".into())));
         assert!(first.finished_at_ms.is_some());
-        assert_eq!(
-            first.tasks,
-            TaskCounts {
-                running: 1,
-                polling: 0,
-                success: 2,
-                error: 1,
-                canceled: 0
-            }
-        );
+        assert_eq!(first.tasks, TaskCounts { running: 1, polling: 0, success: 2, error: 1, canceled: 0 });
         assert_eq!(first.tasks.total(), 4);
         assert_eq!(session[0].finished_at_ms, None);
         assert_eq!(session[0].tasks.total(), 0);
@@ -318,17 +281,13 @@ fn list_attempts_counts_tasks_per_state_and_filters_by_session() {
 fn attempt_info_reads_one_attempt_or_names_the_missing_id() {
     each_store(|s| {
         let a = s.begin_attempt(&new_attempt(None)).unwrap();
-        s.write(&[change(a.attempt_id, 0, "+wf+a", TaskState::Canceled)])
-            .unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+a", TaskState::Canceled)]).unwrap();
         let info = s.attempt_info(a.attempt_id).unwrap();
         assert_eq!(info.attempt, a);
         assert_eq!(info.tasks.canceled, 1);
         assert_eq!(info.tasks.total(), 1);
         let err = s.attempt_info(a.attempt_id + 100).unwrap_err();
-        assert!(
-            matches!(err, StoreError::NoSuchAttempt(id) if id == a.attempt_id + 100),
-            "{err}"
-        );
+        assert!(matches!(err, StoreError::NoSuchAttempt(id) if id == a.attempt_id + 100), "{err}");
     });
 }
 
@@ -363,17 +322,9 @@ fn postgres_hosts_starting_at_once_migrate_once_and_share_state() {
     ids.sort();
     ids.dedup();
     assert_eq!(ids.len(), 4, "four attempts of one session, none lost");
-    let names: Vec<String> = first
-        .session_attempts("p", "wf", "2024-01-01T00:00:00+00:00")
-        .unwrap()
-        .into_iter()
-        .map(|a| a.name)
-        .collect();
-    assert_eq!(
-        names.iter().filter(|n| n.is_empty()).count(),
-        1,
-        "one first attempt: {names:?}"
-    );
+    let names: Vec<String> =
+        first.session_attempts("p", "wf", "2024-01-01T00:00:00+00:00").unwrap().into_iter().map(|a| a.name).collect();
+    assert_eq!(names.iter().filter(|n| n.is_empty()).count(), 1, "one first attempt: {names:?}");
     first.drop_schema().unwrap();
 }
 

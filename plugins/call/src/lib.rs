@@ -18,8 +18,8 @@ impl Operator for Call {
         if path.trim().is_empty() {
             return Err(Failure::new(format!("{}: the workflow file name is empty", req.location())));
         }
-        let definition = workflows::load(path)
-            .map_err(|e| Failure::new(format!("{}: cannot call {path}: {e}", req.location())))?;
+        let definition =
+            workflows::load(path).map_err(|e| Failure::new(format!("{}: cannot call {path}: {e}", req.location())))?;
         Ok(Outcome::done().subtasks(as_subtasks(definition)).into())
     }
 }

@@ -18,10 +18,9 @@ impl Operator for Echo {
 fn message(req: &Request) -> Result<String> {
     match &req.command {
         Value::String(s) => Ok(s.clone()),
-        Value::Null => Err(Failure::new(format!(
-            "{}: missing message; write it as `echo>: <message>`",
-            req.location()
-        ))),
+        Value::Null => {
+            Err(Failure::new(format!("{}: missing message; write it as `echo>: <message>`", req.location())))
+        }
         other => Ok(other.to_string()),
     }
 }

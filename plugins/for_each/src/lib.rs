@@ -66,12 +66,7 @@ fn combination_count(entries: &[(String, Vec<Value>)]) -> u64 {
 fn combinations(entries: &[(String, Vec<Value>)]) -> Vec<Vec<Pick<'_>>> {
     let mut current: Vec<Vec<Pick<'_>>> = Vec::new();
     for (key_index, (key, values)) in entries.iter().enumerate() {
-        let picks = values.iter().enumerate().map(|(value_index, value)| Pick {
-            key_index,
-            key,
-            value_index,
-            value,
-        });
+        let picks = values.iter().enumerate().map(|(value_index, value)| Pick { key_index, key, value_index, value });
         current = if current.is_empty() {
             picks.map(|p| vec![p]).collect()
         } else {
@@ -136,11 +131,7 @@ mod tests {
     use spade_sdk::testing::{MockHost, request};
 
     fn entries(v: Value) -> Vec<(String, Vec<Value>)> {
-        v.as_object()
-            .unwrap()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.as_array().unwrap().clone()))
-            .collect()
+        v.as_object().unwrap().iter().map(|(k, v)| (k.clone(), v.as_array().unwrap().clone())).collect()
     }
 
     fn names(v: Value) -> Vec<String> {
@@ -193,7 +184,8 @@ mod tests {
     #[test]
     fn count_stops_past_the_limit() {
         let big: Vec<Value> = (0..100).map(|i| json!(i)).collect();
-        let e = vec![("a".into(), big.clone()), ("b".into(), big.clone()), ("c".into(), big.clone()), ("d".into(), big)];
+        let e =
+            vec![("a".into(), big.clone()), ("b".into(), big.clone()), ("c".into(), big.clone()), ("d".into(), big)];
         assert!(combination_count(&e) > MAX_GENERATED_TASKS);
         assert_eq!(combination_count(&entries(json!({"a": [1, 2], "b": [1, 2, 3]}))), 6);
     }

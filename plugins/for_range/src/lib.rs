@@ -40,9 +40,7 @@ fn step(spec: &Spec) -> std::result::Result<i64, String> {
     match (spec.step, spec.slices) {
         (Some(_), Some(_)) => Err("Setting both step and slices options to for_range is invalid".into()),
         (None, None) => Err("step or slices option is required for for_range".into()),
-        (Some(step), None) if step <= 0 => {
-            Err(format!("step option must be same or greater than 1 but got {step}"))
-        }
+        (Some(step), None) if step <= 0 => Err(format!("step option must be same or greater than 1 but got {step}")),
         (None, Some(slices)) if slices <= 0 => {
             Err(format!("slices option must be same or greater than 1 but got {slices}"))
         }
@@ -157,6 +155,8 @@ mod tests {
         };
         assert!(run(json!({"from": 0, "to": 1})).contains("+test+for_range"));
         assert!(run(json!({"from": 0})).contains("missing field `to`"));
-        assert!(run(json!({"from": 0, "to": 20_000_000, "step": 1})).contains("too many for_range subtasks (20000000)"));
+        assert!(
+            run(json!({"from": 0, "to": 20_000_000, "step": 1})).contains("too many for_range subtasks (20000000)")
+        );
     }
 }

@@ -86,11 +86,9 @@ fn render_strings(value: &Value, render: &dyn Fn(&str) -> Result<String>) -> Res
     Ok(match value {
         Value::String(s) if s.contains("${secret:") => Value::String(render(s)?),
         Value::Array(items) => Value::Array(items.iter().map(|v| render_strings(v, render)).collect::<Result<_>>()?),
-        Value::Object(m) => Value::Object(
-            m.iter()
-                .map(|(k, v)| Ok((k.clone(), render_strings(v, render)?)))
-                .collect::<Result<_>>()?,
-        ),
+        Value::Object(m) => {
+            Value::Object(m.iter().map(|(k, v)| Ok((k.clone(), render_strings(v, render)?))).collect::<Result<_>>()?)
+        }
         other => other.clone(),
     })
 }
@@ -107,7 +105,9 @@ fn headers(req: &Request, at: &dyn Fn(String) -> Failure) -> Result<Vec<(String,
         Some(Value::Array(items)) => {
             for item in items {
                 let Value::Object(m) = item else {
-                    return Err(at(format!("headers: each entry must be a map like `- Accept: text/plain`, got {item}")));
+                    return Err(at(format!(
+                        "headers: each entry must be a map like `- Accept: text/plain`, got {item}"
+                    )));
                 };
                 for (k, v) in m {
                     out.push((k.clone(), text(v)));
@@ -124,13 +124,15 @@ impl Operator for Http {
     fn run(req: Request) -> Result<Outcome> {
         let location = req.location();
         let at = |m: String| Failure::new(format!("{location}: {m}"));
-        let with_secrets = |text: &str| secrets::render(text).map_err(|e| at(e));
+        let with_secrets = |text: &str| secrets::render(text).map_err(at);
         // `shown` is what logs and messages print: the URI as written, or a placeholder
         // for the secret http.uri.
         let (uri, shown) = match &req.command {
             Value::String(s) if !s.trim().is_empty() => (with_secrets(s.trim())?, s.trim().to_string()),
             Value::Null => (
-                secrets::get("http.uri").ok_or_else(|| at("missing URI; write it as `http>: https://...` (or set the secret http.uri)".into()))?,
+                secrets::get("http.uri").ok_or_else(|| {
+                    at("missing URI; write it as `http>: https://...` (or set the secret http.uri)".into())
+                })?,
                 "(secret http.uri)".to_string(),
             ),
             other => return Err(at(format!("the URI must be a string, got {other}"))),
@@ -188,7 +190,10 @@ impl Operator for Http {
                 headers.push(("Authorization".into(), auth));
             } else if let Some(user) = secrets::get("http.user") {
                 let password = secrets::get("http.password").unwrap_or_default();
-                headers.push(("Authorization".into(), format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))));
+                headers.push((
+                    "Authorization".into(),
+                    format!("Basic {}", base64(format!("{user}:{password}").as_bytes())),
+                ));
             }
         }
 
@@ -229,11 +234,7 @@ impl Operator for Http {
         if store_content {
             stored["last_content"] = Value::String(response.text());
         }
-        Ok(Outcome::done()
-            .reset("http.last_content")
-            .reset("http.last_status")
-            .store("http", stored)
-            .into())
+        Ok(Outcome::done().reset("http.last_content").reset("http.last_status").store("http", stored).into())
     }
 }
 
@@ -277,7 +278,9 @@ mod tests {
 
     #[test]
     fn statuses_and_retry() {
-        for (status, method, retryable) in [(503, "GET", true), (404, "GET", false), (429, "GET", true), (503, "POST", false)] {
+        for (status, method, retryable) in
+            [(503, "GET", true), (404, "GET", false), (429, "GET", true), (503, "POST", false)]
+        {
             let mut host = MockHost { http: Some(Box::new(move |_| Ok(ok(status, "")))), ..Default::default() };
             let req = request("http").command(json!("http://h/")).local("method", json!(method)).build();
             let err = host.run::<Http>(req).unwrap_err();

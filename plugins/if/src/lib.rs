@@ -11,23 +11,14 @@ pub struct If;
 impl Operator for If {
     fn run(req: Request) -> Result<Outcome> {
         let condition: bool = req.command_as().map_err(|_| {
-            Failure::new(format!(
-                "{}: the condition must be true or false, got {}",
-                req.location(),
-                req.command
-            ))
+            Failure::new(format!("{}: the condition must be true or false, got {}", req.location(), req.command))
         })?;
         let then = body(&req, "_do")?.filter(|b| !b.is_empty());
         let otherwise = body(&req, "_else_do")?.filter(|b| !b.is_empty());
         if then.is_none() && otherwise.is_none() {
-            return Err(Failure::new(format!(
-                "{}: Both _do and _else_do are not specified.",
-                req.location()
-            )));
+            return Err(Failure::new(format!("{}: Both _do and _else_do are not specified.", req.location())));
         }
-        Ok(branch(condition, then, otherwise)
-            .map_or_else(Outcome::done, |sub| Outcome::done().subtasks(sub))
-            .into())
+        Ok(branch(condition, then, otherwise).map_or_else(Outcome::done, |sub| Outcome::done().subtasks(sub)).into())
     }
 }
 
@@ -68,7 +59,10 @@ mod tests {
     #[test]
     fn false_runs_else_do_or_nothing() {
         let otherwise = json!({"echo>": "else"});
-        assert_eq!(subtasks(run(json!("false"), Some(json!({"echo>": "no"})), Some(otherwise.clone()))), Some(otherwise));
+        assert_eq!(
+            subtasks(run(json!("false"), Some(json!({"echo>": "no"})), Some(otherwise.clone()))),
+            Some(otherwise)
+        );
         assert_eq!(subtasks(run(json!(false), Some(json!({"echo>": "no"})), None)), None);
     }
 

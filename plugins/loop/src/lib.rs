@@ -21,9 +21,8 @@ impl Operator for Loop {
 
 fn count(req: &Request) -> Result<u64> {
     let count: i64 = if req.command.is_null() {
-        req.param("count")?.ok_or_else(|| {
-            Failure::new(format!("{}: missing count; write it as `loop>: <N>`", req.location()))
-        })?
+        req.param("count")?
+            .ok_or_else(|| Failure::new(format!("{}: missing count; write it as `loop>: <N>`", req.location())))?
     } else {
         req.command_as()?
     };

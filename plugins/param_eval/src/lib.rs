@@ -17,7 +17,8 @@ impl Operator for ParamEval {
         let at = |m: String| Failure::new(format!("{}: {m}", req.location()));
         let path = key_path(req.command_str()?).map_err(at)?;
         let text = Value::Object(req.params.clone()).to_string();
-        let rendered = expressions::render(&text, &req.params).map_err(|e| at(format!("evaluating the params failed: {e}")))?;
+        let rendered =
+            expressions::render(&text, &req.params).map_err(|e| at(format!("evaluating the params failed: {e}")))?;
         let evaluated: Object = serde_json::from_str(&rendered).map_err(|e| {
             at(format!(
                 "the evaluated params are not valid JSON ({e}); a '\"' inside ${{...}} or in a value \
@@ -126,7 +127,11 @@ mod tests {
         assert!(missing.ends_with("'card.label' is not set"), "{missing}");
         let undefined = run(request("param_eval").command(json!("x")).param("x", json!("${nope}")).build());
         assert!(undefined.contains("evaluating the params failed: ReferenceError"), "{undefined}");
-        let broken = run(request("param_eval").command(json!("x")).param("x", json!("${q}")).param("q", json!("say \"hi\"")).build());
+        let broken = run(request("param_eval")
+            .command(json!("x"))
+            .param("x", json!("${q}"))
+            .param("q", json!("say \"hi\""))
+            .build());
         assert!(broken.contains("use ' quotes"), "{broken}");
     }
 }

@@ -44,9 +44,8 @@ impl Operator for Require {
             }
             None => {
                 let start = start_request(&req)?;
-                let attempt = engine::start_or_find(&start).map_err(|e| {
-                    at(format!("cannot start or find workflow '{}': {e}", start.workflow_name))
-                })?;
+                let attempt = engine::start_or_find(&start)
+                    .map_err(|e| at(format!("cannot start or find workflow '{}': {e}", start.workflow_name)))?;
                 (attempt, 0)
             }
         };
@@ -88,9 +87,8 @@ fn start_request(req: &Request) -> Result<StartRequest> {
     let session_time = req.param::<String>("session_time")?.unwrap_or_else(|| req.session_time.clone());
     let rerun_on = match req.param::<String>("rerun_on")? {
         None => RerunOn::None,
-        Some(text) => parse_rerun_on(&text).ok_or_else(|| {
-            at(format!("invalid rerun_on option: {text} (use none, failed or all)"))
-        })?,
+        Some(text) => parse_rerun_on(&text)
+            .ok_or_else(|| at(format!("invalid rerun_on option: {text} (use none, failed or all)")))?,
     };
     Ok(StartRequest {
         project_name: req.local_as("project_name")?,
@@ -215,11 +213,17 @@ mod tests {
     #[test]
     fn invalid_options() {
         let run = |req: Request| host(Ok(attempt(1, AttemptState::Running))).run::<Require>(req).unwrap_err().message;
-        let both = request("require").command(json!("w")).local("project_id", json!(1)).local("project_name", json!("p"));
+        let both =
+            request("require").command(json!("w")).local("project_id", json!(1)).local("project_name", json!("p"));
         assert!(run(both.build()).contains("Both project_id and project_name can't be set"));
-        assert!(run(request("require").command(json!("w")).local("project_id", json!(1)).build()).contains("use project_name"));
-        assert!(run(request("require").command(json!("w")).local("rerun_on", json!("sometimes")).build())
-            .contains("invalid rerun_on option: sometimes"));
+        assert!(
+            run(request("require").command(json!("w")).local("project_id", json!(1)).build())
+                .contains("use project_name")
+        );
+        assert!(
+            run(request("require").command(json!("w")).local("rerun_on", json!("sometimes")).build())
+                .contains("invalid rerun_on option: sometimes")
+        );
         assert!(run(request("require").command(json!("w")).local("params", json!("x")).build()).contains("'params'"));
         assert!(run(request("require").command(json!(" ")).build()).contains("workflow name is empty"));
         // An inherited project_id (a built-in) is not the task's own option.
@@ -231,8 +235,13 @@ mod tests {
     fn engine_errors_name_the_workflow() {
         let mut h = host(Err("no workflow 'w' in project p".into()));
         let err = h.run::<Require>(request("require").command(json!("w")).build()).unwrap_err();
-        assert_eq!(err.message, "task +test+require (require>): cannot start or find workflow 'w': no workflow 'w' in project p");
-        let err = h.run::<Require>(request("require").command(json!("w")).state(json!({"attempt_id": 9, "polls": 0})).build()).unwrap_err();
+        assert_eq!(
+            err.message,
+            "task +test+require (require>): cannot start or find workflow 'w': no workflow 'w' in project p"
+        );
+        let err = h
+            .run::<Require>(request("require").command(json!("w")).state(json!({"attempt_id": 9, "polls": 0})).build())
+            .unwrap_err();
         assert!(err.message.contains("cannot read the state of attempt 9"), "{err}");
     }
 }

@@ -162,7 +162,12 @@ mod tests {
 
     #[test]
     fn bad_input() {
-        assert!(run(request("wait").command(json!("soon")).build()).unwrap_err().message.contains("invalid duration 'soon'"));
+        assert!(
+            run(request("wait").command(json!("soon")).build())
+                .unwrap_err()
+                .message
+                .contains("invalid duration 'soon'")
+        );
         assert!(run(request("wait").command(Value::Null).build()).is_err());
         assert!(run(request("wait").command(json!("1s")).state(json!({END_KEY: "x"})).build()).is_err());
     }

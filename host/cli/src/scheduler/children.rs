@@ -41,7 +41,12 @@ impl Shared {
     }
 
     /// Starts `spade run <workflow> --session <session>` and keeps the child for reaping.
-    pub(super) fn start_child(&self, workflow: &str, session: &str, params: Option<&serde_json::Map<String, serde_json::Value>>) -> anyhow::Result<u32> {
+    pub(super) fn start_child(
+        &self,
+        workflow: &str,
+        session: &str,
+        params: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> anyhow::Result<u32> {
         self.start_child_with(workflow, session, params, &[])
     }
 
@@ -62,10 +67,13 @@ impl Shared {
             .arg("--project")
             .arg(&self.root)
             // Through the environment: a PostgreSQL URL may hold a password.
-            .env("SPADE_STATE", match &self.location {
-                StoreLocation::Sqlite(path) => path.as_os_str().to_owned(),
-                StoreLocation::Postgres(url) => url.into(),
-            })
+            .env(
+                "SPADE_STATE",
+                match &self.location {
+                    StoreLocation::Sqlite(path) => path.as_os_str().to_owned(),
+                    StoreLocation::Postgres(url) => url.into(),
+                },
+            )
             .args(["--max-tasks", &e.max_tasks.to_string()])
             .args(["--task-timeout", &e.task_timeout.to_string()])
             .args(["--task-memory", &e.task_memory.to_string()])
@@ -156,7 +164,9 @@ impl spade_server::Control for Shared {
         })?;
         let now = Utc::now();
         let session = match session_time {
-            Some(text) => spade_dig::parse_session_time(text, wf.timezone, now).map_err(|e| format!("sessionTime: {e}"))?,
+            Some(text) => {
+                spade_dig::parse_session_time(text, wf.timezone, now).map_err(|e| format!("sessionTime: {e}"))?
+            }
             None => now.with_nanosecond(0).unwrap_or(now).with_timezone(&wf.timezone),
         };
         let text = session_text(session);
@@ -168,15 +178,21 @@ impl spade_server::Control for Shared {
         crate::attempts::owner_gone(&self.location, owner)
     }
 
-    fn change_schedule(&self, workflow: &str, action: spade_server::ScheduleAction) -> Result<spade_server::WorkflowInfo, String> {
+    fn change_schedule(
+        &self,
+        workflow: &str,
+        action: spade_server::ScheduleAction,
+    ) -> Result<spade_server::WorkflowInfo, String> {
         let project = self.project();
         let change = match action {
             spade_server::ScheduleAction::Enable => ScheduleChange::Enable,
             spade_server::ScheduleAction::Disable => ScheduleChange::Disable,
             spade_server::ScheduleAction::SkipCount(n) => ScheduleChange::Skip(Skip::Count(n)),
             spade_server::ScheduleAction::SkipTo(text) => {
-                let wf = project.workflow(workflow).ok_or_else(|| format!("no workflow {workflow:?} in the project"))?;
-                let t = spade_dig::parse_session_time(&text, wf.timezone, Utc::now()).map_err(|e| format!("nextTime: {e}"))?;
+                let wf =
+                    project.workflow(workflow).ok_or_else(|| format!("no workflow {workflow:?} in the project"))?;
+                let t = spade_dig::parse_session_time(&text, wf.timezone, Utc::now())
+                    .map_err(|e| format!("nextTime: {e}"))?;
                 ScheduleChange::Skip(Skip::To(t.with_timezone(&Utc)))
             }
         };
@@ -220,4 +236,3 @@ pub(super) fn start_api(shared: Arc<Shared>, bind: &str, port: u16) -> anyhow::R
     })?;
     Ok(())
 }
-

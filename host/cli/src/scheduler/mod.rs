@@ -193,7 +193,9 @@ impl Scheduler {
                 eprintln!("scheduler: workflow files changed; reloaded {} workflows", p.workflows.len());
                 *self.shared.project.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(p);
             }
-            Err(errors) => eprintln!("{errors}\nscheduler: the changed workflow files have errors; keeping the previous ones"),
+            Err(errors) => {
+                eprintln!("{errors}\nscheduler: the changed workflow files have errors; keeping the previous ones")
+            }
         }
     }
 
@@ -223,7 +225,11 @@ impl Scheduler {
                         continue;
                     }
                     if let Some(t) = s.next_run_time {
-                        eprintln!("scheduler: {} first runs at {t} (session {})", wf.name, s.next_session_time.unwrap_or(t));
+                        eprintln!(
+                            "scheduler: {} first runs at {t} (session {})",
+                            wf.name,
+                            s.next_session_time.unwrap_or(t)
+                        );
                     }
                     continue;
                 }
@@ -263,8 +269,10 @@ impl Scheduler {
         while self.running_count() < self.max_attempts.max(1) {
             let Some((workflow, session)) = self.queue.pop_front() else { break };
             // Digdag counts `sla:` deadlines of a scheduled session from its slot's run time.
-            let schedule = self.shared.project().workflows.iter().find(|w| w.name == workflow).and_then(|w| w.schedule.clone());
-            let run_time = schedule.map(|s| session_text(s.run_time_of(session))).unwrap_or_else(|| session_text(session));
+            let schedule =
+                self.shared.project().workflows.iter().find(|w| w.name == workflow).and_then(|w| w.schedule.clone());
+            let run_time =
+                schedule.map(|s| session_text(s.run_time_of(session))).unwrap_or_else(|| session_text(session));
             self.shared.start_child_with(&workflow, &session_text(session), None, &["--run-time", &run_time])?;
         }
         Ok(failed)
@@ -291,7 +299,8 @@ pub fn scheduler(args: SchedulerArgs) -> anyhow::Result<ExitCode> {
     };
     let mut store = opened.store;
     let project = opened.project.clone();
-    let scheduled: Vec<&str> = project.workflows.iter().filter(|w| w.schedule.is_some()).map(|w| w.name.as_str()).collect();
+    let scheduled: Vec<&str> =
+        project.workflows.iter().filter(|w| w.schedule.is_some()).map(|w| w.name.as_str()).collect();
     if scheduled.is_empty() && args.once {
         eprintln!("scheduler: no workflow of {} has a schedule", opened.root.display());
         return Ok(ExitCode::SUCCESS);
@@ -359,12 +368,16 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     };
     let wanted = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow).to_string();
     let project = opened.project.clone();
-    let wf = project.workflow(&wanted).with_context(|| format!("no workflow '{wanted}' in {}", opened.root.display()))?;
+    let wf =
+        project.workflow(&wanted).with_context(|| format!("no workflow '{wanted}' in {}", opened.root.display()))?;
     let Some(schedule) = &wf.schedule else {
-        anyhow::bail!("workflow {wanted} has no schedule; run single sessions with `spade run {wanted} --session TIME`");
+        anyhow::bail!(
+            "workflow {wanted} has no schedule; run single sessions with `spade run {wanted} --session TIME`"
+        );
     };
     let now = Utc::now();
-    let from = spade_dig::parse_session_time(&args.from, wf.timezone, now).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
+    let from =
+        spade_dig::parse_session_time(&args.from, wf.timezone, now).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
     // Up to the slot the scheduler runs next (or now, when it has not run yet).
     let until = match load_state(opened.store.as_mut(), &wf.name)?.0 {
         Some(s) if s.definition == definition(schedule) => s.next_session_time.unwrap_or(now),
@@ -385,7 +398,11 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
         for t in &todo {
             println!("{t}");
         }
-        eprintln!("backfill: {} session(s) {}", todo.len(), if args.dry_run { "would run (dry run)" } else { "to run" });
+        eprintln!(
+            "backfill: {} session(s) {}",
+            todo.len(),
+            if args.dry_run { "would run (dry run)" } else { "to run" }
+        );
         return Ok(ExitCode::SUCCESS);
     }
     let shared = Shared {
@@ -398,7 +415,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     };
     let mut queue: VecDeque<String> = todo.into();
     let mut failed = false;
-    while !queue.is_empty() || shared.running.lock().unwrap_or_else(|e| e.into_inner()).len() > 0 {
+    while !queue.is_empty() || !shared.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
         failed |= shared.reap();
         while shared.running.lock().unwrap_or_else(|e| e.into_inner()).len() < args.max_attempts.max(1) {
             let Some(session) = queue.pop_front() else { break };
@@ -450,9 +467,12 @@ pub fn toggle(args: ToggleArgs, enable: bool) -> anyhow::Result<ExitCode> {
     };
     let name = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow);
     let change = if enable { ScheduleChange::Enable } else { ScheduleChange::Disable };
-    let state = change_schedule(opened.store.as_mut(), &opened.project, name, &change, false).map_err(anyhow::Error::msg)?;
+    let state =
+        change_schedule(opened.store.as_mut(), &opened.project, name, &change, false).map_err(anyhow::Error::msg)?;
     match (enable, state.next_run_time) {
-        (true, Some(t)) => eprintln!("enabled {name}; its next slot runs at {t} (slots missed while disabled are caught up, up to skip_delayed_by)"),
+        (true, Some(t)) => eprintln!(
+            "enabled {name}; its next slot runs at {t} (slots missed while disabled are caught up, up to skip_delayed_by)"
+        ),
         (true, None) => eprintln!("enabled {name}; it has no slot left (past its end)"),
         (false, _) => eprintln!("disabled {name}: the scheduler starts none of its slots until `spade enable {name}`"),
     }
@@ -469,7 +489,8 @@ pub fn reschedule(args: RescheduleArgs) -> anyhow::Result<ExitCode> {
         (Some(n), _) => Skip::Count(*n),
         (None, Some(text)) => {
             let wf = opened.project.workflow(&name).with_context(|| format!("no workflow '{name}'"))?;
-            let t = spade_dig::parse_session_time(text, wf.timezone, Utc::now()).map_err(|e| anyhow::anyhow!("--skip-to: {e}"))?;
+            let t = spade_dig::parse_session_time(text, wf.timezone, Utc::now())
+                .map_err(|e| anyhow::anyhow!("--skip-to: {e}"))?;
             Skip::To(t.with_timezone(&Utc))
         }
         (None, None) => unreachable!("clap requires one"),
@@ -478,8 +499,14 @@ pub fn reschedule(args: RescheduleArgs) -> anyhow::Result<ExitCode> {
     let state = change_schedule(opened.store.as_mut(), &project, &name, &ScheduleChange::Skip(skip), args.dry_run)
         .map_err(anyhow::Error::msg)?;
     let tz = project.workflow(&name).map(|w| w.timezone).unwrap_or(Zone::UTC);
-    let show = |t: Option<DateTime<Utc>>| t.map_or("none (past its end)".to_string(), |t| session_text(t.with_timezone(&tz)));
-    println!("next session {} runs at {}{}", show(state.next_session_time), show(state.next_run_time), if args.dry_run { " (dry run)" } else { "" });
+    let show =
+        |t: Option<DateTime<Utc>>| t.map_or("none (past its end)".to_string(), |t| session_text(t.with_timezone(&tz)));
+    println!(
+        "next session {} runs at {}{}",
+        show(state.next_session_time),
+        show(state.next_run_time),
+        if args.dry_run { " (dry run)" } else { "" }
+    );
     Ok(ExitCode::SUCCESS)
 }
 
@@ -513,4 +540,3 @@ pub fn schedules(args: SchedulesArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
-

@@ -3,9 +3,9 @@
 //! and `backfill` move over slots.
 
 use chrono::{DateTime, Utc};
-use spade_dig::Zone;
 use serde::{Deserialize, Serialize};
 use spade_dig::Schedule;
+use spade_dig::Zone;
 
 /// What the scheduler keeps per workflow (`schedule:<workflow>` in the state database, as
 /// JSON with unix times).
@@ -91,7 +91,8 @@ pub fn skip_slots(schedule: &Schedule, state: &mut SlotState, skip: Skip) {
             }
         }
         Skip::To(t) => {
-            let target = schedule.next_schedule_time(t.with_timezone(&schedule.timezone) - chrono::Duration::seconds(1));
+            let target =
+                schedule.next_schedule_time(t.with_timezone(&schedule.timezone) - chrono::Duration::seconds(1));
             let forward = match (state.next_session_time, target) {
                 (Some(now), Some(to)) => to.session_time.with_timezone(&Utc) > now,
                 (None, _) => false,
@@ -108,7 +109,13 @@ pub fn skip_slots(schedule: &Schedule, state: &mut SlotState, skip: Skip) {
 /// Decides every slot of `state` due at `now` and advances `state` past them. `running`:
 /// whether an attempt of the workflow is running (for `skip_on_overtime`). At most `limit`
 /// slots are decided per call, so a long catch-up cannot flood the queue at once.
-pub fn plan(schedule: &Schedule, state: &mut SlotState, now: DateTime<Utc>, running: bool, limit: usize) -> Vec<Decision> {
+pub fn plan(
+    schedule: &Schedule,
+    state: &mut SlotState,
+    now: DateTime<Utc>,
+    running: bool,
+    limit: usize,
+) -> Vec<Decision> {
     if state.definition != definition(schedule) {
         *state = fresh_state(schedule, now);
     }
@@ -141,7 +148,12 @@ pub fn session_text(t: DateTime<Zone>) -> String {
 }
 
 /// The slots from `from` (inclusive) up to, not including, `until`; at most `count`.
-pub fn backfill_slots(schedule: &Schedule, from: DateTime<Zone>, until: DateTime<Utc>, count: Option<usize>) -> Vec<DateTime<Zone>> {
+pub fn backfill_slots(
+    schedule: &Schedule,
+    from: DateTime<Zone>,
+    until: DateTime<Utc>,
+    count: Option<usize>,
+) -> Vec<DateTime<Zone>> {
     let mut out = Vec::new();
     let mut next = schedule.next_schedule_time(from - chrono::Duration::seconds(1));
     while let Some(t) = next {

@@ -10,16 +10,15 @@ use std::sync::Mutex;
 
 use serde_json::{Value, json};
 use spade_api::{
-    AttemptRef, AttemptState, CancelToken, Invocation, InvokeError, Limits, LogLevel, Object,
-    OperatorHost, Outcome, StartRequest, TaskRequest, TaskServices,
+    AttemptRef, AttemptState, CancelToken, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
+    StartRequest, TaskRequest, TaskServices,
 };
 use spade_runtime::Runtime;
 
 pub const SECRET: &str = "TOP SECRET: outside the workspace";
 
 pub fn test_plugin(name: &str) -> Vec<u8> {
-    let path = spade_bundled::test_plugin_path(name)
-        .unwrap_or_else(|| panic!("test plugin {name} is not built"));
+    let path = spade_bundled::test_plugin_path(name).unwrap_or_else(|| panic!("test plugin {name} is not built"));
     std::fs::read(path).unwrap_or_else(|e| panic!("cannot read {path}: {e}"))
 }
 
@@ -60,26 +59,15 @@ impl TaskServices for Recorder {
         Ok(m)
     }
     fn render_template(&self, template: &str, scope: &Object) -> Result<String, String> {
-        let name = scope
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or("name is not defined")?;
+        let name = scope.get("name").and_then(Value::as_str).ok_or("name is not defined")?;
         Ok(template.replace("${name}", name))
     }
     fn start_or_find(&self, req: &StartRequest) -> Result<AttemptRef, String> {
         self.started.lock().unwrap().push(req.clone());
-        Ok(AttemptRef {
-            attempt_id: 7,
-            session_id: 3,
-            state: AttemptState::Running,
-        })
+        Ok(AttemptRef { attempt_id: 7, session_id: 3, state: AttemptState::Running })
     }
     fn attempt_status(&self, attempt_id: i64) -> Result<AttemptRef, String> {
-        Ok(AttemptRef {
-            attempt_id,
-            session_id: 3,
-            state: AttemptState::Success,
-        })
+        Ok(AttemptRef { attempt_id, session_id: 3, state: AttemptState::Success })
     }
 }
 
@@ -111,13 +99,7 @@ impl Sandbox {
         symlink("../new_rel.txt", ws.join("link_rel_new")).unwrap();
         symlink(outside.join("new_abs.txt"), ws.join("link_abs_new")).unwrap();
         symlink("../outside", ws.join("link_dir")).unwrap();
-        Sandbox {
-            disk: spade_api::DiskQuota::unlimited(),
-            _dir: dir,
-            root,
-            ws,
-            outside,
-        }
+        Sandbox { disk: spade_api::DiskQuota::unlimited(), _dir: dir, root, ws, outside }
     }
 
     /// Every path under the root except the workspace, with its type, mode, size, content
@@ -126,10 +108,7 @@ impl Sandbox {
         let mut out = BTreeMap::new();
         snapshot(&self.root, &self.ws, &mut out);
         let meta = std::fs::symlink_metadata(&self.root).unwrap();
-        out.insert(
-            self.root.clone(),
-            format!("root mode {:o} nlink {}", meta.mode(), meta.nlink()),
-        );
+        out.insert(self.root.clone(), format!("root mode {:o} nlink {}", meta.mode(), meta.nlink()));
         out
     }
 
@@ -156,12 +135,7 @@ fn snapshot(dir: &Path, skip: &Path, out: &mut BTreeMap<PathBuf, String>) {
             snapshot(&p, skip, out);
             format!("dir {:o}", meta.mode())
         } else {
-            format!(
-                "file {:o} nlink {} {:?}",
-                meta.mode(),
-                meta.nlink(),
-                std::fs::read(&p).unwrap()
-            )
+            format!("file {:o} nlink {} {:?}", meta.mode(), meta.nlink(), std::fs::read(&p).unwrap())
         };
         out.insert(p, desc);
     }
@@ -196,14 +170,7 @@ pub fn invoke(
     limits: Limits,
     cancel: &CancelToken,
 ) -> Result<Outcome, InvokeError> {
-    rt.invoke(Invocation {
-        request: req,
-        workspace: &sb.ws,
-        disk: &sb.disk,
-        limits,
-        services,
-        cancel,
-    })
+    rt.invoke(Invocation { request: req, workspace: &sb.ws, disk: &sb.disk, limits, services, cancel })
 }
 
 /// `store_params` of a `Done` outcome.

@@ -42,10 +42,7 @@ impl Guest for Caps {
         let s = |k: &str| p.get(k).and_then(Value::as_str).unwrap_or("").to_string();
         let secret = secrets::get(&s("secret_key"));
         let workflow = res(workflows::load(&s("workflow")));
-        let scope = p
-            .get("scope")
-            .map(|v| v.to_string())
-            .unwrap_or_else(|| s("scope_text"));
+        let scope = p.get("scope").map(|v| v.to_string()).unwrap_or_else(|| s("scope_text"));
         let rendered = res(expressions::render(&s("template"), &scope));
         let start = engine::start_or_find(&StartRequest {
             project_name: None,
@@ -56,13 +53,9 @@ impl Guest for Caps {
             rerun_on: "none".into(),
         })
         .map(|a| json!({"attempt_id": a.attempt_id, "session_id": a.session_id, "state": state(a.state)}));
-        let status = engine::status(42)
-            .map(|a| json!({"attempt_id": a.attempt_id, "state": state(a.state)}));
+        let status = engine::status(42).map(|a| json!({"attempt_id": a.attempt_id, "state": state(a.state)}));
         if s("fail") == "yes" {
-            return Outcome::Error(Failure {
-                message: "asked to fail".into(),
-                retryable: false,
-            });
+            return Outcome::Error(Failure { message: "asked to fail".into(), retryable: false });
         }
         let caps = json!({
             "secret": secret,

@@ -50,8 +50,7 @@ impl Report {
             Ok(d) => (true, d),
             Err(e) => (false, e),
         };
-        self.results
-            .push(json!({"op": op, "path": path, "ok": ok, "detail": detail}));
+        self.results.push(json!({"op": op, "path": path, "ok": ok, "detail": detail}));
     }
     fn read(&mut self, path: &str) {
         let r = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned());
@@ -74,21 +73,13 @@ impl Report {
     }
     fn hard_link(&mut self, from: &str, to: &str) {
         let r = std::fs::hard_link(from, to).map(|_| "linked".to_string());
-        self.push(
-            "hard_link",
-            &format!("{from} -> {to}"),
-            r.map_err(|e| e.to_string()),
-        );
+        self.push("hard_link", &format!("{from} -> {to}"), r.map_err(|e| e.to_string()));
     }
     fn symlink(&mut self, target: &str, link: &str) {
         let (t, l) = (CString::new(target).unwrap(), CString::new(link).unwrap());
         // SAFETY: both pointers are valid NUL-terminated strings for the duration of the call.
         let rc = unsafe { symlink(t.as_ptr(), l.as_ptr()) };
-        let r = if rc == 0 {
-            Ok("created".to_string())
-        } else {
-            Err(std::io::Error::last_os_error().to_string())
-        };
+        let r = if rc == 0 { Ok("created".to_string()) } else { Err(std::io::Error::last_os_error().to_string()) };
         self.push("symlink", &format!("{link} -> {target}"), r);
     }
     fn finish(self) -> Outcome {
@@ -126,22 +117,12 @@ impl Guest for Hostile {
         let command: Value = serde_json::from_str(&request.command).unwrap_or(Value::Null);
         let params: Map<String, Value> = serde_json::from_str(&request.params).unwrap_or_default();
         let attack = command.as_str().unwrap_or("noop").to_string();
-        let outside = params
-            .get("outside")
-            .and_then(Value::as_str)
-            .unwrap_or("/nonexistent")
-            .to_string();
-        let mut rep = Report {
-            attack: attack.clone(),
-            results: vec![],
-        };
+        let outside = params.get("outside").and_then(Value::as_str).unwrap_or("/nonexistent").to_string();
+        let mut rep = Report { attack: attack.clone(), results: vec![] };
         match attack.as_str() {
             "noop" => return done(json!({})),
             "echo_request" => {
-                let state = request
-                    .state
-                    .as_deref()
-                    .map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::Null));
+                let state = request.state.as_deref().map(|s| serde_json::from_str::<Value>(s).unwrap_or(Value::Null));
                 return done(json!({"request": {
                     "operator": request.operator, "task_name": request.task_name,
                     "project_name": request.project_name, "workflow_name": request.workflow_name,
@@ -161,9 +142,7 @@ impl Guest for Hostile {
                 rep.push(
                     "mkdir",
                     "/sub",
-                    std::fs::create_dir_all("/sub/deeper")
-                        .map(|_| "ok".into())
-                        .map_err(|e| e.to_string()),
+                    std::fs::create_dir_all("/sub/deeper").map(|_| "ok".into()).map_err(|e| e.to_string()),
                 );
                 rep.write("sub/deeper/f.txt");
                 rep.read("rel.txt");
@@ -171,9 +150,7 @@ impl Guest for Hostile {
                 rep.read("input.txt");
                 rep.list(".");
                 rep.list("/");
-                let cwd = std::env::current_dir()
-                    .map(|p| p.display().to_string())
-                    .map_err(|e| e.to_string());
+                let cwd = std::env::current_dir().map(|p| p.display().to_string()).map_err(|e| e.to_string());
                 rep.push("cwd", "", cwd);
             }
             "read_parent" => {
@@ -188,23 +165,17 @@ impl Guest for Hostile {
                 rep.push(
                     "mkdir",
                     "../planted_dir",
-                    std::fs::create_dir("../planted_dir")
-                        .map(|_| "ok".into())
-                        .map_err(|e| e.to_string()),
+                    std::fs::create_dir("../planted_dir").map(|_| "ok".into()).map_err(|e| e.to_string()),
                 );
                 rep.push(
                     "remove",
                     "../secret.txt",
-                    std::fs::remove_file("../secret.txt")
-                        .map(|_| "ok".into())
-                        .map_err(|e| e.to_string()),
+                    std::fs::remove_file("../secret.txt").map(|_| "ok".into()).map_err(|e| e.to_string()),
                 );
                 rep.push(
                     "rename",
                     "../secret.txt",
-                    std::fs::rename("../secret.txt", "moved.txt")
-                        .map(|_| "ok".into())
-                        .map_err(|e| e.to_string()),
+                    std::fs::rename("../secret.txt", "moved.txt").map(|_| "ok".into()).map_err(|e| e.to_string()),
                 );
             }
             "cat" => rep.read(param_str(&params, "path", "input.txt")),
@@ -234,14 +205,17 @@ impl Guest for Hostile {
                         .create(true)
                         .open(&path)
                         .and_then(|mut f| {
-                            std::io::Write::write_all(&mut f, b"grants:\n  spade-test-hostile: {secrets: ['*'], engine: true}\n")
+                            std::io::Write::write_all(
+                                &mut f,
+                                b"grants:\n  spade-test-hostile: {secrets: ['*'], engine: true}\n",
+                            )
                         })
                         .map(|_| "appended".to_string());
                     rep.push("grant", &path, r.map_err(|e| e.to_string()));
                 }
                 // Rewrite the workflow files it can see (its own copies, never the project's).
                 let dig = param_str(&params, "workflow", "other.dig");
-                rep.write(&dig);
+                rep.write(dig);
                 rep.write(&format!("{up}{dig}"));
             }
             "disk_fill" => {
@@ -260,9 +234,8 @@ impl Guest for Hostile {
                     Ok(format!("{written} bytes"))
                 })();
                 rep.push("fill", "fill.bin", r.map_err(|e| e.to_string()));
-                let r = std::fs::File::create("sparse.bin")
-                    .and_then(|f| f.set_len(size))
-                    .map(|_| "extended".to_string());
+                let r =
+                    std::fs::File::create("sparse.bin").and_then(|f| f.set_len(size)).map(|_| "extended".to_string());
                 rep.push("set_len", "sparse.bin", r.map_err(|e| e.to_string()));
                 if param_str(&params, "cleanup", "no") == "yes" {
                     let _ = std::fs::remove_file("fill.bin");
@@ -314,25 +287,9 @@ impl Guest for Hostile {
                 rep.read("/proc/self/environ");
                 rep.read("/proc/self/cmdline");
                 let vars: Vec<String> = std::env::vars().map(|(k, v)| format!("{k}={v}")).collect();
-                rep.push(
-                    "env",
-                    "",
-                    if vars.is_empty() {
-                        Err("no variables".into())
-                    } else {
-                        Ok(vars.join(";"))
-                    },
-                );
+                rep.push("env", "", if vars.is_empty() { Err("no variables".into()) } else { Ok(vars.join(";")) });
                 let args: Vec<String> = std::env::args().collect();
-                rep.push(
-                    "args",
-                    "",
-                    if args.is_empty() {
-                        Err("no arguments".into())
-                    } else {
-                        Ok(args.join(" "))
-                    },
-                );
+                rep.push("args", "", if args.is_empty() { Err("no arguments".into()) } else { Ok(args.join(" ")) });
             }
             "list_root" => {
                 rep.list("/");
@@ -341,33 +298,21 @@ impl Guest for Hostile {
                 rep.list("/..");
             }
             "net" => {
-                let tcp =
-                    std::net::TcpStream::connect("127.0.0.1:9").map(|_| "connected".to_string());
+                let tcp = std::net::TcpStream::connect("127.0.0.1:9").map(|_| "connected".to_string());
                 rep.push("tcp_connect", "127.0.0.1:9", tcp.map_err(|e| e.to_string()));
                 let udp = std::net::UdpSocket::bind("127.0.0.1:0").map(|_| "bound".to_string());
                 rep.push("udp_bind", "127.0.0.1:0", udp.map_err(|e| e.to_string()));
-                let tcp_l =
-                    std::net::TcpListener::bind("127.0.0.1:0").map(|_| "listening".to_string());
-                rep.push(
-                    "tcp_listen",
-                    "127.0.0.1:0",
-                    tcp_l.map_err(|e| e.to_string()),
-                );
+                let tcp_l = std::net::TcpListener::bind("127.0.0.1:0").map(|_| "listening".to_string());
+                rep.push("tcp_listen", "127.0.0.1:0", tcp_l.map_err(|e| e.to_string()));
                 use std::net::ToSocketAddrs;
-                let dns = "localhost:80"
-                    .to_socket_addrs()
-                    .map(|a| format!("{:?}", a.collect::<Vec<_>>()));
+                let dns = "localhost:80".to_socket_addrs().map(|a| format!("{:?}", a.collect::<Vec<_>>()));
                 rep.push("dns", "localhost", dns.map_err(|e| e.to_string()));
             }
             "secret" => {
                 let keys: Vec<String> = params
                     .get("keys")
                     .and_then(Value::as_array)
-                    .map(|a| {
-                        a.iter()
-                            .filter_map(|v| v.as_str().map(String::from))
-                            .collect()
-                    })
+                    .map(|a| a.iter().filter_map(|v| v.as_str().map(String::from)).collect())
                     .unwrap_or_default();
                 for k in keys {
                     let r = secrets::get(&k).ok_or_else(|| "not visible".to_string());
@@ -433,14 +378,8 @@ impl Guest for Hostile {
                 return done(json!({ "blob": "z".repeat(size) }));
             }
             "malformed_outcome" => {
-                let field = params
-                    .get("field")
-                    .and_then(Value::as_str)
-                    .unwrap_or("store_params");
-                let kind = params
-                    .get("kind")
-                    .and_then(Value::as_str)
-                    .unwrap_or("malformed");
+                let field = params.get("field").and_then(Value::as_str).unwrap_or("store_params");
+                let kind = params.get("kind").and_then(Value::as_str).unwrap_or("malformed");
                 let bad = match kind {
                     "non_object" => "[1, 2, 3]".to_string(),
                     "deep" => format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
@@ -456,32 +395,20 @@ impl Guest for Hostile {
                     "export_params" => d.export_params = bad,
                     "subtasks" => d.subtasks = Some(bad),
                     "poll_state" => {
-                        return Outcome::Poll(Poll {
-                            after_seconds: 1,
-                            state: bad,
-                        });
+                        return Outcome::Poll(Poll { after_seconds: 1, state: bad });
                     }
                     _ => d.store_params = bad,
                 }
                 return Outcome::Done(d);
             }
             "poll" => {
-                return Outcome::Poll(Poll {
-                    after_seconds: 5,
-                    state: json!({"n": 1}).to_string(),
-                });
+                return Outcome::Poll(Poll { after_seconds: 5, state: json!({"n": 1}).to_string() });
             }
             "fail" => {
-                return Outcome::Error(Failure {
-                    message: "hostile failed on purpose".into(),
-                    retryable: true,
-                });
+                return Outcome::Error(Failure { message: "hostile failed on purpose".into(), retryable: true });
             }
             other => {
-                return Outcome::Error(Failure {
-                    message: format!("unknown attack '{other}'"),
-                    retryable: false,
-                });
+                return Outcome::Error(Failure { message: format!("unknown attack '{other}'"), retryable: false });
             }
         }
         rep.finish()

@@ -28,16 +28,10 @@ impl Guest for Legacy {
         let command: Value = serde_json::from_str(&request.command).unwrap_or(Value::Null);
         match params.get("mode").and_then(Value::as_str) {
             Some("fail") => {
-                return Outcome::Error(Failure {
-                    message: "legacy failure".into(),
-                    retryable: true,
-                });
+                return Outcome::Error(Failure { message: "legacy failure".into(), retryable: true });
             }
             Some("poll") if request.state.is_none() => {
-                return Outcome::Poll(Poll {
-                    after_seconds: 5,
-                    state: "{\"step\": 1}".into(),
-                });
+                return Outcome::Poll(Poll { after_seconds: 5, state: "{\"step\": 1}".into() });
             }
             _ => {}
         }
