@@ -21,14 +21,16 @@ use spade_api::{
     StartRequest, TaskRequest,
 };
 use spade_dig::Zone;
-use spade_dig::{RetryPolicy, Sla, WorkflowDef, compile_under, deep_merge, parse_retry};
+use spade_dig::{
+    ParallelMode, RetryPolicy, Sla, TaskNode, WorkflowDef, compile_under, deep_merge, parallel_mode, parse_retry,
+};
 use spade_expr::{Evaluator, ExprLimits};
 use spade_store::{AttemptRecord, AttemptStatus, LogLine, Store, TaskChange, TaskState};
 
 use crate::EngineError;
 use crate::params::{self, Identity};
 use crate::services::TaskCtx;
-use crate::tree::{Origin, State, TaskId, Tree};
+use crate::tree::{Origin, Pending, PendingChild, State, TaskId, Tree};
 
 /// Where user-facing output and task logs go.
 pub trait Console: Send + Sync {
@@ -515,6 +517,10 @@ impl<'a> Run<'a> {
             return;
         }
         if self.tree.get(id).operator.is_none() {
+            // A lazily created group starts with its first child.
+            if self.tree.get(id).children.is_empty() && self.tree.pending_count(id) > 0 {
+                self.create_next_child(id);
+            }
             if self.tree.get(id).children.is_empty() {
                 self.finish_success(id);
             } else {
@@ -670,20 +676,10 @@ impl<'a> Run<'a> {
         self.tree.get_mut(id).result = Some(Box::new(done.clone()));
         let mut sub_id = None;
         if let Some(sub) = subtasks {
-            match compile_under(&self.tree.get(id).name.clone(), "^sub", &sub) {
-                Ok(node) => match self.tree.instantiate(Some(id), &node, Origin::Sub, self.opts.max_tasks) {
-                    Ok(s) => sub_id = Some(s),
-                    Err(e) => {
-                        let msg = format!(
-                            "generating subtasks would exceed the limit of {} tasks per attempt (raise --max-tasks)",
-                            e.limit
-                        );
-                        self.operator_failed(id, msg, false);
-                        return;
-                    }
-                },
-                Err(e) => {
-                    self.operator_failed(id, format!("the operator generated an invalid subtask config: {e}"), false);
+            match self.generate(id, &sub) {
+                Ok(s) => sub_id = Some(s),
+                Err(message) => {
+                    self.operator_failed(id, message, false);
                     return;
                 }
             }
@@ -702,6 +698,7 @@ impl<'a> Run<'a> {
                 result: Some(Done { subtasks: Some(sub), ..done }),
                 error: None,
             });
+            self.must_commit = true;
         }
         let mut added = sub_id.is_some();
         if let Some(check) = self.tree.get(id).config.get("_check").cloned() {
@@ -725,6 +722,26 @@ impl<'a> Run<'a> {
             self.start_children(id);
         } else {
             self.finish_success(id);
+        }
+    }
+
+    /// Create the `^sub` group of the subtasks an operator generated: lazily (children as
+    /// compact text, created one by one) for a long sequential list, else all at once.
+    fn generate(&mut self, id: TaskId, sub: &Object) -> Result<TaskId, String> {
+        let parent_name = self.tree.get(id).name.clone();
+        let invalid = |e: String| format!("the operator generated an invalid subtask config: {e}");
+        let too_many = |e: crate::tree::TooManyTasks| {
+            format!("generating subtasks would exceed the limit of {} tasks per attempt (raise --max-tasks)", e.limit)
+        };
+        match lazy_children(&parent_name, sub).map_err(invalid)? {
+            Some((node, pending)) => self
+                .tree
+                .instantiate_lazily(Some(id), &node, Origin::Sub, pending, self.opts.max_tasks)
+                .map_err(too_many),
+            None => {
+                let node = compile_under(&parent_name, "^sub", sub).map_err(|e| invalid(e.to_string()))?;
+                self.tree.instantiate(Some(id), &node, Origin::Sub, self.opts.max_tasks).map_err(too_many)
+            }
         }
     }
 
@@ -794,10 +811,37 @@ impl<'a> Run<'a> {
             self.finished = true;
             return;
         };
-        let pt = self.tree.get_mut(p);
-        pt.settled_children += 1;
-        if pt.settled_children >= pt.children.len() && pt.state == State::Planned {
+        self.tree.get_mut(p).settled_children += 1;
+        if self.tree.pending_count(p) > 0 {
+            if self.tree.get(id).state == State::Success {
+                // The next child of a lazily created group is due (see `lazy_children`).
+                if let Some(next) = self.create_next_child(p) {
+                    self.make_ready(next);
+                }
+            } else {
+                // As its downstream siblings would be, the rest are dead and never run.
+                let dead = self.tree.drop_pending(p);
+                self.tree.get_mut(p).settled_children += dead;
+            }
+        }
+        let pt = self.tree.get(p);
+        if pt.settled_children >= pt.children.len() + self.tree.pending_count(p) && pt.state == State::Planned {
             self.children_settled(p);
+        }
+    }
+
+    /// Create the next pending child of `id`. It was compiled when generated, so this
+    /// cannot fail short of a bug; if it does, the group fails with the reason.
+    fn create_next_child(&mut self, id: TaskId) -> Option<TaskId> {
+        match self.tree.create_next_pending(id)? {
+            Ok(child) => Some(child),
+            Err(e) => {
+                let dead = self.tree.drop_pending(id);
+                let t = self.tree.get_mut(id);
+                t.settled_children += dead;
+                t.error = Some(format!("internal error: a generated task could not be created: {e}"));
+                None
+            }
         }
     }
 
@@ -808,11 +852,15 @@ impl<'a> Run<'a> {
             return;
         }
         let failed_child = t.children.iter().copied().find(|&c| self.tree.get(c).state == State::Error);
-        let Some(failed) = failed_child else {
-            self.finish_success(id);
-            return;
+        let message = match failed_child {
+            Some(failed) => self.tree.get(failed).error.clone().unwrap_or_else(|| "a subtask failed".into()),
+            // A lazily created group that could not create a child (see `create_next_child`).
+            None if t.error.is_some() => t.error.clone().unwrap_or_default(),
+            None => {
+                self.finish_success(id);
+                return;
+            }
         };
-        let message = self.tree.get(failed).error.clone().unwrap_or_else(|| "a subtask failed".into());
         match self.retry_policy(id) {
             Ok(Some(policy)) if policy.allows(self.tree.get(id).retry_count) => {
                 let delay = Duration::from_secs(policy.interval_for(self.tree.get(id).retry_count));
@@ -999,4 +1047,41 @@ impl Run<'_> {
             self.make_ready(id);
         }
     }
+}
+
+/// Generated groups with more children than this are created lazily ([`lazy_children`]).
+const LAZY_CHILDREN: usize = 64;
+
+/// The `^sub` group of generated subtasks as a childless node plus its children waiting as
+/// text, when it is a long sequential list (`for_each>` over many items): only one child
+/// is a task at a time. `None`: create it whole (short, parallel, or with `_background`/
+/// `_after` children, whose links need every child at once).
+fn lazy_children(parent_name: &str, sub: &Object) -> Result<Option<(TaskNode, Pending)>, String> {
+    let is_child = |k: &String| k.starts_with('+');
+    if sub.keys().filter(|k| is_child(k)).count() <= LAZY_CHILDREN
+        || !matches!(parallel_mode(sub.get("_parallel")), Ok(ParallelMode::Sequential))
+    {
+        return Ok(None);
+    }
+    let mut pending = Pending::default();
+    let sub_name = format!("{parent_name}^sub");
+    for (name, value) in sub.iter().filter(|(k, _)| is_child(k)) {
+        let config = match value {
+            Value::Object(o) if !o.contains_key("_background") && !o.contains_key("_after") => o,
+            Value::Object(_) => return Ok(None),
+            // Not a task config: the whole-group compile reports it.
+            _ => return Ok(None),
+        };
+        // Compiled now for its errors and its task count; kept as text until it is due.
+        let node = compile_under(&sub_name, name, config).map_err(|e| e.to_string())?;
+        let text = serde_json::to_string(config).map_err(|e| e.to_string())?;
+        pending.children.push_back(PendingChild {
+            name: name.clone(),
+            config: text.into_boxed_str(),
+            nodes: crate::tree::count_nodes(&node),
+        });
+    }
+    let own: Object = sub.iter().filter(|(k, _)| !is_child(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let node = compile_under(parent_name, "^sub", &own).map_err(|e| e.to_string())?;
+    Ok(Some((node, pending)))
 }

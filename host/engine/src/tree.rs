@@ -3,6 +3,13 @@
 //!
 //! Tasks are never moved; a group retry detaches the old children (state `Removed`) and
 //! instantiates fresh ones, so ids stay valid for anything still holding them.
+//!
+//! Memory follows the frontier: a settled task drops what only running it needed
+//! ([`Tree::release_settled`]), and the children an operator generates for a sequential
+//! group (a `for_each>` over 100,000 items) wait as compact JSON text ([`Pending`]) and
+//! become tasks one at a time, as the previous one succeeds.
+
+use std::collections::VecDeque;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -92,6 +99,25 @@ pub struct Task {
     /// The compiled node, kept for tasks with `_retry` so a group retry can re-create its
     /// initial children.
     pub source: Option<Rc<TaskNode>>,
+    /// Children not created yet (a lazily instantiated sequential group).
+    pub pending: Option<Box<Pending>>,
+}
+
+/// The not-yet-created children of a sequential group, in order: each as its name and its
+/// config as JSON text (about a tenth of the memory of the parsed config, and far less
+/// than a task), with the number of tasks it will become (already counted in
+/// [`Tree::live_count`]). Each was compiled once when generated, so creating it later
+/// cannot fail for a reason the generator would not have been told about.
+#[derive(Debug, Default)]
+pub struct Pending {
+    pub children: VecDeque<PendingChild>,
+}
+
+#[derive(Debug)]
+pub struct PendingChild {
+    pub name: String,
+    pub config: Box<str>,
+    pub nodes: usize,
 }
 
 #[derive(Default)]
@@ -158,6 +184,7 @@ impl Tree {
             poll_state: None,
             generation: 0,
             result_saved: false,
+            pending: None,
             source: node.config.contains_key("_retry").then(|| Rc::new(node.clone())),
         });
         if let Some(p) = parent {
@@ -177,6 +204,52 @@ impl Tree {
             }
             self.tasks[cid].pending_upstreams = c.upstreams.len();
         }
+    }
+
+    /// Instantiate a group whose children are created later, one at a time, by
+    /// [`Tree::create_next_pending`]. `node` has no children; `pending` are its children in
+    /// order, all counted against `limit` now.
+    pub fn instantiate_lazily(
+        &mut self,
+        parent: Option<TaskId>,
+        node: &TaskNode,
+        origin: Origin,
+        pending: Pending,
+        limit: usize,
+    ) -> Result<TaskId, TooManyTasks> {
+        let needed = 1 + pending.children.iter().map(|c| c.nodes).sum::<usize>();
+        if self.live_count + needed > limit {
+            return Err(TooManyTasks { limit });
+        }
+        self.live_count += needed;
+        let id = self.instantiate_unchecked(parent, node, origin);
+        self.tasks[id].pending = Some(Box::new(pending));
+        Ok(id)
+    }
+
+    /// Children of `id` not created yet.
+    pub fn pending_count(&self, id: TaskId) -> usize {
+        self.tasks[id].pending.as_ref().map_or(0, |p| p.children.len())
+    }
+
+    /// Create the next pending child of `id` (it has no upstream: the previous child has
+    /// succeeded). Its tasks were counted when it was generated.
+    pub fn create_next_pending(&mut self, id: TaskId) -> Option<Result<TaskId, String>> {
+        let child = self.tasks[id].pending.as_mut()?.children.pop_front()?;
+        let parsed: Result<Object, String> = serde_json::from_str(&child.config).map_err(|e| e.to_string());
+        let parent_name = self.tasks[id].name.clone();
+        Some(parsed.and_then(|config| {
+            let node = spade_dig::compile_under(&parent_name, &child.name, &config).map_err(|e| e.to_string())?;
+            Ok(self.instantiate_unchecked(Some(id), &node, self.tasks[id].origin))
+        }))
+    }
+
+    /// Forget the pending children of `id` (a child failed, or `id` is removed); returns how
+    /// many there were. They leave the task count.
+    pub fn drop_pending(&mut self, id: TaskId) -> usize {
+        let Some(pending) = self.tasks[id].pending.take() else { return 0 };
+        self.live_count = self.live_count.saturating_sub(pending.children.iter().map(|c| c.nodes).sum());
+        pending.children.len()
     }
 
     /// Re-create the initial children of a retried task from its compiled node.
@@ -208,6 +281,7 @@ impl Tree {
         for c in children {
             self.remove_subtree(c);
         }
+        self.drop_pending(id);
         let t = &mut self.tasks[id];
         t.state = State::Removed;
         t.generation += 1;
@@ -299,6 +373,7 @@ impl Tree {
     }
 }
 
-fn count_nodes(node: &TaskNode) -> usize {
+/// How many tasks a compiled node becomes.
+pub fn count_nodes(node: &TaskNode) -> usize {
     1 + node.children.iter().map(count_nodes).sum::<usize>()
 }
