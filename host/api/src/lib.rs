@@ -59,7 +59,58 @@ pub struct Done {
     pub reset_store_params: Vec<String>,
     pub export_params: Object,
     /// Generated subtasks as a Digdag task config (becomes the `^sub` child).
-    pub subtasks: Option<Object>,
+    pub subtasks: Option<Subtasks>,
+}
+
+/// Subtasks an operator generated: a Digdag task config (`+name` keys and group options
+/// such as `_parallel`), kept as the JSON text it came in. A `for_each>` over 100,000
+/// items returns about 8 MB of text that would take over 100 MB parsed; the engine parses
+/// the top level, and each child only when it is due. Serialized as the JSON object itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Subtasks(Box<serde_json::value::RawValue>);
+
+/// One top-level entry of [`Subtasks`]: a key and its value, still as JSON text.
+pub type SubtaskEntry = (String, Box<serde_json::value::RawValue>);
+
+impl Subtasks {
+    /// Check that `text` is a JSON object and keep it as it is.
+    pub fn from_json(text: String) -> Result<Subtasks, String> {
+        if !text.trim_start().starts_with('{') {
+            return Err("it must be a JSON object".into());
+        }
+        serde_json::value::RawValue::from_string(text).map(Subtasks).map_err(|e| e.to_string())
+    }
+
+    /// The config of an object built in memory.
+    pub fn from_object(config: &Object) -> Subtasks {
+        // A map of JSON values always serializes.
+        Subtasks(serde_json::value::to_raw_value(config).expect("JSON values serialize"))
+    }
+
+    /// The JSON text.
+    pub fn json(&self) -> &str {
+        self.0.get()
+    }
+
+    /// Parse it whole.
+    pub fn to_object(&self) -> Result<Object, String> {
+        serde_json::from_str(self.0.get()).map_err(|e| e.to_string())
+    }
+
+    /// Its top-level entries in order, each value still as text.
+    pub fn entries(&self) -> Result<Vec<SubtaskEntry>, String> {
+        let map: indexmap::IndexMap<String, Box<serde_json::value::RawValue>> =
+            serde_json::from_str(self.0.get()).map_err(|e| e.to_string())?;
+        Ok(map.into_iter().collect())
+    }
+}
+
+impl PartialEq for Subtasks {
+    /// Same config, whatever the spacing.
+    fn eq(&self, other: &Self) -> bool {
+        self.json() == other.json() || self.to_object().ok() == other.to_object().ok()
+    }
 }
 
 /// What one call of an operator produced.

@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use spade_api::{
     AttemptRef, CancelToken, DiskQuota, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
-    StartRequest, TaskRequest,
+    StartRequest, Subtasks, TaskRequest,
 };
 use spade_dig::Zone;
 use spade_dig::{
@@ -727,7 +727,7 @@ impl<'a> Run<'a> {
 
     /// Create the `^sub` group of the subtasks an operator generated: lazily (children as
     /// compact text, created one by one) for a long sequential list, else all at once.
-    fn generate(&mut self, id: TaskId, sub: &Object) -> Result<TaskId, String> {
+    fn generate(&mut self, id: TaskId, sub: &Subtasks) -> Result<TaskId, String> {
         let parent_name = self.tree.get(id).name.clone();
         let invalid = |e: String| format!("the operator generated an invalid subtask config: {e}");
         let too_many = |e: crate::tree::TooManyTasks| {
@@ -739,7 +739,8 @@ impl<'a> Run<'a> {
                 .instantiate_lazily(Some(id), &node, Origin::Sub, pending, self.opts.max_tasks)
                 .map_err(too_many),
             None => {
-                let node = compile_under(&parent_name, "^sub", sub).map_err(|e| invalid(e.to_string()))?;
+                let sub = sub.to_object().map_err(invalid)?;
+                let node = compile_under(&parent_name, "^sub", &sub).map_err(|e| invalid(e.to_string()))?;
                 self.tree.instantiate(Some(id), &node, Origin::Sub, self.opts.max_tasks).map_err(too_many)
             }
         }
@@ -1056,32 +1057,36 @@ const LAZY_CHILDREN: usize = 64;
 /// text, when it is a long sequential list (`for_each>` over many items): only one child
 /// is a task at a time. `None`: create it whole (short, parallel, or with `_background`/
 /// `_after` children, whose links need every child at once).
-fn lazy_children(parent_name: &str, sub: &Object) -> Result<Option<(TaskNode, Pending)>, String> {
-    let is_child = |k: &String| k.starts_with('+');
-    if sub.keys().filter(|k| is_child(k)).count() <= LAZY_CHILDREN
-        || !matches!(parallel_mode(sub.get("_parallel")), Ok(ParallelMode::Sequential))
-    {
+fn lazy_children(parent_name: &str, sub: &Subtasks) -> Result<Option<(TaskNode, Pending)>, String> {
+    let entries = sub.entries()?;
+    let is_child = |k: &str| k.starts_with('+');
+    if entries.iter().filter(|(k, _)| is_child(k)).count() <= LAZY_CHILDREN {
+        return Ok(None);
+    }
+    let mut own = Object::new();
+    let mut children = Vec::new();
+    for (key, value) in entries {
+        if is_child(&key) {
+            children.push((key, value));
+        } else {
+            own.insert(key, serde_json::from_str(value.get()).map_err(|e| e.to_string())?);
+        }
+    }
+    if !matches!(parallel_mode(own.get("_parallel")), Ok(ParallelMode::Sequential)) {
         return Ok(None);
     }
     let mut pending = Pending::default();
     let sub_name = format!("{parent_name}^sub");
-    for (name, value) in sub.iter().filter(|(k, _)| is_child(k)) {
-        let config = match value {
-            Value::Object(o) if !o.contains_key("_background") && !o.contains_key("_after") => o,
-            Value::Object(_) => return Ok(None),
-            // Not a task config: the whole-group compile reports it.
+    for (name, text) in children {
+        let config = match serde_json::from_str::<Value>(text.get()) {
+            Ok(Value::Object(o)) if !o.contains_key("_background") && !o.contains_key("_after") => o,
+            // Linked to others, or not a task config (the whole-group compile reports it).
             _ => return Ok(None),
         };
         // Compiled now for its errors and its task count; kept as text until it is due.
-        let node = compile_under(&sub_name, name, config).map_err(|e| e.to_string())?;
-        let text = serde_json::to_string(config).map_err(|e| e.to_string())?;
-        pending.children.push_back(PendingChild {
-            name: name.clone(),
-            config: text.into_boxed_str(),
-            nodes: crate::tree::count_nodes(&node),
-        });
+        let node = compile_under(&sub_name, &name, &config).map_err(|e| e.to_string())?;
+        pending.children.push_back(PendingChild { name, config: text.into(), nodes: crate::tree::count_nodes(&node) });
     }
-    let own: Object = sub.iter().filter(|(k, _)| !is_child(k)).map(|(k, v)| (k.clone(), v.clone())).collect();
     let node = compile_under(parent_name, "^sub", &own).map_err(|e| e.to_string())?;
     Ok(Some((node, pending)))
 }
