@@ -8,6 +8,70 @@ use serde_json::Value;
 
 use crate::{Failure, Object, Request};
 
+/// Generated subtasks written as JSON text while they are generated: [`Generated::push`]
+/// serializes each child at once, so a generator of 100,000 children holds their text
+/// (tens of bytes each), never 100,000 parsed configs. Give it to
+/// [`crate::outcome::Done::generated`].
+#[derive(Clone, Debug)]
+pub struct Generated {
+    text: String,
+    entries: usize,
+}
+
+impl Default for Generated {
+    fn default() -> Self {
+        Generated { text: String::from("{"), entries: 0 }
+    }
+}
+
+impl Generated {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn key(&mut self, key: &str) {
+        if self.entries > 0 {
+            self.text.push(',');
+        }
+        self.entries += 1;
+        // A string always serializes.
+        self.text.push_str(&serde_json::to_string(key).expect("a string serializes"));
+        self.text.push(':');
+    }
+
+    /// Add the child task `name` (`+loop-0`) with its config.
+    pub fn push(&mut self, name: &str, config: Object) {
+        self.set(name, &Value::Object(config));
+    }
+
+    /// Add a key of the generated group itself (`_parallel`), or a child given as a value.
+    pub fn set(&mut self, key: &str, value: &Value) {
+        self.key(key);
+        // JSON values always serialize.
+        self.text.push_str(&serde_json::to_string(value).expect("a JSON value serializes"));
+    }
+
+    /// Entries added so far.
+    pub fn len(&self) -> usize {
+        self.entries
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// The config as JSON text.
+    pub fn into_json(mut self) -> String {
+        self.text.push('}');
+        self.text
+    }
+}
+
+/// The task's `_parallel`, which Digdag's control operators copy into the generated group.
+pub fn parallel_of(req: &Request) -> Option<&Value> {
+    req.params.get("_parallel").or_else(|| req.local_params.get("_parallel"))
+}
+
 /// A sanity bound checked up front, before a generator builds its config: no attempt can
 /// hold more tasks than this. The real, configurable limit (`spade run --max-tasks`,
 /// default 100,000; Digdag's was 1,000) is enforced by the engine when the subtasks arrive.
@@ -53,7 +117,7 @@ pub fn child(body: &Object, exports: Object) -> Object {
 pub fn copy_parallel(req: &Request, generated: &mut Object) {
     // params include the task's own keys; local_params covers a host that keeps `_` keys
     // out of params.
-    if let Some(parallel) = req.params.get("_parallel").or_else(|| req.local_params.get("_parallel")) {
+    if let Some(parallel) = parallel_of(req) {
         generated.insert("_parallel".into(), parallel.clone());
     }
 }
@@ -115,5 +179,22 @@ mod tests {
         let r = Request::new("loop");
         assert!(check_count(&r, "loop", 100_000).is_ok());
         assert!(check_count(&r, "loop", 10_000_001).unwrap_err().message.contains("too many loop subtasks (10000001)"));
+    }
+
+    #[test]
+    fn generated_writes_what_the_object_would_be() {
+        let mut g = Generated::new();
+        assert!(g.is_empty());
+        g.push("+a \"quoted\"", child(&json!({"echo>": "x ${i}"}).as_object().unwrap().clone(), Object::new()));
+        g.push("+b", Object::new());
+        g.set("_parallel", &json!({"limit": 2}));
+        assert_eq!(g.len(), 3);
+        let text = g.into_json();
+        let parsed: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            parsed,
+            json!({"+a \"quoted\"": {"echo>": "x ${i}", "_export": {}}, "+b": {}, "_parallel": {"limit": 2}})
+        );
+        assert_eq!(serde_json::from_str::<Value>(&Generated::new().into_json()).unwrap(), json!({}));
     }
 }

@@ -205,7 +205,7 @@ pub mod __private {
                 store_params: Value::Object(d.store_params).to_string(),
                 reset_store_params: d.reset_store_params,
                 export_params: Value::Object(d.export_params).to_string(),
-                subtasks: d.subtasks.map(|s| Value::Object(s).to_string()),
+                subtasks: d.subtasks_json.or_else(|| d.subtasks.map(|s| Value::Object(s).to_string())),
             }),
             Outcome::Poll { after_seconds, state } => {
                 wit::Outcome::Poll(wit::Poll { after_seconds, state: state.to_string() })

@@ -70,6 +70,10 @@ pub struct Done {
     /// Generated subtasks as a Digdag task config (`+name` keys plus group options such as
     /// `_parallel`), run as the `^sub` child of this task.
     pub subtasks: Option<Object>,
+    /// The same, already written as JSON text by [`crate::control::Generated`] (a
+    /// generator of many children never holds them all parsed); used instead of
+    /// `subtasks` when set.
+    pub subtasks_json: Option<String>,
 }
 
 impl Done {
@@ -101,7 +105,23 @@ impl Done {
     /// Generate subtasks: a task config object (`{"+a": {...}, "_parallel": true}`).
     pub fn subtasks(mut self, config: Object) -> Self {
         self.subtasks = Some(config);
+        self.subtasks_json = None;
         self
+    }
+
+    /// Generate subtasks written child by child with [`crate::control::Generated`].
+    pub fn generated(mut self, generated: crate::control::Generated) -> Self {
+        self.subtasks = None;
+        self.subtasks_json = Some(generated.into_json());
+        self
+    }
+
+    /// The generated subtasks, however they were given (parsed; for tests).
+    pub fn subtasks_object(&self) -> Option<Object> {
+        match &self.subtasks_json {
+            Some(text) => serde_json::from_str(text).ok(),
+            None => self.subtasks.clone(),
+        }
     }
 }
 

@@ -6,7 +6,7 @@
 //! URL-encoded, exactly as Digdag names them (retries and resume match tasks by name).
 //! `_parallel` is copied into the generated group. Uses no capability.
 
-use spade_sdk::control::{MAX_GENERATED_TASKS, check_count, child, copy_parallel, required_body};
+use spade_sdk::control::{Generated, MAX_GENERATED_TASKS, check_count, child, parallel_of, required_body};
 use spade_sdk::{Failure, Object, Operator, Outcome, Request, Result, Value, lenient};
 
 pub struct ForEach;
@@ -26,13 +26,15 @@ impl Operator for ForEach {
         }
         check_count(&req, "for_each", combination_count(&entries))?;
         let body = required_body(&req, "_do")?;
-        let mut generated = Object::new();
+        let mut generated = Generated::new();
         for combination in combinations(&entries) {
             let exports: Object = combination.iter().map(|c| (c.key.to_string(), c.value.clone())).collect();
-            generated.insert(task_name(&combination), child(&body, exports).into());
+            generated.push(&task_name(&combination), child(&body, exports));
         }
-        copy_parallel(&req, &mut generated);
-        Ok(Outcome::done().subtasks(generated).into())
+        if let Some(parallel) = parallel_of(&req) {
+            generated.set("_parallel", parallel);
+        }
+        Ok(Outcome::done().generated(generated).into())
     }
 }
 
@@ -198,7 +200,7 @@ mod tests {
             .raw("_do", json!({"echo>": "${num} ${pet.kind}"}))
             .build();
         let done = MockHost::default().run::<ForEach>(req).unwrap();
-        let sub = Value::Object(done.as_done().unwrap().subtasks.clone().unwrap());
+        let sub = Value::Object(done.as_done().unwrap().subtasks_object().unwrap());
         assert_eq!(
             sub,
             json!({

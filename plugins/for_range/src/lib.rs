@@ -5,7 +5,7 @@
 //! generated group. Uses no capability.
 
 use serde::Deserialize;
-use spade_sdk::control::{check_count, child, copy_parallel, required_body};
+use spade_sdk::control::{Generated, check_count, child, parallel_of, required_body};
 use spade_sdk::{Failure, Object, Operator, Outcome, Request, Result, json};
 
 pub struct ForRange;
@@ -24,14 +24,16 @@ impl Operator for ForRange {
         let step = step(&spec).map_err(|m| Failure::new(format!("{}: {m}", req.location())))?;
         check_count(&req, "for_range", count(spec.from, spec.to, step))?;
         let body = required_body(&req, "_do")?;
-        let mut generated = Object::new();
+        let mut generated = Generated::new();
         for (index, (from, to)) in ranges(spec.from, spec.to, step).enumerate() {
             let mut export = Object::new();
             export.insert("range".into(), json!({"from": from, "to": to, "index": index}));
-            generated.insert(format!("+range-from={from}&to={to}"), child(&body, export).into());
+            generated.push(&format!("+range-from={from}&to={to}"), child(&body, export));
         }
-        copy_parallel(&req, &mut generated);
-        Ok(Outcome::done().subtasks(generated).into())
+        if let Some(parallel) = parallel_of(&req) {
+            generated.set("_parallel", parallel);
+        }
+        Ok(Outcome::done().generated(generated).into())
     }
 }
 
@@ -134,7 +136,7 @@ mod tests {
             .raw("_do", json!({"echo>": "${range.index}"}))
             .build();
         let done = MockHost::default().run::<ForRange>(req).unwrap();
-        let sub = Value::Object(done.as_done().unwrap().subtasks.clone().unwrap());
+        let sub = Value::Object(done.as_done().unwrap().subtasks_object().unwrap());
         let keys: Vec<_> = sub.as_object().unwrap().keys().cloned().collect();
         assert_eq!(
             keys,

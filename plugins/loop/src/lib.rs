@@ -3,7 +3,7 @@
 //! `${...}` result is a string); a `count` param is used when the argument is absent.
 //! `_parallel` is copied into the generated group. Uses no capability.
 
-use spade_sdk::control::{check_count, child, copy_parallel, required_body};
+use spade_sdk::control::{Generated, check_count, child, parallel_of, required_body};
 use spade_sdk::{Failure, Object, Operator, Outcome, Request, Result, json};
 
 pub struct Loop;
@@ -14,8 +14,10 @@ impl Operator for Loop {
         check_count(&req, "loop", count)?;
         let body = required_body(&req, "_do")?;
         let mut generated = generate(&body, count);
-        copy_parallel(&req, &mut generated);
-        Ok(Outcome::done().subtasks(generated).into())
+        if let Some(parallel) = parallel_of(&req) {
+            generated.set("_parallel", parallel);
+        }
+        Ok(Outcome::done().generated(generated).into())
     }
 }
 
@@ -31,12 +33,12 @@ fn count(req: &Request) -> Result<u64> {
 }
 
 /// The subtask config: `+loop-<i>` for i in 0..count, in order.
-fn generate(body: &Object, count: u64) -> Object {
-    let mut generated = Object::new();
+fn generate(body: &Object, count: u64) -> Generated {
+    let mut generated = Generated::new();
     for i in 0..count {
         let mut export = Object::new();
         export.insert("i".into(), json!(i));
-        generated.insert(format!("+loop-{i}"), child(body, export).into());
+        generated.push(&format!("+loop-{i}"), child(body, export));
     }
     generated
 }
@@ -50,7 +52,7 @@ mod tests {
     use spade_sdk::testing::{MockHost, request};
 
     fn subtasks(outcome: Result<Outcome>) -> Value {
-        Value::Object(outcome.unwrap().as_done().unwrap().subtasks.clone().unwrap())
+        Value::Object(outcome.unwrap().as_done().unwrap().subtasks_object().unwrap())
     }
 
     #[test]
