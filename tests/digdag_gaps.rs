@@ -1,7 +1,7 @@
 //! End-to-end checks of behaviour where spade once differed from Digdag (issue 9, section 2
 //! of the tracker): fixed-offset time zones, task names, `last_executed_session_*`, a field
-//! of an undefined value, and a group's `_parallel: ${...}`. Each runs the real `spade`
-//! binary in a project of its own.
+//! of an undefined value, a group's `_parallel: ${...}`, and an operator asking to be polled
+//! again after 0 seconds. Each runs the real `spade` binary in a project of its own.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -154,4 +154,26 @@ fn a_groups_parallel_must_be_literal_while_loops_evaluate_theirs() {
     let mut lines = run_ok(&tmp, "2024-01-01");
     lines.sort();
     assert_eq!(lines, vec!["loop0,task1", "loop1,task1"]);
+}
+
+/// An operator asking to be called again after 0 s is called no more than once a second:
+/// the calls' log lines (stamped when each call returned) are at least a second apart. A
+/// lower bound the engine's timers guarantee, not a timing window.
+#[test]
+fn polling_after_zero_seconds_is_spaced_by_the_floor() {
+    let hostile = spade_bundled::test_plugin_path("spade-test-hostile").expect("built by spade-bundled");
+    let tmp = project("+poll:\n  hostile>: busy_poll\n  count: 3\n+after:\n  echo>: ${polled}\n");
+    std::fs::copy(hostile, tmp.path().join("hostile.wasm")).unwrap();
+    std::fs::write(tmp.path().join("spade.yml"), "plugins:\n  - path: hostile.wasm\n    grants: {secrets: [x]}\n")
+        .unwrap();
+    let out = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_lines(&out), vec!["3"]);
+    let db = rusqlite::Connection::open(tmp.path().join(".spade/state.db")).unwrap();
+    let mut stmt = db.prepare("SELECT at FROM task_logs WHERE message LIKE 'busy_poll call %' ORDER BY id").unwrap();
+    let at: Vec<i64> = stmt.query_map([], |r| r.get(0)).unwrap().map(Result::unwrap).collect();
+    assert_eq!(at.len(), 3, "{at:?}");
+    for pair in at.windows(2) {
+        assert!(pair[1] - pair[0] >= 1000, "calls {} ms apart: {at:?}", pair[1] - pair[0]);
+    }
 }

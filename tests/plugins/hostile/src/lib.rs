@@ -404,6 +404,17 @@ impl Guest for Hostile {
             "poll" => {
                 return Outcome::Poll(Poll { after_seconds: 5, state: json!({"n": 1}).to_string() });
             }
+            "busy_poll" => {
+                // Ask to be called again at once, `count` times, logging each call: the
+                // engine's poll floor must space the calls out anyway.
+                let n = request.state.as_deref().and_then(|s| serde_json::from_str::<Value>(s).ok());
+                let n = n.and_then(|v| v["n"].as_u64()).unwrap_or(0);
+                log::write(Level::Info, &format!("busy_poll call {n}"));
+                if n + 1 < param_u64(&params, "count", 3) {
+                    return Outcome::Poll(Poll { after_seconds: 0, state: json!({"n": n + 1}).to_string() });
+                }
+                return done(json!({"polled": n + 1}));
+            }
             "fail" => {
                 return Outcome::Error(Failure { message: "hostile failed on purpose".into(), retryable: true });
             }
