@@ -175,3 +175,20 @@ fn an_attempt_that_cannot_start_is_closed_as_failed() {
     let (log_out, log_err) = text(&log);
     assert!(format!("{log_out}{log_err}").contains("missing.wasm"), "{log_out}\n{log_err}");
 }
+
+#[test]
+fn a_state_database_kept_among_the_project_files_stays_out_of_the_workspace() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = tmp.path();
+    project_with_hostile(p);
+    std::fs::write(
+        p.join("peek.dig"),
+        "+peek:\n  hostile>: cat\n  path: history.db\n+show:\n  echo>: ${hostile.results[0].ok}\n",
+    )
+    .unwrap();
+    let out = spade(p, &["run", "peek.dig", "--session", "2024-01-01", "--state", "history.db"]);
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, "false\n", "the task could read the state database: {stderr}");
+    assert!(p.join("history.db").is_file() && !p.join(".spade/workspace/history.db").exists());
+}

@@ -283,7 +283,7 @@ pub fn execute(
         let config = crate::config::ProjectConfig::load(&opened.root)?;
         let secrets = Arc::new(crate::config::local_secrets()?);
         let host = crate::host::host_with(&config, &exec.plugins)?;
-        let (workspace, _) = spade_engine::workspace::prepare(&opened.root)?;
+        let (workspace, _) = spade_engine::workspace::prepare_excluding(&opened.root, &state_files(&opened))?;
         Ok((revision, config, secrets, host, workspace))
     })();
     let (revision, config, secrets, host, workspace) = match setup {
@@ -363,6 +363,24 @@ pub fn execute(
         );
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The state database's files when `--state` put them among the project's files: they stay
+/// out of the workspace like `.spade/` does.
+fn state_files(opened: &Opened) -> Vec<PathBuf> {
+    let spade_store::StoreLocation::Sqlite(db) = &opened.location else { return Vec::new() };
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
+    let Some(db) = dir.canonicalize().ok().zip(db.file_name()).map(|(d, f)| d.join(f)) else {
+        return Vec::new();
+    };
+    ["", "-wal", "-shm", "-journal"]
+        .iter()
+        .map(|suffix| {
+            let mut name = db.clone().into_os_string();
+            name.push(suffix);
+            PathBuf::from(name)
+        })
+        .collect()
 }
 
 /// Close an attempt that failed before its first task: its log says why, its status is

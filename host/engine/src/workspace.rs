@@ -55,8 +55,14 @@ pub struct Prepared {
 /// return its path. Safe to run while another process does the same: files are copied
 /// under a temporary name and renamed into place.
 pub fn prepare(project_root: &Path) -> Result<(PathBuf, Prepared), WorkspaceError> {
+    prepare_excluding(project_root, &[])
+}
+
+/// [`prepare`], also leaving out `excluded` files of the project (a state database given
+/// with `--state` that lives among the project's files, with its `-wal`/`-shm` files).
+pub fn prepare_excluding(project_root: &Path, excluded: &[PathBuf]) -> Result<(PathBuf, Prepared), WorkspaceError> {
     let ws = workspace_dir(project_root);
-    let mut sync = Sync { workspace: ws.clone(), done: Prepared::default() };
+    let mut sync = Sync { workspace: ws.clone(), done: Prepared::default(), excluded: excluded.to_vec() };
     sync.dir(project_root, &ws, true)?;
     Ok((ws, sync.done))
 }
@@ -64,6 +70,7 @@ pub fn prepare(project_root: &Path) -> Result<(PathBuf, Prepared), WorkspaceErro
 struct Sync {
     workspace: PathBuf,
     done: Prepared,
+    excluded: Vec<PathBuf>,
 }
 
 impl Sync {
@@ -88,6 +95,9 @@ impl Sync {
                 continue;
             }
             let src = entry.path();
+            if self.excluded.contains(&src) {
+                continue;
+            }
             let dst = to.join(&name);
             let meta = fs::symlink_metadata(&src).map_err(|e| self.err("reading", &src, e))?;
             if meta.is_dir() {
@@ -197,6 +207,17 @@ mod tests {
         fs::write(p.path().join("queries/daily/q.sql"), "select 2 -- longer").unwrap();
         prepare(p.path()).unwrap();
         assert_eq!(fs::read_to_string(ws.join("queries/daily/q.sql")).unwrap(), "select 2 -- longer");
+    }
+
+    #[test]
+    fn a_state_database_among_the_project_files_is_left_out() {
+        let p = project();
+        fs::create_dir_all(p.path().join("db")).unwrap();
+        fs::write(p.path().join("db/state.db"), "history").unwrap();
+        fs::write(p.path().join("db/state.db-wal"), "wal").unwrap();
+        let excluded = [p.path().join("db/state.db"), p.path().join("db/state.db-wal")];
+        let (ws, _) = prepare_excluding(p.path(), &excluded).unwrap();
+        assert!(ws.join("db").is_dir() && !ws.join("db/state.db").exists() && !ws.join("db/state.db-wal").exists());
     }
 
     #[test]
