@@ -700,11 +700,14 @@ fn schedulers_sharing_postgres_start_each_slot_once() {
     let schema = format!("spade_e2e_{}", std::process::id());
     let mut admin = match postgres::Client::connect(&base, postgres::NoTls) {
         Ok(c) => c,
-        Err(e) if std::env::var_os("SPADE_TEST_POSTGRES").is_none() => {
+        // Required in CI, whose machines always run PostgreSQL; elsewhere a printed note.
+        Err(e) if std::env::var_os("SPADE_TEST_POSTGRES").is_none() && std::env::var_os("CI").is_none() => {
             eprintln!("note: PostgreSQL not reachable at {base} ({e}); skipped");
             return;
         }
-        Err(e) => panic!("SPADE_TEST_POSTGRES is set but {base} does not answer: {e}"),
+        Err(e) => {
+            panic!("PostgreSQL is required here (SPADE_TEST_POSTGRES or CI is set) but {base} does not answer: {e}")
+        }
     };
     admin.batch_execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE; CREATE SCHEMA {schema}")).unwrap();
     let sep = if base.contains('?') { '&' } else { '?' };
