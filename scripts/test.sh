@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Run every check of the workspace: formatting (rustfmt.toml), clippy with warnings as
 # errors (the lints in Cargo.toml's [workspace.lints]), then every test: unit tests, the
-# sandbox escape suite, the end-to-end runs of the spade binary and the Digdag conformance
-# corpus (tests/conformance, or $SPADE_CONFORMANCE_DIR). .ci/run calls exactly this.
+# sandbox escape suite, the end-to-end runs of the spade binary, operators built in Python,
+# JavaScript and C, and the Digdag conformance corpus (tests/conformance, or
+# $SPADE_CONFORMANCE_DIR). .ci/run calls exactly this.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if command -v rustup >/dev/null 2>&1; then
@@ -14,6 +15,15 @@ if command -v rustup >/dev/null 2>&1; then
       rustup component add "$component"
     fi
   done
+fi
+# The Python, JavaScript and C guest toolchains (idempotent: a few minutes the first time,
+# nothing after), so that tests/languages.rs builds and runs an operator in every language
+# and fails, rather than skips, when one does not work. SPADE_SKIP_GUEST_TOOLCHAINS=1 skips
+# the install (and lets that test skip what is missing) where the registries are not reachable.
+if [ "${SPADE_SKIP_GUEST_TOOLCHAINS:-0}" != 1 ]; then
+  echo "test.sh: guest toolchains (scripts/install-guest-toolchains.sh)" >&2
+  scripts/install-guest-toolchains.sh
+  export SPADE_REQUIRE_LANGUAGES=python,js,c
 fi
 echo "test.sh: cargo fmt --check" >&2
 cargo fmt --all --check
