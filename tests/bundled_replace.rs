@@ -3,21 +3,21 @@
 //! project gives it (the bundled plugin's defaults do not carry over).
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
-fn spade(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(args)
-        .current_dir(dir)
-        .env("TZ", "Asia/Kathmandu")
-        .env("SPADE_CACHE_DIR", dir.join("cache"))
-        .env("SPADE_SECRETS", dir.join("no-secrets.yml"))
-        .output()
-        .expect("spade starts")
+mod support;
+use support::*;
+
+/// `spade ARGS` with its download and compile caches inside the test's directory.
+fn spade_cached(dir: &Path, args: &[&str]) -> Output {
+    let cache = dir.join("cache");
+    spade_env(dir, args, &[("SPADE_CACHE_DIR", cache.as_os_str())])
 }
 
-fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+/// stdout and stderr together.
+fn said(out: &Output) -> String {
+    let (stdout, stderr) = text(out);
+    format!("{stdout}{stderr}")
 }
 
 #[test]
@@ -29,8 +29,9 @@ fn a_registry_plugin_replaces_the_bundled_one_of_its_name() {
     let wasm = root.join("param_eval.wasm");
     std::fs::write(&wasm, spade_bundled::plugin("spade-plugin-param-eval").expect("bundled")).unwrap();
     let registry = root.join("registry");
-    let out = spade(root, &["plugin", "publish", wasm.to_str().unwrap(), "--registry", registry.to_str().unwrap()]);
-    assert!(out.status.success(), "{}", text(&out));
+    let out =
+        spade_cached(root, &["plugin", "publish", wasm.to_str().unwrap(), "--registry", registry.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", said(&out));
 
     let project = root.join("project");
     std::fs::create_dir_all(&project).unwrap();
@@ -48,11 +49,11 @@ fn a_registry_plugin_replaces_the_bundled_one_of_its_name() {
         format!("registry: {}\nplugins:\n  - name: spade-param-eval\n    version: \"*\"\n", registry.display()),
     )
     .unwrap();
-    let out = spade(&project, &["run", "wf.dig", "--session", "2024-01-01"]);
-    let said = text(&out);
-    assert!(!out.status.success(), "{said}");
-    assert!(said.contains("spade-param-eval") && said.contains("expressions"), "{said}");
-    assert!(said.contains("not granted"), "{said}");
+    let out = spade_cached(&project, &["run", "wf.dig", "--session", "2024-01-01"]);
+    let msg = said(&out);
+    assert!(!out.status.success(), "{msg}");
+    assert!(msg.contains("spade-param-eval") && msg.contains("expressions"), "{msg}");
+    assert!(msg.contains("not granted"), "{msg}");
 
     // Granted, it runs, is pinned in spade.lock and is the active plugin.
     std::fs::write(
@@ -63,14 +64,14 @@ fn a_registry_plugin_replaces_the_bundled_one_of_its_name() {
         ),
     )
     .unwrap();
-    let out = spade(&project, &["run", "wf.dig", "--session", "2024-01-02"]);
-    let said = text(&out);
-    assert!(out.status.success(), "{said}");
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "value 2\n", "{said}");
+    let out = spade_cached(&project, &["run", "wf.dig", "--session", "2024-01-02"]);
+    let msg = said(&out);
+    assert!(out.status.success(), "{msg}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "value 2\n", "{msg}");
     let lock = std::fs::read_to_string(project.join("spade.lock")).unwrap();
     assert!(lock.contains("spade-param-eval"), "{lock}");
-    let list = spade(&project, &["plugin", "list", "--project", project.to_str().unwrap()]);
-    let listed = text(&list);
+    let list = spade_cached(&project, &["plugin", "list", "--project", project.to_str().unwrap()]);
+    let listed = said(&list);
     assert!(list.status.success(), "{listed}");
     assert!(listed.contains("bundled spade-param-eval") && listed.contains("is replaced"), "{listed}");
     let active: Vec<&str> = listed.lines().filter(|l| l.starts_with("spade-param-eval ")).collect();

@@ -3,26 +3,8 @@
 //! of an undefined value, a group's `_parallel: ${...}`, and an operator asking to be polled
 //! again after 0 seconds. Each runs the real `spade` binary in a project of its own.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-/// `spade ARGS` in `dir`, with a host time zone that differs from every workflow's.
-fn spade(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(args)
-        .current_dir(dir)
-        .env("TZ", "Asia/Kathmandu")
-        .output()
-        .expect("spade starts")
-}
-
-fn stdout_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod support;
+use support::*;
 
 /// A project holding one workflow file, `wf.dig`.
 fn project(dig: &str) -> tempfile::TempDir {
@@ -161,7 +143,7 @@ fn a_groups_parallel_must_be_literal_while_loops_evaluate_theirs() {
 /// lower bound the engine's timers guarantee, not a timing window.
 #[test]
 fn polling_after_zero_seconds_is_spaced_by_the_floor() {
-    let hostile = spade_bundled::test_plugin_path("spade-test-hostile").expect("built by spade-bundled");
+    let hostile = hostile_plugin();
     let tmp = project("+poll:\n  hostile>: busy_poll\n  count: 3\n+after:\n  echo>: ${polled}\n");
     std::fs::copy(hostile, tmp.path().join("hostile.wasm")).unwrap();
     std::fs::write(tmp.path().join("spade.yml"), "plugins:\n  - path: hostile.wasm\n    grants: {secrets: [x]}\n")

@@ -2,22 +2,8 @@
 //! Digdag's semantics: items run in order, a failure stops the rest, a resume runs only
 //! what did not succeed, and a `_retry` around the loop runs each body once per try.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn spade(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(args)
-        .current_dir(dir)
-        .env("TZ", "Asia/Kathmandu")
-        .env("SPADE_SECRETS", dir.join("no-secrets.yml"))
-        .output()
-        .expect("spade starts")
-}
-
-fn lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
-}
+mod support;
+use support::*;
 
 fn numbers(range: std::ops::Range<u32>) -> Vec<String> {
     range.map(|i| i.to_string()).collect()
@@ -41,14 +27,14 @@ fn a_failure_stops_the_rest_and_a_resume_runs_only_what_did_not_succeed() {
     };
     let first = run("150");
     assert!(!first.status.success());
-    assert_eq!(lines(&first), numbers(0..150), "{}", String::from_utf8_lossy(&first.stderr));
+    assert_eq!(stdout_lines(&first), numbers(0..150), "{}", String::from_utf8_lossy(&first.stderr));
     let stderr = String::from_utf8_lossy(&first.stderr);
     assert!(stderr.contains("+loop^sub+for-0=item=150=150 failed"), "the failing item is named: {stderr}");
     assert!(!stderr.contains("item=151"), "nothing after the failure ran: {stderr}");
 
     let second = run("-1");
     assert!(second.status.success(), "{}", String::from_utf8_lossy(&second.stderr));
-    assert_eq!(lines(&second), numbers(150..200), "{}", String::from_utf8_lossy(&second.stderr));
+    assert_eq!(stdout_lines(&second), numbers(150..200), "{}", String::from_utf8_lossy(&second.stderr));
 }
 
 #[test]
@@ -64,5 +50,5 @@ fn a_retry_around_the_loop_runs_each_body_once_per_try() {
     assert!(!out.status.success());
     let mut want = numbers(0..100);
     want.extend(numbers(0..100));
-    assert_eq!(lines(&out), want, "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_lines(&out), want, "{}", String::from_utf8_lossy(&out.stderr));
 }

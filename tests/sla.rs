@@ -6,25 +6,8 @@
 //! attempt started (`--run-time` in the past) or one second after the start while the
 //! workflow's only task waits for three; an SLA that must not fire is an hour away.
 
-use std::path::Path;
-use std::process::{Command, Output};
-
-fn spade(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(args)
-        .current_dir(dir)
-        .env("TZ", "Asia/Kathmandu")
-        .output()
-        .expect("spade starts")
-}
-
-fn stdout_lines(out: &Output) -> Vec<String> {
-    String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
+mod support;
+use support::*;
 
 fn project(dig: &str) -> tempfile::TempDir {
     let tmp = tempfile::tempdir().unwrap();

@@ -5,25 +5,9 @@
 //! first task is closed, never left running.
 
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn spade(dir: &Path, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_spade"))
-        .args(args)
-        .current_dir(dir)
-        .env("TZ", "Asia/Kathmandu")
-        .env("SPADE_SECRETS", dir.join("no-secrets.yml"))
-        .output()
-        .expect("spade starts")
-}
-
-fn hostile() -> &'static str {
-    spade_bundled::test_plugin_path("spade-test-hostile").expect("built by spade-bundled")
-}
-
-fn text(out: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
-}
+mod support;
+use support::*;
 
 /// Every file of `dir` (recursively, except the workspace) with its content.
 fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>)> {
@@ -54,7 +38,7 @@ const SPADE_YML: &str = "plugins:\n  - path: hostile.wasm\n    grants: {secrets:
 
 /// A project directory with the hostile plugin in it, granted what it imports.
 fn project_with_hostile(dir: &Path) {
-    std::fs::copy(hostile(), dir.join("hostile.wasm")).unwrap();
+    std::fs::copy(hostile_plugin(), dir.join("hostile.wasm")).unwrap();
     std::fs::write(dir.join("spade.yml"), SPADE_YML).unwrap();
 }
 
