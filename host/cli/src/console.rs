@@ -1,14 +1,19 @@
-//! The terminal side of a local run: `echo>` output to stdout (buffered, flushed by the
-//! engine between rounds), task logs and failures to stderr.
+//! The terminal side of a local run: `echo>` output to stdout (buffered: flushed by the
+//! engine before each commit, and by a background thread at least every
+//! [`FLUSH_INTERVAL`]), task logs and failures to stderr.
 
 use std::io::{BufWriter, IsTerminal, Stdout, Write};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+/// The longest `echo>` output waits in the buffer while the engine is busy in a long call.
+pub const FLUSH_INTERVAL: Duration = Duration::from_millis(50);
 
 use spade_api::LogLevel;
 use spade_engine::Console;
 
 pub struct StdConsole {
-    out: Mutex<BufWriter<Stdout>>,
+    out: Arc<Mutex<BufWriter<Stdout>>>,
     /// Task log lines at or above this level are shown on stderr.
     show: LogLevel,
     /// stderr is a terminal: colours and a progress line.
@@ -19,12 +24,34 @@ pub struct StdConsole {
 
 impl StdConsole {
     pub fn new(show: LogLevel) -> Self {
+        let out = Arc::new(Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())));
+        start_flusher(Arc::downgrade(&out));
         StdConsole {
-            out: Mutex::new(BufWriter::with_capacity(64 * 1024, std::io::stdout())),
+            out,
             show,
             color: std::io::stderr().is_terminal(),
             progress_shown: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+}
+
+/// Flush `out` every [`FLUSH_INTERVAL`] while it has something buffered, until the console
+/// is gone. Flushing early is always allowed (a line may be shown before its task commits;
+/// it is never the other way round).
+fn start_flusher(out: Weak<Mutex<BufWriter<Stdout>>>) {
+    let spawned = std::thread::Builder::new().name("stdout-flusher".into()).spawn(move || {
+        loop {
+            std::thread::sleep(FLUSH_INTERVAL);
+            let Some(out) = out.upgrade() else { return };
+            let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+            if !out.buffer().is_empty() {
+                let _ = out.flush();
+            }
+        }
+    });
+    if let Err(e) = spawned {
+        // Output is then flushed only with the engine's commits.
+        tracing::warn!("cannot start the output flusher: {e}");
     }
 }
 

@@ -40,7 +40,10 @@ pub trait Console: Send + Sync {
     fn log(&self, task: &str, level: LogLevel, message: &str);
     /// A task failed (shown to the user on stderr).
     fn task_failed(&self, task: &str, message: &str);
-    /// Make everything printed so far visible.
+    /// Make everything printed so far visible. The engine calls it before every commit (so
+    /// no committed task's output can be lost), not after every task: a console that
+    /// buffers should also flush on its own after a short while, so that output printed
+    /// just before a long operator call does not wait for the call.
     fn flush(&self);
     /// Called about every quarter second during a run: `finished` of `total` tasks are done.
     fn progress(&self, _finished: usize, _total: usize) {}
@@ -316,9 +319,6 @@ impl<'a> Run<'a> {
             while let Some(id) = self.ready.pop_front() {
                 self.start(id);
             }
-            // Output first: a line printed but not committed runs again after a crash
-            // (at least once); a task committed before its line left the buffer would lose it.
-            self.console.flush();
             // Group commit: state changes are batched unless something must be durable
             // before the next operator call (a volatile frozen request, a poll), the run is
             // about to wait or end, or the batch is big or old enough.
@@ -329,6 +329,12 @@ impl<'a> Run<'a> {
                 || self.changes.len() >= COMMIT_BATCH
                 || self.last_commit.elapsed() >= COMMIT_INTERVAL
             {
+                // Output first: a line printed but not committed runs again after a crash
+                // (at least once); a task committed before its line left the buffer would
+                // lose it. Flushing with the commit, not after every task, writes output in
+                // batches (a write per line was a fifth of a 10,000-echo run into a pipe);
+                // the console shows output within its own short interval meanwhile.
+                self.console.flush();
                 store.write(&self.changes)?;
                 self.changes.clear();
                 store.append_logs(&self.logs)?;
@@ -336,7 +342,6 @@ impl<'a> Run<'a> {
                 self.must_commit = false;
                 self.last_commit = Instant::now();
             }
-            self.console.flush();
             if self.last_progress.elapsed() >= Duration::from_millis(250) {
                 self.last_progress = Instant::now();
                 self.console.progress(self.settled, self.tree.live_count);
