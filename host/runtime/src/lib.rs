@@ -279,15 +279,23 @@ impl Slots {
     }
 }
 
-/// The epoch ticker: one thread per runtime, ticking only while calls are running.
+/// The epoch ticker: one thread per runtime, ticking while calls are running and for a
+/// short grace period after the last one ends ([`TICKER_GRACE_TICKS`]), so that a run of
+/// short calls one after another does not park and wake the thread (two futex calls) per
+/// call.
 struct Ticker {
     state: Arc<(Mutex<TickerState>, Condvar)>,
 }
+
+/// Ticks the ticker goes on for with no call running before it parks.
+const TICKER_GRACE_TICKS: u32 = 20;
 
 #[derive(Default)]
 struct TickerState {
     active: usize,
     shutdown: bool,
+    /// The ticker thread waits for a call to start (it must be woken).
+    parked: bool,
 }
 
 struct Active<'a>(&'a Ticker);
@@ -304,11 +312,21 @@ impl Ticker {
         let weak = engine.weak();
         let st = state.clone();
         let spawned = std::thread::Builder::new().name("spade-epoch".into()).spawn(move || {
+            let mut idle_ticks = 0;
             loop {
                 {
                     let mut s = st.0.lock().unwrap_or_else(|e| e.into_inner());
-                    while s.active == 0 && !s.shutdown {
-                        s = st.1.wait(s).unwrap_or_else(|e| e.into_inner());
+                    if s.active > 0 {
+                        idle_ticks = 0;
+                    } else if idle_ticks < TICKER_GRACE_TICKS {
+                        idle_ticks += 1;
+                    } else {
+                        s.parked = true;
+                        while s.active == 0 && !s.shutdown {
+                            s = st.1.wait(s).unwrap_or_else(|e| e.into_inner());
+                        }
+                        s.parked = false;
+                        idle_ticks = 0;
                     }
                     if s.shutdown {
                         return;
@@ -329,8 +347,14 @@ impl Ticker {
     }
 
     fn enter(&self) -> Active<'_> {
-        self.state.0.lock().unwrap_or_else(|e| e.into_inner()).active += 1;
-        self.state.1.notify_all();
+        let wake = {
+            let mut s = self.state.0.lock().unwrap_or_else(|e| e.into_inner());
+            s.active += 1;
+            s.parked
+        };
+        if wake {
+            self.state.1.notify_all();
+        }
         Active(self)
     }
 }
