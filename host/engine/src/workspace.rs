@@ -126,16 +126,22 @@ impl Sync {
         {
             fs::remove_dir_all(dst).map_err(|e| self.err("replacing", dst, e))?;
         }
-        let tmp = dst.with_file_name(format!(
-            ".{}.spade-copy-{}",
-            dst.file_name().unwrap_or_default().to_string_lossy(),
-            std::process::id()
-        ));
-        fs::copy(src, &tmp).map_err(|e| self.err("copying", src, e))?;
-        if let Ok(mtime) = meta.modified() {
-            let file = fs::File::options().write(true).open(&tmp).map_err(|e| self.err("copying", src, e))?;
-            file.set_modified(mtime).map_err(|e| self.err("copying", src, e))?;
-        }
+        // The workspace is writable by tasks: the copy goes to a new file of an unguessable
+        // name (never through a symlink a task planted, never into a file it opened), then
+        // replaces `dst` by rename, which replaces a link rather than following it.
+        let mut attempts = 0;
+        let tmp = loop {
+            let tmp = dst.with_file_name(format!(
+                ".{}.spade-copy-{:016x}",
+                dst.file_name().unwrap_or_default().to_string_lossy(),
+                random_u64()
+            ));
+            match copy_new(src, &tmp, meta) {
+                Ok(()) => break tmp,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 3 => attempts += 1,
+                Err(e) => return Err(self.err("copying", src, e)),
+            }
+        };
         fs::rename(&tmp, dst).map_err(|e| self.err("copying", src, e))?;
         self.done.copied += 1;
         Ok(())
@@ -159,6 +165,27 @@ impl Sync {
         self.done.copied += 1;
         Ok(())
     }
+}
+
+/// Copy `src` into the new file `to` (`create_new`: an existing file or symlink there is an
+/// error, never followed) with `src`'s permissions and modification time.
+fn copy_new(src: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
+    let mut from = fs::File::open(src)?;
+    let mut out = fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+    io::copy(&mut from, &mut out)?;
+    out.set_permissions(meta.permissions())?;
+    if let Ok(mtime) = meta.modified() {
+        out.set_modified(mtime)?;
+    }
+    Ok(())
+}
+
+/// A random number for temporary names (the standard library's per-process random keys).
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.finish()
 }
 
 #[cfg(test)]
@@ -218,6 +245,49 @@ mod tests {
         let excluded = [p.path().join("db/state.db"), p.path().join("db/state.db-wal")];
         let (ws, _) = prepare_excluding(p.path(), &excluded).unwrap();
         assert!(ws.join("db").is_dir() && !ws.join("db/state.db").exists() && !ws.join("db/state.db-wal").exists());
+    }
+
+    #[test]
+    fn symlinks_planted_by_tasks_are_replaced_never_followed() {
+        let p = project();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("victim.txt");
+        fs::write(&target, "untouched").unwrap();
+        let (ws, _) = prepare(p.path()).unwrap();
+        // A task replaces a project file's copy and a project directory by links out.
+        fs::remove_file(ws.join("etl.dig")).unwrap();
+        std::os::unix::fs::symlink(&target, ws.join("etl.dig")).unwrap();
+        fs::remove_dir_all(ws.join("queries")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), ws.join("queries")).unwrap();
+        prepare(p.path()).unwrap();
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
+        assert!(!outside.path().join("daily").exists(), "the sync wrote through a planted directory link");
+        assert_eq!(fs::read_to_string(ws.join("etl.dig")).unwrap(), "+a: {echo>: a}");
+        assert!(fs::symlink_metadata(ws.join("queries")).unwrap().is_dir());
+    }
+
+    #[test]
+    fn a_copy_never_goes_through_a_link_at_its_temporary_name() {
+        let p = project();
+        let outside = tempfile::tempdir().unwrap();
+        let target = outside.path().join("victim.txt");
+        fs::write(&target, "untouched").unwrap();
+        let link = p.path().join("planted");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let meta = fs::metadata(p.path().join("etl.dig")).unwrap();
+        let err = copy_new(&p.path().join("etl.dig"), &link, &meta).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
+    }
+
+    #[test]
+    fn copies_keep_the_permissions() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = project();
+        fs::write(p.path().join("run.sh"), "#!/bin/sh\n").unwrap();
+        fs::set_permissions(p.path().join("run.sh"), fs::Permissions::from_mode(0o755)).unwrap();
+        let (ws, _) = prepare(p.path()).unwrap();
+        assert_eq!(fs::metadata(ws.join("run.sh")).unwrap().permissions().mode() & 0o777, 0o755);
     }
 
     #[test]
