@@ -738,13 +738,12 @@ impl<'a> Run<'a> {
         let too_many = |e: crate::tree::TooManyTasks| {
             format!("generating subtasks would exceed the limit of {} tasks per attempt (raise --max-tasks)", e.limit)
         };
-        match lazy_children(&parent_name, sub).map_err(invalid)? {
-            Some((node, pending)) => self
+        match plan_generated(&parent_name, sub).map_err(invalid)? {
+            Generated::Lazy(node, pending) => self
                 .tree
                 .instantiate_lazily(Some(id), &node, Origin::Sub, pending, self.opts.max_tasks)
                 .map_err(too_many),
-            None => {
-                let sub = sub.to_object().map_err(invalid)?;
+            Generated::Whole(sub) => {
                 let node = compile_under(&parent_name, "^sub", &sub).map_err(|e| invalid(e.to_string()))?;
                 self.tree.instantiate(Some(id), &node, Origin::Sub, self.opts.max_tasks).map_err(too_many)
             }
@@ -820,7 +819,7 @@ impl<'a> Run<'a> {
         self.tree.get_mut(p).settled_children += 1;
         if self.tree.pending_count(p) > 0 {
             if self.tree.get(id).state == State::Success {
-                // The next child of a lazily created group is due (see `lazy_children`).
+                // The next child of a lazily created group is due (see `plan_generated`).
                 if let Some(next) = self.create_next_child(p) {
                     self.make_ready(next);
                 }
@@ -1055,43 +1054,62 @@ impl Run<'_> {
     }
 }
 
-/// Generated groups with more children than this are created lazily ([`lazy_children`]).
+/// Generated groups with more children than this are created lazily ([`plan_generated`]).
 const LAZY_CHILDREN: usize = 64;
 
-/// The `^sub` group of generated subtasks as a childless node plus its children waiting as
-/// text, when it is a long sequential list (`for_each>` over many items): only one child
-/// is a task at a time. `None`: create it whole (short, parallel, or with `_background`/
-/// `_after` children, whose links need every child at once).
-fn lazy_children(parent_name: &str, sub: &Subtasks) -> Result<Option<(TaskNode, Pending)>, String> {
+/// How the `^sub` group of generated subtasks is created.
+enum Generated {
+    /// A long sequential list (`for_each>` over many items): a childless node, its children
+    /// waiting as text; only one child is a task at a time.
+    Lazy(TaskNode, Pending),
+    /// Short, parallel, or with `_background`/`_after` children (whose links need every
+    /// child at once): the config, parsed, to compile whole.
+    Whole(Object),
+}
+
+/// Read generated subtasks once (the top level, then each value) and decide how to create them.
+fn plan_generated(parent_name: &str, sub: &Subtasks) -> Result<Generated, String> {
+    let parse = |raw: &serde_json::value::RawValue| serde_json::from_str::<Value>(raw.get()).map_err(|e| e.to_string());
     let entries = sub.entries()?;
     let is_child = |k: &str| k.starts_with('+');
-    if entries.iter().filter(|(k, _)| is_child(k)).count() <= LAZY_CHILDREN {
-        return Ok(None);
-    }
     let mut own = Object::new();
-    let mut children = Vec::new();
-    for (key, value) in entries {
-        if is_child(&key) {
-            children.push((key, value));
-        } else {
-            own.insert(key, serde_json::from_str(value.get()).map_err(|e| e.to_string())?);
+    for (key, raw) in entries.iter().filter(|(k, _)| !is_child(k)) {
+        own.insert(key.clone(), parse(raw)?);
+    }
+    let children = entries.iter().filter(|(k, _)| is_child(k)).count();
+    if children > LAZY_CHILDREN && matches!(parallel_mode(own.get("_parallel")), Ok(ParallelMode::Sequential)) {
+        let mut pending = Pending::default();
+        let sub_name = format!("{parent_name}^sub");
+        let mut linked = false;
+        for (name, raw) in entries.iter().filter(|(k, _)| is_child(k)) {
+            let config = match parse(raw)? {
+                Value::Object(o) if !o.contains_key("_background") && !o.contains_key("_after") => o,
+                // Linked to others, or not a task config (the whole-group compile reports it).
+                _ => {
+                    linked = true;
+                    break;
+                }
+            };
+            // Compiled now for its errors and its task count; kept as text until it is due.
+            let node = compile_under(&sub_name, name, &config).map_err(|e| e.to_string())?;
+            pending.children.push_back(PendingChild {
+                name: name.clone(),
+                config: raw.get().into(),
+                nodes: crate::tree::count_nodes(&node),
+            });
+        }
+        if !linked {
+            let node = compile_under(parent_name, "^sub", &own).map_err(|e| e.to_string())?;
+            return Ok(Generated::Lazy(node, pending));
         }
     }
-    if !matches!(parallel_mode(own.get("_parallel")), Ok(ParallelMode::Sequential)) {
-        return Ok(None);
-    }
-    let mut pending = Pending::default();
-    let sub_name = format!("{parent_name}^sub");
-    for (name, text) in children {
-        let config = match serde_json::from_str::<Value>(text.get()) {
-            Ok(Value::Object(o)) if !o.contains_key("_background") && !o.contains_key("_after") => o,
-            // Linked to others, or not a task config (the whole-group compile reports it).
-            _ => return Ok(None),
+    let mut whole = Object::new();
+    for (key, raw) in entries {
+        let value = match own.remove(&key) {
+            Some(v) => v,
+            None => parse(&raw)?,
         };
-        // Compiled now for its errors and its task count; kept as text until it is due.
-        let node = compile_under(&sub_name, &name, &config).map_err(|e| e.to_string())?;
-        pending.children.push_back(PendingChild { name, config: text.into(), nodes: crate::tree::count_nodes(&node) });
+        whole.insert(key, value);
     }
-    let node = compile_under(parent_name, "^sub", &own).map_err(|e| e.to_string())?;
-    Ok(Some((node, pending)))
+    Ok(Generated::Whole(whole))
 }
