@@ -3,7 +3,7 @@
 //! This crate owns the guest side of the `spade:operator` WIT contract (`wit/operator.wit`):
 //! it hides the generated bindings behind a typed [`Request`], [`Outcome`] builders, host
 //! capabilities as plain functions ([`log`], [`output`], [`secrets`], [`workflows`],
-//! [`expressions`], [`engine`], [`http`]) and the [`plugin!`] macro that exports an [`Operator`].
+//! [`expressions`], [`engine`], [`http`], [`command`]) and the [`plugin!`] macro that exports an [`Operator`].
 //! It knows nothing of any particular operator; see `sdk/README.md` for a full example.
 //!
 //! ```ignore
@@ -26,12 +26,14 @@
 
 extern crate self as spade_sdk;
 
+pub mod command;
 pub mod control;
 mod host;
 pub mod http;
 pub mod lenient;
 mod outcome;
 mod request;
+pub mod script;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 
@@ -48,7 +50,7 @@ pub type Result<T, E = Failure> = std::result::Result<T, E>;
 
 /// The version of the WIT package (`spade:operator`) this SDK was built against; reported
 /// by every plugin in `describe`.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 
 /// One operator (or a family of operators sharing one implementation).
 ///

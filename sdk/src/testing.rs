@@ -42,6 +42,9 @@ pub enum EngineCall {
 type Renderer = Box<dyn FnMut(&str, &Object) -> Result<String, String>>;
 type Engine = Box<dyn FnMut(&EngineCall) -> Result<AttemptRef, String>>;
 type Http = Box<dyn FnMut(&crate::http::Request) -> Result<crate::http::Response, crate::http::Error>>;
+/// Runs a command "to completion": may write files into [`MockHost::files`].
+type CommandRunner =
+    Box<dyn FnMut(&crate::command::Spec, &mut HashMap<String, Vec<u8>>) -> Result<crate::command::Finished, String>>;
 
 /// A stand-in host for native tests. Fill the answer fields, call [`MockHost::run`], then
 /// inspect the record fields.
@@ -65,6 +68,14 @@ pub struct MockHost {
     pub http: Option<Http>,
     /// Record: every request `http::send` made, hop by hop.
     pub http_requests: Vec<crate::http::Request>,
+    /// Answers for `command::wait`: every command finishes on its first wait.
+    pub command: Option<CommandRunner>,
+    /// Record: every command `command::start` started (the handle is `mock-<index>`).
+    pub commands_started: Vec<crate::command::Spec>,
+    /// Record: handles passed to `command::cancel`.
+    pub commands_cancelled: Vec<String>,
+    /// Workspace files `command::read_file` answers from (commands may add to them).
+    pub files: HashMap<String, Vec<u8>>,
 }
 
 thread_local! {

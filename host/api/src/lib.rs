@@ -22,7 +22,7 @@ use serde_json::{Map, Value};
 pub type Object = Map<String, Value>;
 
 /// The version of the WIT package the host implements.
-pub const WIT_VERSION: &str = "0.2.0";
+pub const WIT_VERSION: &str = "0.3.0";
 
 /// What a task receives. Built once per task run, persisted, and re-used for every poll.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -134,6 +134,24 @@ pub struct PluginInfo {
     pub version: String,
     pub operators: Vec<String>,
     pub wit_version: String,
+}
+
+/// Resources one task used: wall time, CPU time (user + system) and peak memory (of the
+/// wasm instance, or the largest process of a command). [`Usage::add`] sums two of them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Usage {
+    pub wall: Duration,
+    pub cpu: Duration,
+    pub peak_memory_bytes: u64,
+}
+
+impl Usage {
+    /// Times add up; the peak is the larger one.
+    pub fn add(&mut self, other: Usage) {
+        self.wall += other.wall;
+        self.cpu += other.cpu;
+        self.peak_memory_bytes = self.peak_memory_bytes.max(other.peak_memory_bytes);
+    }
 }
 
 /// Resource limits of one task invocation.
@@ -279,6 +297,14 @@ pub trait TaskServices: Send + Sync {
     fn start_or_find(&self, req: &StartRequest) -> Result<AttemptRef, String>;
     /// `require>`: poll an attempt.
     fn attempt_status(&self, attempt_id: i64) -> Result<AttemptRef, String>;
+    /// A line a command of the task wrote (capability `command`); stderr lines are warnings.
+    /// Local mode also shows them on spade's stderr, prefixed by the task name.
+    fn command_output(&self, stderr: bool, line: &str) {
+        self.log(if stderr { LogLevel::Warn } else { LogLevel::Info }, line);
+    }
+    /// Resources the task used: called after each operator call (the wasm side) and when a
+    /// command of the task finishes. Added up per task.
+    fn record_usage(&self, _usage: Usage) {}
 }
 
 /// One call of an operator.

@@ -16,6 +16,8 @@
 //!     http: ["https://api.example.com", "127.0.0.1:8080"]
 //!     cpu_seconds: 30               # ceilings of one call (they only ever lower the limits)
 //!     memory_mb: 128
+//!   spade-sh:
+//!     command: {executors: [sandbox, local], timeout_seconds: 600}   # see `CommandSpec`
 //! disk_quota_mb: 2048             # what one attempt's tasks may add to the workspace (default 1024)
 //! ```
 //!
@@ -32,7 +34,7 @@ use std::time::Duration;
 use semver::VersionReq;
 use spade_api::Limits;
 use spade_registry::{Registry, Wanted, check_name};
-use spade_runtime::{Grants, HttpAllow};
+use spade_runtime::{CommandGrant, ExecutorKind, Grants, HttpAllow};
 
 pub const CONFIG_FILE: &str = "spade.yml";
 
@@ -57,6 +59,81 @@ pub struct GrantSpec {
     /// Ceiling of one call's memory, in MiB (lowers `--task-memory`).
     #[serde(default)]
     pub memory_mb: Option<usize>,
+    /// Running commands (`sh>`, `py>`, `rb>`): executors, network, mounts and limits.
+    #[serde(default)]
+    pub command: Option<CommandSpec>,
+}
+
+/// The `command:` grant of a plugin.
+///
+/// ```yaml
+/// grants:
+///   spade-sh:
+///     command:
+///       executors: [sandbox, local]   # what tasks may choose (`_export: {executor: local}`)
+///       network: true                 # sandboxed commands share the host's network
+///       read_only: [/opt/tools]       # host directories mounted read-only in the sandbox
+///       memory_mb: 2048               # address space of each process
+///       cpu_seconds: 600              # CPU time of each process
+///       processes: 128                # processes at once
+///       output_mb: 16                 # stdout + stderr
+///       timeout_seconds: 3600         # wall time of one command
+/// ```
+#[derive(Debug, Default, Deserialize, Clone, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CommandSpec {
+    #[serde(default)]
+    pub executors: Vec<String>,
+    #[serde(default)]
+    pub network: bool,
+    #[serde(default)]
+    pub read_only: Vec<PathBuf>,
+    pub memory_mb: Option<u64>,
+    pub cpu_seconds: Option<u64>,
+    pub processes: Option<u32>,
+    pub output_mb: Option<u64>,
+    pub timeout_seconds: Option<u64>,
+}
+
+impl CommandSpec {
+    /// Widens `g` with these executors, network and mounts; sets the limits given.
+    fn apply(&self, g: &mut CommandGrant) -> anyhow::Result<()> {
+        for name in &self.executors {
+            let kind = ExecutorKind::parse(name).ok_or_else(|| {
+                anyhow!("{CONFIG_FILE}: command executors: {name:?} is not an executor (sandbox, docker, local)")
+            })?;
+            if !g.executors.contains(&kind) {
+                g.executors.push(kind);
+            }
+        }
+        g.network |= self.network;
+        for p in &self.read_only {
+            if !p.is_absolute() {
+                bail!("{CONFIG_FILE}: command read_only: {} must be an absolute path", p.display());
+            }
+            g.read_only.push(p.clone());
+        }
+        let positive = |what: &str, v: u64| -> anyhow::Result<u64> {
+            if v == 0 { Err(anyhow!("{CONFIG_FILE}: command {what} must be at least 1")) } else { Ok(v) }
+        };
+        let l = &mut g.limits;
+        if let Some(v) = self.memory_mb {
+            l.memory_bytes = positive("memory_mb", v)?.saturating_mul(1 << 20);
+        }
+        if let Some(v) = self.cpu_seconds {
+            l.cpu_time = Duration::from_secs(positive("cpu_seconds", v)?);
+        }
+        if let Some(v) = self.processes {
+            l.processes = u32::try_from(positive("processes", u64::from(v))?).unwrap_or(u32::MAX);
+        }
+        if let Some(v) = self.output_mb {
+            l.output_bytes = positive("output_mb", v)?.saturating_mul(1 << 20);
+        }
+        if let Some(v) = self.timeout_seconds {
+            l.wall_time = Duration::from_secs(positive("timeout_seconds", v)?);
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -175,6 +252,9 @@ impl GrantSpec {
         g.workflows |= self.workflows;
         g.expressions |= self.expressions;
         g.engine |= self.engine;
+        if let Some(c) = &self.command {
+            c.apply(g.command.get_or_insert_with(CommandGrant::default))?;
+        }
         if self.cpu_seconds.is_some() || self.memory_mb.is_some() {
             let mut limits =
                 g.limits.unwrap_or(Limits { cpu_time: Duration::MAX, memory_bytes: usize::MAX, log_bytes: usize::MAX });

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use spade_api::OperatorHost;
-use spade_runtime::{Grants, InstallReport, Runtime, RuntimeConfig, RuntimeError};
+use spade_runtime::{CommandGrant, Grants, InstallReport, Runtime, RuntimeConfig, RuntimeError};
 
 use spade_registry::{Cache, Installed as RegistryInstalled, LOCK_FILE, Lockfile, Update, Wanted};
 
@@ -34,6 +34,9 @@ pub fn grants_for(crate_name: &str) -> Grants {
         "spade-plugin-call" => g.workflows = true,
         "spade-plugin-param-eval" => g.expressions = true,
         "spade-plugin-require" => g.engine = true,
+        // Script operators run commands in the default executor (the sandbox, or docker:
+        // when a task names an image); `local` and secrets only when the project grants them.
+        "spade-plugin-sh" | "spade-plugin-py" | "spade-plugin-rb" => g.command = Some(CommandGrant::default()),
         // http> may link wasi:http, but with an empty allowlist every request is refused
         // until the project's spade.yml grants hosts.
         "spade-plugin-http" => {

@@ -29,7 +29,7 @@ wasmtime::component::bindgen!({
     world: "plugin",
 });
 
-pub(crate) use spade::operator::{engine as wit_engine, log as wit_log, types as wit_types};
+pub(crate) use spade::operator::{command as wit_command, engine as wit_engine, log as wit_log, types as wit_types};
 pub(crate) use spade::operator::{expressions as wit_expressions, output as wit_output};
 pub(crate) use spade::operator::{secrets as wit_secrets, workflows as wit_workflows};
 
@@ -39,6 +39,8 @@ const MAX_CAPABILITY_INPUT: usize = 16 << 20;
 /// What the plugin is linked with, as the host functions need it.
 pub(crate) struct PluginCtx {
     pub name: String,
+    /// What its commands may use, when it is granted `command`.
+    pub command: Option<Arc<crate::command::CommandGrant>>,
     /// The intersection of its manifest's request and its grants.
     pub linked: Linked,
     /// Where the plugin may send HTTP requests (checked per request by [`HttpGuard`]).
@@ -48,7 +50,8 @@ pub(crate) struct PluginCtx {
 impl PluginCtx {
     pub fn new(name: &str, linked: Linked) -> PluginCtx {
         let http = Arc::new(linked.http.clone().unwrap_or(HttpPolicy { granted: Vec::new(), wanted: None }));
-        PluginCtx { name: name.to_string(), linked, http }
+        let command = linked.command.clone().map(Arc::new);
+        PluginCtx { name: name.to_string(), command, linked, http }
     }
 
     fn may_read_secret(&self, key: &str) -> bool {
@@ -89,6 +92,11 @@ impl Stop {
         let code = if why == Interrupt::Cancelled { 1 } else { 2 };
         let _ = self.fired.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst);
         Some(why)
+    }
+
+    /// When the call runs out of time.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
     }
 
     /// The interrupt that fired during the call, if any.
@@ -201,6 +209,8 @@ pub(crate) struct HostState {
     pub http_guard: HttpGuard,
     /// The workspace's disk quota ([`crate::disk`]).
     pub disk: crate::disk::DiskGuard,
+    /// The `command` capability ([`crate::command`]).
+    pub command: crate::command::CommandCall,
 }
 
 impl WasiView for HostState {

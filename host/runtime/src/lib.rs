@@ -20,6 +20,7 @@
 //! output, outcome).
 
 mod cache;
+mod command;
 mod contract;
 mod decode;
 mod disk;
@@ -37,6 +38,7 @@ use std::time::{Duration, Instant};
 
 use spade_api::{
     CancelToken, DiskQuota, Invocation, InvokeError, Limits, LogLevel, OperatorHost, Outcome, PluginInfo, TaskServices,
+    Usage,
 };
 use wasmtime::component::{Component, Linker};
 use wasmtime::{
@@ -45,12 +47,14 @@ use wasmtime::{
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::cache::{Cache, sha256_hex};
+use crate::command::{CommandCall, Hub};
 use crate::contract::{AnyPlugin, AnyPre, Detected};
 use crate::disk::DiskGuard;
 use crate::host::{HostState, Interrupt, PluginCtx, Stop};
 use crate::http::HttpGuard;
 use crate::sandbox::{Capture, Limiter, LineBudget};
 
+pub use crate::command::{CommandGrant, CommandLimits, ExecutorKind, valid_env_key};
 pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION, supports_wit_version};
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
 pub use crate::http::{
@@ -114,6 +118,9 @@ pub struct Grants {
     pub expressions: bool,
     /// `engine.*` (for `require>`).
     pub engine: bool,
+    /// Running commands (for `sh>`, `py>`, `rb>`): which executors, limits and mounts.
+    /// `None`: the plugin may not import the `command` interface.
+    pub command: Option<CommandGrant>,
     /// Outgoing HTTP through `wasi:http` (for `http>`). `None`: the plugin may not import
     /// `wasi:http` at all. `Some(list)`: it may, and each request must match an entry of
     /// `list` (so `Some(vec![])` links but refuses every request).
@@ -131,6 +138,7 @@ impl Grants {
             workflows: true,
             expressions: true,
             engine: true,
+            command: Some(CommandGrant::default()),
             http: Some(Vec::new()),
             limits: None,
         }
@@ -376,6 +384,8 @@ pub struct Runtime {
     registry: RwLock<Registry>,
     slots: Slots,
     ticker: Ticker,
+    /// Commands started by plugins, alive across calls.
+    commands: Arc<Hub>,
 }
 
 /// Bytes of each pooled linear memory kept mapped between calls (see `engine_config`).
@@ -453,6 +463,7 @@ impl Runtime {
             pooling,
             registry: RwLock::default(),
             ticker,
+            commands: Arc::default(),
         })
     }
 
@@ -569,7 +580,7 @@ impl Runtime {
             let iface = iface.split('@').next().unwrap_or(iface);
             match iface {
                 "types" | "log" | "output" => {}
-                "secrets" | "workflows" | "expressions" | "engine" => capability_imports.push(iface),
+                "secrets" | "workflows" | "expressions" | "engine" | "command" => capability_imports.push(iface),
                 _ => {
                     return Err(RuntimeError::UnsupportedImport {
                         plugin: label.to_string(),
@@ -681,7 +692,9 @@ impl Runtime {
         let fail = |message: String| RuntimeError::Describe { plugin: label.to_string(), message };
         let _slot = self.slots.acquire(None);
         let _active = self.ticker.enter();
-        let (out, call) = self.call(pre, ctx, None, None, &limits, None, |plugin, store| plugin.call_describe(store));
+        let command = CommandCall::describing(self.commands.clone());
+        let (out, call) =
+            self.call(pre, ctx, None, None, command, &limits, None, |plugin, store| plugin.call_describe(store));
         let info = out.map_err(|e| fail(call.explain(e, &limits)))?;
         Ok(PluginInfo {
             name: info.name,
@@ -705,6 +718,7 @@ impl Runtime {
         ctx: &Arc<PluginCtx>,
         workspace: Option<(&Path, &DiskQuota)>,
         services: Option<&dyn TaskServices>,
+        command: CommandCall,
         limits: &Limits,
         cancel: Option<CancelToken>,
         f: impl FnOnce(&AnyPlugin, &mut Store<HostState>) -> wasmtime::Result<R>,
@@ -751,7 +765,9 @@ impl Runtime {
             http: wasmtime_wasi_http::WasiHttpCtx::new(),
             http_guard: HttpGuard::new(ctx.http.clone(), stop.clone()),
             disk: disk.clone(),
+            command,
         };
+        let cpu_start = thread_cpu_time();
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.set_epoch_deadline(1);
@@ -782,6 +798,12 @@ impl Runtime {
         report.denied_table = data.limiter.denied_table;
         report.print_dropped = (data.print.dropped_lines, data.print.dropped_bytes, data.print.limit());
         report.log = Some(data.log);
+        report.usage = Usage {
+            wall: clock_origin.elapsed(),
+            cpu: thread_cpu_time().saturating_sub(cpu_start),
+            peak_memory_bytes: data.limiter.memory_used as u64,
+        };
+        report.command = Some(data.command);
         (result.map_err(CallError::Wasm), report)
     }
 }
@@ -803,6 +825,20 @@ struct CallReport {
     disk_full: Option<u64>,
     print_dropped: (u64, u64, usize),
     log: Option<LineBudget>,
+    /// What the call itself used (commands report their own usage when they finish).
+    usage: Usage,
+    /// The call's commands, to stop those of a task that ended.
+    command: Option<CommandCall>,
+}
+
+/// CPU time of the calling thread (the wasm call runs on it).
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime with a valid out-pointer.
+    if unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) } != 0 {
+        return Duration::ZERO;
+    }
+    Duration::new(ts.tv_sec.max(0) as u64, ts.tv_nsec.clamp(0, 999_999_999) as u32)
 }
 
 impl Default for Capture {
@@ -1001,11 +1037,20 @@ impl OperatorHost for Runtime {
         let _active = self.ticker.enter();
         let request = decode::encode_request(inv.request);
         let plugin_name = loaded.info.name.as_str();
+        let command = CommandCall::for_task(
+            self.commands.clone(),
+            loaded.ctx.command.clone(),
+            inv.request,
+            inv.workspace,
+            inv.cancel,
+            inv.disk,
+        );
         let (out, mut report) = self.call(
             &loaded.pre,
             &loaded.ctx,
             Some((inv.workspace, inv.disk)),
             Some(inv.services),
+            command,
             &limits,
             Some(inv.cancel.clone()),
             |plugin, store| plugin.call_run(store, &request),
@@ -1016,6 +1061,10 @@ impl OperatorHost for Runtime {
             Err(e) => Err(InvokeError::Plugin { plugin: plugin_name.to_string(), message: report.explain(e, &limits) }),
         };
         report.flush_logs(inv.services);
+        inv.services.record_usage(report.usage);
+        if let Some(command) = &report.command {
+            command.end_of_call(matches!(result, Ok(Outcome::Poll { .. })));
+        }
         result
     }
 }

@@ -50,6 +50,8 @@ pub struct Wants {
     pub workflows: bool,
     pub expressions: bool,
     pub engine: bool,
+    /// Runs commands (`command` capability).
+    pub command: bool,
     /// The most memory one call needs.
     pub memory_bytes: Option<usize>,
     /// The most time one call needs.
@@ -76,6 +78,8 @@ struct WantsFile {
     expressions: bool,
     #[serde(default)]
     engine: bool,
+    #[serde(default)]
+    command: bool,
     memory_mb: Option<u64>,
     cpu_seconds: Option<u64>,
 }
@@ -113,6 +117,7 @@ impl Manifest {
                 workflows: w.workflows,
                 expressions: w.expressions,
                 engine: w.engine,
+                command: w.command,
                 memory_bytes,
                 cpu_time,
             },
@@ -130,6 +135,7 @@ impl Manifest {
             "workflows" => w.workflows,
             "expressions" => w.expressions,
             "engine" => w.engine,
+            "command" => w.command,
             _ => false,
         }
     }
@@ -217,11 +223,17 @@ fn custom_sections(bytes: &[u8]) -> Result<Vec<SectionRef<'_>>, String> {
 pub struct Linked {
     /// Secret key patterns it may read (each both asked for and granted).
     pub secrets: Vec<String>,
+    /// Whether `secrets` is linked. A plugin whose manifest asks for secrets links it even
+    /// when none of its keys are granted (it then reads none): a script operator passes
+    /// `${secret:KEY}` through for whatever keys the project grants it, possibly none.
+    pub secrets_linked: bool,
     /// Where it may send HTTP requests; `None`: `wasi:http` is not linked.
     pub http: Option<HttpPolicy>,
     pub workflows: bool,
     pub expressions: bool,
     pub engine: bool,
+    /// What its commands may use; `None`: the `command` interface is not linked.
+    pub command: Option<crate::CommandGrant>,
     /// Ceilings of one call (the smaller of asked and granted).
     pub limits: Option<Limits>,
 }
@@ -234,10 +246,12 @@ impl Linked {
             return (
                 Linked {
                     secrets: grants.secrets.clone(),
+                    secrets_linked: !grants.secrets.is_empty(),
                     http: grants.http.clone().map(|granted| HttpPolicy { granted, wanted: None }),
                     workflows: grants.workflows,
                     expressions: grants.expressions,
                     engine: grants.engine,
+                    command: grants.command.clone(),
                     limits: grants.limits,
                 },
                 Vec::new(),
@@ -295,12 +309,17 @@ impl Linked {
         }
         let linked = Linked {
             secrets,
+            secrets_linked: !w.secrets.is_empty(),
             http,
             workflows: w.workflows && grants.workflows,
             expressions: w.expressions && grants.expressions,
             engine: w.engine && grants.engine,
+            command: if w.command { grants.command.clone() } else { None },
             limits,
         };
+        if w.command && grants.command.is_none() {
+            warnings.push("asks to run commands but is not granted `command`".to_string());
+        }
         (linked, warnings)
     }
 
@@ -308,11 +327,12 @@ impl Linked {
     pub fn links(&self, iface: &str) -> bool {
         match iface {
             "types" | "log" | "output" => true,
-            "secrets" => !self.secrets.is_empty(),
+            "secrets" => self.secrets_linked,
             "http" => self.http.is_some(),
             "workflows" => self.workflows,
             "expressions" => self.expressions,
             "engine" => self.engine,
+            "command" => self.command.is_some(),
             _ => false,
         }
     }
@@ -324,7 +344,7 @@ impl Linked {
 }
 
 /// `secrets(a,b) http(...) workflows expressions engine`, the parts that are on.
-fn capability_list(secrets: &[String], http: Option<String>, flags: [(bool, &str); 3]) -> Vec<String> {
+fn capability_list(secrets: &[String], http: Option<String>, flags: [(bool, &str); 4]) -> Vec<String> {
     let mut parts = Vec::new();
     if !secrets.is_empty() {
         parts.push(format!("secrets({})", secrets.join(",")));
@@ -342,7 +362,12 @@ impl fmt::Display for Linked {
         let parts = capability_list(
             &self.secrets,
             self.http.as_ref().map(|h| h.to_string()),
-            [(self.workflows, "workflows"), (self.expressions, "expressions"), (self.engine, "engine")],
+            [
+                (self.workflows, "workflows"),
+                (self.expressions, "expressions"),
+                (self.engine, "engine"),
+                (self.command.is_some(), "command"),
+            ],
         );
         if parts.is_empty() { f.write_str("-") } else { f.write_str(&parts.join(" ")) }
     }
@@ -356,7 +381,12 @@ impl fmt::Display for Wants {
         let mut parts = capability_list(
             &self.secrets,
             http,
-            [(self.workflows, "workflows"), (self.expressions, "expressions"), (self.engine, "engine")],
+            [
+                (self.workflows, "workflows"),
+                (self.expressions, "expressions"),
+                (self.engine, "engine"),
+                (self.command, "command"),
+            ],
         );
         if let Some(m) = self.memory_bytes {
             parts.push(format!("memory {} MiB", m >> 20));

@@ -29,7 +29,7 @@ pub(crate) const MAX_MEMORIES: usize = 32;
 /// remembers a refusal so that the resulting trap can be reported as "memory limit".
 pub(crate) struct Limiter {
     pub memory_limit: usize,
-    memory_used: usize,
+    pub memory_used: usize,
     table_used: usize,
     last_growth: usize,
     /// The total the guest asked for when growth was refused.

@@ -10,7 +10,7 @@ wit_bindgen::generate!({
             poke: func() -> u32;
         }
         world alien {
-            include spade:operator/plugin@0.2.0;
+            include spade:operator/plugin@0.3.0;
             import weird;
         }
     "#,
