@@ -34,6 +34,9 @@ if command -v rustup >/dev/null 2>&1; then
   fi
 fi
 
+# bubblewrap: the sandbox that sh>, py> and rb> scripts run in (and Python for py>).
+scripts/install-script-runtimes.sh --no-ruby
+
 echo "setup: building spade and its plugins (release)" >&2
 cargo build --release
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Run every check of the workspace: formatting (rustfmt.toml), clippy with warnings as
 # errors (the lints in Cargo.toml's [workspace.lints]), then every test: unit tests, the
-# sandbox escape suite, the end-to-end runs of the spade binary, operators built in Python,
+# sandbox escape suites (wasm plugins and scripts), the end-to-end runs of the spade binary,
+# the scripting operators (sh>, py>, rb> in the bubblewrap sandbox), operators built in Python,
 # JavaScript and C, and the Digdag conformance corpus (tests/conformance, or
 # $SPADE_CONFORMANCE_DIR). .ci/run calls exactly this.
 set -euo pipefail
@@ -25,6 +26,10 @@ if [ "${SPADE_SKIP_GUEST_TOOLCHAINS:-0}" != 1 ]; then
   scripts/install-guest-toolchains.sh
   export SPADE_REQUIRE_LANGUAGES=python,js,c
 fi
+# bubblewrap (the sandbox of sh>, py>, rb>), Python and Ruby: tests/scripting.rs and
+# tests/script_escape.rs fail, rather than skip, without them.
+echo "test.sh: script runtimes (scripts/install-script-runtimes.sh)" >&2
+scripts/install-script-runtimes.sh
 echo "test.sh: cargo fmt --check" >&2
 cargo fmt --all --check
 echo "test.sh: cargo clippy (warnings are errors)" >&2

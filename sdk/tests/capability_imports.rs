@@ -24,7 +24,10 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-param-eval", &["expressions"]),
     ("spade-plugin-param-reset", &[]),
     ("spade-plugin-param-store", &[]),
+    ("spade-plugin-py", &["command", "log", "secrets"]),
+    ("spade-plugin-rb", &["command", "log", "secrets"]),
     ("spade-plugin-require", &["engine"]),
+    ("spade-plugin-sh", &["command", "log", "secrets"]),
     ("spade-plugin-wait", &[]),
 ];
 

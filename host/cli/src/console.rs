@@ -82,6 +82,11 @@ impl Console for StdConsole {
         }
     }
 
+    fn command_output(&self, task: &str, line: &str) {
+        self.clear_progress();
+        eprintln!("{task}: {line}");
+    }
+
     fn task_failed(&self, task: &str, message: &str) {
         // Keep stdout and stderr in a readable order on a terminal.
         self.flush();

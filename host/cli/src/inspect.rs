@@ -279,8 +279,11 @@ pub fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no tasks recorded");
         return Ok(ExitCode::SUCCESS);
     }
-    let mut table = Table::new(&["TASK", "OPERATOR", "STATE", "RETRIES", "STARTED", "UPDATED", "ERROR"]);
+    let mut table = Table::new(&[
+        "TASK", "OPERATOR", "STATE", "RETRIES", "STARTED", "UPDATED", "OP-TIME", "CPU", "MEMORY", "ERROR",
+    ]);
     for t in tasks {
+        let usage = t.usage.as_ref();
         table.push(vec![
             t.name,
             t.request.as_ref().map(|r| format!("{}>", r.operator)).unwrap_or("-".into()),
@@ -288,11 +291,29 @@ pub fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
             t.retry_count.to_string(),
             t.started_at_ms.map(time).unwrap_or_else(|| "-".into()),
             time(t.updated_at_ms),
+            usage.map(|u| seconds(u.wall)).unwrap_or_else(|| "-".into()),
+            usage.map(|u| seconds(u.cpu)).unwrap_or_else(|| "-".into()),
+            usage.map(|u| memory(u.peak_memory_bytes)).unwrap_or_else(|| "-".into()),
             t.error.as_deref().map(short).unwrap_or_default(),
         ]);
     }
     emit(&table.render())?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `0.042s`, `12.5s`.
+fn seconds(d: std::time::Duration) -> String {
+    if d.as_secs() >= 10 { format!("{:.1}s", d.as_secs_f64()) } else { format!("{:.3}s", d.as_secs_f64()) }
+}
+
+/// `812K`, `33.5M`, `1.2G`.
+fn memory(bytes: u64) -> String {
+    match bytes {
+        0 => "-".into(),
+        b if b < 1 << 20 => format!("{}K", b >> 10),
+        b if b < 1 << 30 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        b => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+    }
 }
 
 pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {

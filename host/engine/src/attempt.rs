@@ -18,7 +18,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 use spade_api::{
     AttemptRef, CancelToken, DiskQuota, Done, Invocation, InvokeError, Limits, LogLevel, Object, OperatorHost, Outcome,
-    StartRequest, Subtasks, TaskRequest,
+    StartRequest, Subtasks, TaskRequest, Usage,
 };
 use spade_dig::Zone;
 use spade_dig::{
@@ -30,7 +30,7 @@ use spade_store::{AttemptRecord, AttemptStatus, LogLine, Store, TaskChange, Task
 use crate::EngineError;
 use crate::params::{self, Identity};
 use crate::services::TaskCtx;
-use crate::tree::{Origin, Pending, PendingChild, State, TaskId, Tree};
+use crate::tree::{Origin, Pending, PendingChild, State, TaskId, TaskUsage, Tree};
 
 /// Where user-facing output and task logs go.
 pub trait Console: Send + Sync {
@@ -38,6 +38,11 @@ pub trait Console: Send + Sync {
     fn print(&self, line: &str);
     /// A log line of a task (plugin logs, captured stdout/stderr).
     fn log(&self, task: &str, level: LogLevel, message: &str);
+    /// A line a command of a task wrote (a script's stdout or stderr): shown whatever the
+    /// log level, as a script's output is what its user reads.
+    fn command_output(&self, task: &str, line: &str) {
+        self.log(task, LogLevel::Info, line);
+    }
     /// A task failed (shown to the user on stderr).
     fn task_failed(&self, task: &str, message: &str);
     /// Make everything printed so far visible. The engine calls it before every commit (so
@@ -158,6 +163,7 @@ struct JobResult {
     generation: u32,
     result: Result<Outcome, InvokeError>,
     logs: Vec<(LogLevel, String)>,
+    usage: Usage,
 }
 
 /// Run the attempt to its end. Task failures end it with `success: false`; an `Err` means
@@ -361,7 +367,8 @@ impl<'a> Run<'a> {
                 let result = self.invoke(&job);
                 let logs = job.ctx.logs.lock().unwrap_or_else(|e| e.into_inner()).take();
                 self.keep_logs(job.id, logs);
-                self.apply(job.id, job.generation, result);
+                let usage = *job.ctx.usage.lock().unwrap_or_else(|e| e.into_inner());
+                self.apply(job.id, job.generation, result, usage);
                 continue;
             }
             for job in self.jobs.drain(..) {
@@ -389,7 +396,9 @@ impl<'a> Run<'a> {
                                 cancel: &cancel,
                             });
                             let logs = job.ctx.logs.lock().unwrap_or_else(|e| e.into_inner()).take();
-                            if tx.send(JobResult { id: job.id, generation: job.generation, result, logs }).is_err() {
+                            let usage = *job.ctx.usage.lock().unwrap_or_else(|e| e.into_inner());
+                            let done = JobResult { id: job.id, generation: job.generation, result, logs, usage };
+                            if tx.send(done).is_err() {
                                 return;
                             }
                         }
@@ -425,11 +434,11 @@ impl<'a> Run<'a> {
                 Ok(r) => {
                     self.running -= 1;
                     self.keep_logs(r.id, r.logs);
-                    self.apply(r.id, r.generation, r.result);
+                    self.apply(r.id, r.generation, r.result, r.usage);
                     while let Ok(r) = results_rx.try_recv() {
                         self.running -= 1;
                         self.keep_logs(r.id, r.logs);
-                        self.apply(r.id, r.generation, r.result);
+                        self.apply(r.id, r.generation, r.result, r.usage);
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
@@ -486,6 +495,7 @@ impl<'a> Run<'a> {
             // A result written when it was produced is not written again (the store keeps it).
             result: if state == TaskState::Success && !t.result_saved { t.result.as_deref().cloned() } else { None },
             error: if state == TaskState::Error { t.error.clone() } else { None },
+            usage: t.usage.map(TaskUsage::to_usage),
         });
     }
 
@@ -594,6 +604,7 @@ impl<'a> Run<'a> {
             launcher: self.launcher.clone(),
             secrets: self.opts.secrets.clone(),
             logs: Default::default(),
+            usage: Default::default(),
         });
         self.summary.invocations += 1;
         self.jobs.push(Job { id, generation: t.generation, request: t.request.clone().unwrap(), ctx });
@@ -640,11 +651,12 @@ impl<'a> Run<'a> {
         ))
     }
 
-    fn apply(&mut self, id: TaskId, generation: u32, result: Result<Outcome, InvokeError>) {
-        let t = self.tree.get(id);
+    fn apply(&mut self, id: TaskId, generation: u32, result: Result<Outcome, InvokeError>, usage: Usage) {
+        let t = self.tree.get_mut(id);
         if t.generation != generation || t.state != State::Running {
             return;
         }
+        t.usage.get_or_insert_with(Default::default).add(&usage);
         match result {
             Ok(Outcome::Done(done)) => self.apply_done(id, done),
             Ok(Outcome::Poll { after_seconds, state }) => {
@@ -702,6 +714,7 @@ impl<'a> Run<'a> {
                 request: None,
                 result: Some(Done { subtasks: Some(sub), ..done }),
                 error: None,
+                usage: t.usage.map(TaskUsage::to_usage),
             });
             self.must_commit = true;
         }

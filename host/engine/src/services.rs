@@ -10,7 +10,7 @@ use std::collections::hash_map::Entry;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use spade_api::{AttemptRef, LogLevel, Object, StartRequest, TaskServices};
+use spade_api::{AttemptRef, LogLevel, Object, StartRequest, TaskServices, Usage};
 use spade_dig::Zone;
 use spade_expr::{Evaluator, ExprLimits};
 
@@ -29,6 +29,8 @@ pub struct TaskCtx {
     pub secrets: Arc<HashMap<String, String>>,
     /// Log lines of this call, kept for the store (bounded by `LOG_KEEP_BYTES`).
     pub logs: Mutex<KeptLogs>,
+    /// What this call and the commands that finished during it used.
+    pub usage: Mutex<Usage>,
 }
 
 /// Most bytes of log text kept in the state database per operator call.
@@ -78,6 +80,18 @@ impl TaskServices for TaskCtx {
     fn log(&self, level: LogLevel, message: &str) {
         self.console.log(&self.task_name, level, message);
         self.logs.lock().unwrap_or_else(|e| e.into_inner()).push(level, message);
+    }
+
+    fn command_output(&self, stderr: bool, line: &str) {
+        self.console.command_output(&self.task_name, line);
+        self.logs
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(if stderr { LogLevel::Warn } else { LogLevel::Info }, line);
+    }
+
+    fn record_usage(&self, usage: Usage) {
+        self.usage.lock().unwrap_or_else(|e| e.into_inner()).add(usage);
     }
 
     fn secret(&self, key: &str) -> Option<String> {

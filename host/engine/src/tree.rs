@@ -59,6 +59,31 @@ pub enum Origin {
     Check,
 }
 
+/// [`spade_api::Usage`] in 12 bytes: milliseconds and KiB, saturating.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TaskUsage {
+    pub wall_ms: u32,
+    pub cpu_ms: u32,
+    pub peak_kib: u32,
+}
+
+impl TaskUsage {
+    pub fn add(&mut self, u: &spade_api::Usage) {
+        let ms = |d: std::time::Duration| u32::try_from(d.as_millis()).unwrap_or(u32::MAX);
+        self.wall_ms = self.wall_ms.saturating_add(ms(u.wall));
+        self.cpu_ms = self.cpu_ms.saturating_add(ms(u.cpu));
+        self.peak_kib = self.peak_kib.max(u32::try_from(u.peak_memory_bytes / 1024).unwrap_or(u32::MAX));
+    }
+
+    pub fn to_usage(self) -> spade_api::Usage {
+        spade_api::Usage {
+            wall: std::time::Duration::from_millis(self.wall_ms.into()),
+            cpu: std::time::Duration::from_millis(self.cpu_ms.into()),
+            peak_memory_bytes: u64::from(self.peak_kib) * 1024,
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Task {
     pub parent: Option<TaskId>,
@@ -80,6 +105,9 @@ pub struct Task {
     pub handling_error: bool,
     pub error: Option<String>,
     pub retry_count: u32,
+    /// What its operator calls and commands used, once it ran (compact: a big attempt has
+    /// many tasks).
+    pub usage: Option<TaskUsage>,
     /// What its operator returned (store/export params; generated subtasks are not kept).
     /// Boxed: most tasks of a big attempt have none, or have settled and dropped it.
     pub result: Option<Box<Done>>,
@@ -177,6 +205,7 @@ impl Tree {
             handling_error: false,
             error: None,
             retry_count: 0,
+            usage: None,
             result: None,
             subtree_has_store: false,
             store_upstreams: Rc::new(Vec::new()),

@@ -128,6 +128,7 @@ fn ungranted_capabilities_are_refused() {
         workflows: true,
         expressions: false,
         engine: false,
+        command: None,
         http: None,
         limits: None,
     };

@@ -1,6 +1,7 @@
-//! Contract versions: a plugin built against the frozen spade:operator@0.1.0 WIT (without the
-//! SDK) installs and runs on this 0.2 host with every field carried across; a plugin built
-//! for a version this host does not know is refused at install with a message naming it.
+//! Contract versions: plugins built against the frozen spade:operator@0.1.0 and @0.2.0 WIT
+//! (without the SDK) install and run on this 0.3 host with every field carried across; a
+//! plugin built for a version this host does not know is refused at install with a message
+//! naming it.
 
 mod common;
 
@@ -16,9 +17,9 @@ fn limits() -> Limits {
 }
 
 #[test]
-fn a_0_1_plugin_runs_on_the_0_2_host() {
-    assert_eq!(WIT_VERSION, "0.2.0");
-    assert_eq!(SUPPORTED_WIT_VERSIONS, ["0.2.0", "0.1.0"]);
+fn a_0_1_plugin_runs_on_the_0_3_host() {
+    assert_eq!(WIT_VERSION, "0.3.0");
+    assert_eq!(SUPPORTED_WIT_VERSIONS, ["0.3.0", "0.2.0", "0.1.0"]);
     let rt = Runtime::new(RuntimeConfig::default()).unwrap();
     let bytes = test_plugin("spade-test-legacy01");
     // Capabilities are granted as for a 0.2 plugin: secrets and expressions.
@@ -65,6 +66,25 @@ fn a_0_1_plugin_runs_on_the_0_2_host() {
         }
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn a_0_2_plugin_runs_on_the_0_3_host() {
+    let rt = Runtime::new(RuntimeConfig::default()).unwrap();
+    let bytes = test_plugin("spade-test-legacy02");
+    let grants = Grants { secrets: vec!["allowed".into()], expressions: true, ..Grants::default() };
+    let report = rt.install("legacy02.wasm", &bytes, grants).unwrap();
+    assert_eq!(report.info.wit_version, "0.2.0");
+    assert!(report.imports.iter().any(|i| i == "spade:operator/types@0.2.0"), "{:?}", report.imports);
+    let sb = Sandbox::new();
+    let rec = Recorder::default();
+    let mut req = request("legacy2", json!("hello"), json!({"name": "x"}));
+    req.retry_count = 1;
+    let out = invoke(&rt, &sb, &rec, &req, limits(), &CancelToken::new()).unwrap();
+    let Outcome::Done(done) = out else { panic!("{out:?}") };
+    assert_eq!(done.store_params["legacy"]["secret"], json!("value-of-allowed"));
+    assert_eq!(done.store_params["legacy"]["retry_count"], json!(1));
+    assert_eq!(rec.prints(), ["legacy says hello"]);
 }
 
 #[test]

@@ -233,6 +233,12 @@ fn task_json(i: usize, t: &TaskRecord) -> Value {
         "error": t.error.as_ref().map_or(json!({}), |m| json!({ "message": m })),
         "startedAt": t.started_at_ms.map_or(Value::Null, time_text),
         "updatedAt": time_text(t.updated_at_ms),
+        // spade's addition: what the task used (its operator calls and commands).
+        "usage": t.usage.as_ref().map_or(Value::Null, |u| json!({
+            "callSeconds": u.wall.as_secs_f64(),
+            "cpuSeconds": u.cpu.as_secs_f64(),
+            "peakMemoryBytes": u.peak_memory_bytes,
+        })),
     })
 }
 

@@ -17,7 +17,7 @@ mod sqlite;
 use std::collections::HashMap;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use spade_api::{Done, Object, TaskRequest};
+use spade_api::{Done, Object, TaskRequest, Usage};
 
 pub use location::StoreLocation;
 pub use postgres::PgStore;
@@ -151,6 +151,8 @@ pub struct TaskChange {
     /// when it produced its subtasks, not again when they have all finished).
     pub result: Option<Done>,
     pub error: Option<String>,
+    /// What the task has used so far (all its calls and commands); `None` keeps the stored.
+    pub usage: Option<Usage>,
 }
 
 /// A workflow as stored with a revision.
@@ -184,6 +186,26 @@ pub struct TaskRecord {
     pub updated_at_ms: i64,
     /// When its operator was first called (none for groups and replayed tasks).
     pub started_at_ms: Option<i64>,
+    /// Wall time, CPU time and peak memory of its calls and commands, once it ran.
+    pub usage: Option<Usage>,
+}
+
+/// The usage columns (`wall_ms`, `cpu_ms`, `peak_memory_bytes`) of a task row.
+pub(crate) fn usage_from_columns(wall_ms: Option<i64>, cpu_ms: Option<i64>, peak: Option<i64>) -> Option<Usage> {
+    let ms = |v: i64| std::time::Duration::from_millis(u64::try_from(v).unwrap_or(0));
+    Some(Usage { wall: ms(wall_ms?), cpu: ms(cpu_ms.unwrap_or(0)), peak_memory_bytes: peak.unwrap_or(0).max(0) as u64 })
+}
+
+/// The usage columns of `usage`.
+pub(crate) fn usage_columns(usage: Option<&Usage>) -> (Option<i64>, Option<i64>, Option<i64>) {
+    match usage {
+        None => (None, None, None),
+        Some(u) => (
+            Some(i64::try_from(u.wall.as_millis()).unwrap_or(i64::MAX)),
+            Some(i64::try_from(u.cpu.as_millis()).unwrap_or(i64::MAX)),
+            Some(i64::try_from(u.peak_memory_bytes).unwrap_or(i64::MAX)),
+        ),
+    }
 }
 
 /// How many tasks of an attempt are in each state.
@@ -350,6 +372,7 @@ pub(crate) fn task_record(
     error: Option<String>,
     updated_at_ms: i64,
     started_at_ms: Option<i64>,
+    usage: Option<Usage>,
 ) -> Result<TaskRecord> {
     let request = request.map(|s| from_json(&format!("request of task {name}"), s)).transpose()?;
     let result = result.map(|s| from_json(&format!("result of task {name}"), s)).transpose()?;
@@ -361,6 +384,7 @@ pub(crate) fn task_record(
         error,
         updated_at_ms,
         started_at_ms,
+        usage,
         name,
     })
 }

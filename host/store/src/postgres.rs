@@ -13,10 +13,10 @@ use spade_api::{Done, TaskRequest};
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
     TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
-    task_row_id, to_json, unfinished,
+    task_row_id, to_json, unfinished, usage_columns, usage_from_columns,
 };
 
-const SCHEMA_VERSION: i32 = 1;
+const SCHEMA_VERSION: i32 = 2;
 
 /// Any number: the advisory lock that serializes migrations of one database.
 const MIGRATION_LOCK: i64 = 0x5350_4144_4501;
@@ -94,6 +94,12 @@ const MIGRATIONS: &[&str] = &[
         value TEXT NOT NULL
     );
     "#,
+    // 2: what each task used (wall and CPU time, peak memory)
+    r#"
+    ALTER TABLE tasks ADD COLUMN wall_ms BIGINT;
+    ALTER TABLE tasks ADD COLUMN cpu_ms BIGINT;
+    ALTER TABLE tasks ADD COLUMN peak_memory_bytes BIGINT;
+    "#,
 ];
 
 const ATTEMPT_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
@@ -114,6 +120,7 @@ struct TaskRow {
     result: Option<String>,
     error: Option<String>,
     started: Option<i64>,
+    usage: (Option<i64>, Option<i64>, Option<i64>),
 }
 
 /// A PostgreSQL-backed store (one connection).
@@ -349,6 +356,7 @@ impl Store for PgStore {
                 result: c.result.as_ref().map(to_json),
                 error: c.error.clone(),
                 started: (c.state == TaskState::Running).then_some(now),
+                usage: usage_columns(c.usage.as_ref()),
             };
             match at.get(&id) {
                 Some(&i) => {
@@ -356,6 +364,9 @@ impl Store for PgStore {
                     let merged = &mut rows[i];
                     merged.request = merged.request.take().or(earlier.request);
                     merged.started = earlier.started.or(merged.started);
+                    if merged.usage.0.is_none() {
+                        merged.usage = earlier.usage;
+                    }
                 }
                 None => {
                     at.insert(id, rows.len());
@@ -373,12 +384,18 @@ impl Store for PgStore {
         let results: Vec<Option<&str>> = rows.iter().map(|r| r.result.as_deref()).collect();
         let errors: Vec<Option<&str>> = rows.iter().map(|r| r.error.as_deref()).collect();
         let started: Vec<Option<i64>> = rows.iter().map(|r| r.started).collect();
+        let walls: Vec<Option<i64>> = rows.iter().map(|r| r.usage.0).collect();
+        let cpus: Vec<Option<i64>> = rows.iter().map(|r| r.usage.1).collect();
+        let peaks: Vec<Option<i64>> = rows.iter().map(|r| r.usage.2).collect();
         self.client.execute(
-            "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at)
-             SELECT id, attempt_id, name, state, retry_count, request, result, error, $10, started_at
+            "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at,
+                                wall_ms, cpu_ms, peak_memory_bytes)
+             SELECT id, attempt_id, name, state, retry_count, request, result, error, $10, started_at,
+                    wall_ms, cpu_ms, peak_memory_bytes
              FROM UNNEST($1::BIGINT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[], $6::TEXT[], $7::TEXT[],
-                         $8::TEXT[], $9::BIGINT[])
-                  AS t(id, attempt_id, name, state, retry_count, request, result, error, started_at)
+                         $8::TEXT[], $9::BIGINT[], $11::BIGINT[], $12::BIGINT[], $13::BIGINT[])
+                  AS t(id, attempt_id, name, state, retry_count, request, result, error, started_at,
+                       wall_ms, cpu_ms, peak_memory_bytes)
              ON CONFLICT (id) DO UPDATE SET
                 state = excluded.state,
                 retry_count = excluded.retry_count,
@@ -386,8 +403,14 @@ impl Store for PgStore {
                 result = COALESCE(excluded.result, tasks.result),
                 error = excluded.error,
                 updated_at = excluded.updated_at,
-                started_at = COALESCE(tasks.started_at, excluded.started_at)",
-            &[&ids, &attempts, &names, &states, &retries, &requests, &results, &errors, &started, &now],
+                started_at = COALESCE(tasks.started_at, excluded.started_at),
+                wall_ms = COALESCE(excluded.wall_ms, tasks.wall_ms),
+                cpu_ms = COALESCE(excluded.cpu_ms, tasks.cpu_ms),
+                peak_memory_bytes = COALESCE(excluded.peak_memory_bytes, tasks.peak_memory_bytes)",
+            &[
+                &ids, &attempts, &names, &states, &retries, &requests, &results, &errors, &started, &now, &walls, &cpus,
+                &peaks,
+            ],
         )?;
         Ok(())
     }
@@ -435,7 +458,8 @@ impl Store for PgStore {
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
         let (lo, hi) = (attempt_id << 32, (attempt_id + 1) << 32);
         let rows = self.client.query(
-            "SELECT name, state, retry_count, request, result, error, updated_at, started_at FROM tasks
+            "SELECT name, state, retry_count, request, result, error, updated_at, started_at,
+                    wall_ms, cpu_ms, peak_memory_bytes FROM tasks
              WHERE id >= $1 AND id < $2 ORDER BY id",
             &[&lo, &hi],
         )?;
@@ -450,6 +474,7 @@ impl Store for PgStore {
                     r.get(5),
                     r.get(6),
                     r.get(7),
+                    usage_from_columns(r.get(8), r.get(9), r.get(10)),
                 )
             })
             .collect()

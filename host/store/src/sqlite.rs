@@ -9,10 +9,10 @@ use spade_api::{Done, TaskRequest};
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
     TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
-    task_row_id, to_json, unfinished,
+    task_row_id, to_json, unfinished, usage_columns, usage_from_columns,
 };
 
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Migrations, indexed by the version they produce. Never edit a released one: add another.
 const MIGRATIONS: &[&str] = &[
@@ -95,6 +95,12 @@ const MIGRATIONS: &[&str] = &[
         key TEXT PRIMARY KEY,
         value TEXT NOT NULL
     );
+    "#,
+    // 2: what each task used (wall and CPU time, peak memory)
+    r#"
+    ALTER TABLE tasks ADD COLUMN wall_ms INTEGER;
+    ALTER TABLE tasks ADD COLUMN cpu_ms INTEGER;
+    ALTER TABLE tasks ADD COLUMN peak_memory_bytes INTEGER;
     "#,
 ];
 
@@ -314,8 +320,9 @@ impl Store for SqliteStore {
         let tx = self.conn.transaction()?;
         {
             let mut upsert = tx.prepare_cached(
-                "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at)
-                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10)
+                "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at,
+                                    wall_ms, cpu_ms, peak_memory_bytes)
+                 VALUES (?9, ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?10, ?11, ?12, ?13)
                  ON CONFLICT(id) DO UPDATE SET
                     state = excluded.state,
                     retry_count = excluded.retry_count,
@@ -323,9 +330,13 @@ impl Store for SqliteStore {
                     result = COALESCE(excluded.result, tasks.result),
                     error = excluded.error,
                     updated_at = excluded.updated_at,
-                    started_at = COALESCE(tasks.started_at, excluded.started_at)",
+                    started_at = COALESCE(tasks.started_at, excluded.started_at),
+                    wall_ms = COALESCE(excluded.wall_ms, tasks.wall_ms),
+                    cpu_ms = COALESCE(excluded.cpu_ms, tasks.cpu_ms),
+                    peak_memory_bytes = COALESCE(excluded.peak_memory_bytes, tasks.peak_memory_bytes)",
             )?;
             for c in changes {
+                let (wall, cpu, peak) = usage_columns(c.usage.as_ref());
                 upsert.execute(params![
                     c.attempt_id,
                     c.name,
@@ -337,6 +348,9 @@ impl Store for SqliteStore {
                     now,
                     task_row_id(c.attempt_id, c.index),
                     (c.state == TaskState::Running).then_some(now),
+                    wall,
+                    cpu,
+                    peak,
                 ])?;
             }
         }
@@ -390,7 +404,8 @@ impl Store for SqliteStore {
 
     fn tasks(&mut self, attempt_id: i64) -> Result<Vec<TaskRecord>> {
         let mut stmt = self.conn.prepare(
-            "SELECT name, state, retry_count, request, result, error, updated_at, started_at FROM tasks
+            "SELECT name, state, retry_count, request, result, error, updated_at, started_at,
+                    wall_ms, cpu_ms, peak_memory_bytes FROM tasks
              WHERE id >= (?1 << 32) AND id < ((?1 + 1) << 32) ORDER BY id",
         )?;
         let rows = stmt.query_map([attempt_id], |r| {
@@ -403,11 +418,12 @@ impl Store for SqliteStore {
                 r.get::<_, Option<String>>(5)?,
                 r.get::<_, i64>(6)?,
                 r.get::<_, Option<i64>>(7)?,
+                usage_from_columns(r.get(8)?, r.get(9)?, r.get(10)?),
             ))
         })?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, state, retry_count, request, result, error, updated_at_ms, started_at_ms) = row?;
+            let (name, state, retry_count, request, result, error, updated_at_ms, started_at_ms, usage) = row?;
             out.push(task_record(
                 name,
                 &state,
@@ -417,6 +433,7 @@ impl Store for SqliteStore {
                 error,
                 updated_at_ms,
                 started_at_ms,
+                usage,
             )?);
         }
         Ok(out)

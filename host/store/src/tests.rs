@@ -79,6 +79,7 @@ fn saved_results_replay_latest_success_of_earlier_attempts() {
                 request: None,
                 result: Some(done.clone()),
                 error: None,
+                usage: None,
             },
             TaskChange {
                 attempt_id: a.attempt_id,
@@ -89,6 +90,7 @@ fn saved_results_replay_latest_success_of_earlier_attempts() {
                 request: None,
                 result: None,
                 error: Some("boom".into()),
+                usage: None,
             },
         ])
         .unwrap();
@@ -216,7 +218,26 @@ fn change(attempt_id: i64, index: u32, name: &str, state: TaskState) -> TaskChan
         request: None,
         result: (state == TaskState::Success).then(Done::default),
         error: (state == TaskState::Error).then(|| "boom".to_string()),
+        usage: None,
     }
+}
+
+#[test]
+fn task_usage_is_kept_until_a_change_brings_a_new_one() {
+    each_store(|s| {
+        let a = s.begin_attempt(&new_attempt(None)).unwrap();
+        let used = spade_api::Usage {
+            wall: std::time::Duration::from_millis(1500),
+            cpu: std::time::Duration::from_millis(320),
+            peak_memory_bytes: 64 << 20,
+        };
+        s.write(&[change(a.attempt_id, 0, "+wf+a", TaskState::Running)]).unwrap();
+        assert_eq!(s.tasks(a.attempt_id).unwrap()[0].usage, None, "not run yet");
+        s.write(&[TaskChange { usage: Some(used), ..change(a.attempt_id, 0, "+wf+a", TaskState::Polling) }]).unwrap();
+        s.write(&[change(a.attempt_id, 0, "+wf+a", TaskState::Success)]).unwrap();
+        let t = &s.tasks(a.attempt_id).unwrap()[0];
+        assert_eq!((t.state, t.usage), (TaskState::Success, Some(used)));
+    });
 }
 
 #[test]

@@ -90,11 +90,12 @@ mod tests {
     use spade_sdk::testing::{MockHost, request};
 
     fn host(exit: i32) -> MockHost {
-        let mut host = MockHost::default();
-        host.command = Some(Box::new(move |_, _| {
-            Ok(Finished { exit_code: Some(exit), output_tail: "boom".into(), ..Finished::default() })
-        }));
-        host
+        MockHost {
+            command: Some(Box::new(move |_, _| {
+                Ok(Finished { exit_code: Some(exit), output_tail: "boom".into(), ..Finished::default() })
+            })),
+            ..MockHost::default()
+        }
     }
 
     #[test]

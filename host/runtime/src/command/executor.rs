@@ -128,9 +128,8 @@ pub(crate) struct Spawned {
 }
 
 pub(crate) enum Kill {
-    /// SIGKILL the process; its sandbox dies with it (bubblewrap `--die-with-parent` and a
-    /// PID namespace).
-    Process,
+    /// SIGKILL the sandbox's first process (which ends its PID namespace), then bubblewrap.
+    Sandbox,
     /// SIGKILL the process group the command leads.
     Group,
     /// `docker kill` the container, then the client.
@@ -151,7 +150,7 @@ pub(crate) fn spawn(launch: &Launch, grant: &CommandGrant, spec: &Spec) -> Resul
         ));
     }
     let (mut cmd, kill) = match launch {
-        Launch::Sandbox => (sandbox_command(grant, spec)?, Kill::Process),
+        Launch::Sandbox => (sandbox_command(grant, spec)?, Kill::Sandbox),
         Launch::Local => (local_command(spec), Kill::Group),
         Launch::Docker { image, pull_always } => {
             let name = format!("spade-{}-{}", spec.attempt_id, random_suffix());
@@ -171,9 +170,13 @@ pub(crate) fn spawn(launch: &Launch, grant: &CommandGrant, spec: &Spec) -> Resul
     if !matches!(launch, Launch::Docker { .. }) {
         let limits = grant.limits;
         let fsize = spec.file_size_limit;
-        // SAFETY: only async-signal-safe calls (setrlimit) between fork and exec.
+        // SAFETY: only async-signal-safe calls (setrlimit, prctl) between fork and exec.
         unsafe {
-            cmd.pre_exec(move || set_rlimits(&limits, fsize));
+            cmd.pre_exec(move || {
+                // If spade dies, its commands' bubblewrap (or local process) dies too.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+                set_rlimits(&limits, fsize)
+            });
         }
     }
     let child = cmd.spawn().map_err(|e| match (launch, e.kind()) {
@@ -236,14 +239,15 @@ const SYSTEM_DIRS: &[&str] = &["/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", 
 
 /// `program` found on the host's PATH (or as given, when it has a slash).
 fn which(program: &str) -> Option<PathBuf> {
-    if program.contains('/') {
-        return Some(PathBuf::from(program));
-    }
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| {
+    let executable = |p: &Path| {
         p.metadata()
             .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-    })
+    };
+    if program.contains('/') {
+        return Some(PathBuf::from(program)).filter(|p| executable(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join(program)).find(|p| executable(p))
 }
 
 fn under_system_dirs(p: &Path) -> bool {
@@ -314,7 +318,11 @@ pub(crate) fn sandbox_command(grant: &CommandGrant, spec: &Spec) -> Result<Comma
             cmd.arg("--share-net");
         }
     }
-    cmd.args(["--die-with-parent", "--new-session"]);
+    // `--as-pid-1`: no bubblewrap init inside. Bubblewrap then reaps the sandbox's first
+    // process itself (its own init would exit without being reaped, and the command's CPU
+    // time and memory would never reach our `wait4`); when that process exits, the kernel
+    // ends everything else in the sandbox.
+    cmd.args(["--die-with-parent", "--new-session", "--as-pid-1"]);
     for dir in SYSTEM_DIRS {
         let p = Path::new(dir);
         match std::fs::symlink_metadata(p) {
@@ -382,10 +390,15 @@ pub(crate) fn sandbox_command(grant: &CommandGrant, spec: &Spec) -> Result<Comma
         // The command runs as an unprivileged user of the host (not a user namespace
         // mapping of root, under which root's files would look like the command's own):
         // files of root stay closed to it, and the process limit counts its processes.
+        // The sandbox's first process is a root shell that starts it through `setpriv` and
+        // waits: it keeps bubblewrap's parent-death signal (a change of user would clear
+        // it), so the sandbox dies with spade, and it reaps the command, so the command's
+        // CPU time and memory reach our `wait4`.
         let uid = sandbox_uid(spec.attempt_id);
         safe_fs::chown_tree(&spec.workspace, uid, uid)?;
-        cmd.arg(SETPRIV).arg(format!("--reuid={uid}")).arg(format!("--regid={uid}"));
-        cmd.args(["--clear-groups", "--no-new-privs", "--"]);
+        cmd.args(["/bin/sh", "-c"]);
+        cmd.arg(format!("{SETPRIV} --reuid={uid} --regid={uid} --clear-groups --no-new-privs -- \"$@\""));
+        cmd.arg("sh");
     }
     cmd.args(&spec.argv);
     Ok(cmd)

@@ -90,6 +90,16 @@ impl Running {
             return;
         }
         st.killed.get_or_insert_with(|| why.to_string());
+        if matches!(self.kill, Kill::Sandbox) {
+            // The sandbox's first process (bubblewrap's child) runs as another user, whose
+            // parent-death signal the change of user cleared: kill it first, which ends
+            // every process of the sandbox's PID namespace. It is our child's child, so it
+            // stays a zombie of our child, not reusable, until our child reaps it.
+            for pid in children_of(self.pid) {
+                // SAFETY: kill(2) of a process of the sandbox (see above).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+        }
         let target = if matches!(self.kill, Kill::Group) { -self.pid } else { self.pid };
         // SAFETY: kill(2) of our own child (or the group it leads), not reaped: the reaper
         // reaps only while holding this lock and sets `exit` in the same step, and `exit`
@@ -137,9 +147,13 @@ impl Running {
         let tail: Vec<&str> = st.out.tail.iter().map(String::as_str).collect();
         let tail = tail.join("\n");
         let mut reason = st.killed.clone().unwrap_or_default();
-        // RLIMIT_CPU sends SIGXCPU; a shell running the killed process exits 128 + SIGXCPU.
-        let xcpu = signal == Some(libc::SIGXCPU) || code == Some(128 + libc::SIGXCPU);
-        if reason.is_empty() && (xcpu || (signal == Some(libc::SIGKILL) && cpu >= self.limits.cpu_time)) {
+        // RLIMIT_CPU sends SIGXCPU at the limit and SIGKILL a second later (the first is
+        // ignored by a sandbox's first process); bubblewrap or a shell running the killed
+        // process report a signal as exit status 128 + signal.
+        let killed_by = signal.or(code.filter(|c| *c > 128 && *c < 160).map(|c| c - 128));
+        let xcpu =
+            killed_by == Some(libc::SIGXCPU) || (killed_by == Some(libc::SIGKILL) && cpu >= self.limits.cpu_time);
+        if reason.is_empty() && xcpu {
             reason = format!("exceeded its CPU time limit of {} s (cpu_seconds)", self.limits.cpu_time.as_secs());
         }
         // An address-space limit shows as failed allocations, which programs report.
@@ -147,7 +161,10 @@ impl Running {
             .iter()
             .any(|m| tail.contains(m));
         if reason.is_empty() && code != Some(0) && (oom || peak >= self.limits.memory_bytes / 10 * 9) {
-            reason = format!("ran out of memory: its limit is {} MiB (memory_mb)", self.limits.memory_bytes >> 20);
+            reason = format!(
+                "ran out of memory: it reached its memory limit of {} MiB (memory_mb)",
+                self.limits.memory_bytes >> 20
+            );
         }
         Finished {
             code,
@@ -321,6 +338,13 @@ impl Hub {
             true
         });
     }
+}
+
+/// The children of process `pid` (Linux `/proc/PID/task/PID/children`).
+fn children_of(pid: libc::pid_t) -> Vec<libc::pid_t> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .map(|s| s.split_whitespace().filter_map(|p| p.parse().ok()).collect())
+        .unwrap_or_default()
 }
 
 fn read_lines(r: &Running, stderr: bool, pipe: Box<dyn Read + Send>) {

@@ -246,7 +246,9 @@ impl wit_command::Host for HostState {
             self.forward_output(lines);
             if let Some(f) = finished {
                 self.command.hub.remove(&handle);
-                self.record_usage(f.usage);
+                // The task's wall time is its calls' (which include this wait); a command adds
+                // its CPU time and memory.
+                self.record_usage(Usage { wall: Duration::ZERO, ..f.usage });
                 return Ok(wit_command::Status::Finished(wit_command::Finished {
                     exit_code: f.code,
                     signal: f.signal,
