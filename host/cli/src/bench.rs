@@ -26,6 +26,12 @@ pub struct BenchArgs {
     /// Skip the 1,000-waiting-tasks measurement.
     #[arg(long)]
     pub skip_waiting: bool,
+    /// Skip the scripting measurements (sh> and py> in the default sandbox).
+    #[arg(long)]
+    pub skip_scripts: bool,
+    /// Only the scripting measurements.
+    #[arg(long)]
+    pub only_scripts: bool,
     /// Also time the for_each workload on this state database, e.g. a PostgreSQL URL
     /// (it gains a bench project with one session).
     #[arg(long, value_name = "FILE|URL")]
@@ -229,9 +235,76 @@ fn waiting_tasks(n: usize) -> anyhow::Result<(u64, u64, Duration)> {
     Ok((peak_kib, peak_threads, t.elapsed()))
 }
 
+/// `spade run` of `dig` (the file name in `dir`), checked to succeed; its wall time.
+fn run_workflow(dir: &std::path::Path, dig: &str, max_tasks: usize) -> anyhow::Result<Duration> {
+    let exe = std::env::current_exe()?;
+    let mut cmd = Command::new(exe);
+    cmd.args(["run", dig, "--session", "2024-01-01", "--rerun", "--max-tasks"])
+        .arg(max_tasks.to_string())
+        .current_dir(dir);
+    let out = measure_run(&mut cmd)?;
+    if !out.success {
+        bail!("the bench run of {dig} failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(out.wall)
+}
+
+/// The median of `runs` runs of `dig`.
+fn median_run(dir: &std::path::Path, dig: &str, max_tasks: usize, runs: usize) -> anyhow::Result<Duration> {
+    let mut walls = (0..runs.max(1)).map(|_| run_workflow(dir, dig, max_tasks)).collect::<anyhow::Result<Vec<_>>>()?;
+    walls.sort();
+    Ok(walls[walls.len() / 2])
+}
+
+/// A for_each> over `n` items running `body` (YAML of one task's keys) for each, with
+/// `parallel` as its `_parallel` (none: one after another).
+fn for_each_dig(n: usize, body: &str, parallel: Option<&str>) -> String {
+    let items: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    let parallel = parallel.map(|p| format!("  _parallel: {p}\n")).unwrap_or_default();
+    format!("timezone: UTC\n+each:\n  for_each>:\n    item: [{}]\n{parallel}  _do:\n    {body}\n", items.join(","))
+}
+
+/// sh> and py> in the default executor (the bubblewrap sandbox).
+fn bench_scripts(runs: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    const N: usize = 40;
+    std::fs::write(dir.path().join("echo.dig"), for_each_dig(N, "echo>: x", None))?;
+    std::fs::write(dir.path().join("sh.dig"), for_each_dig(N, "sh>: \"true\"", None))?;
+    std::fs::write(dir.path().join("py.dig"), for_each_dig(N, "py>: trivial.run", None))?;
+    std::fs::write(dir.path().join("trivial.py"), "def run():\n    pass\n")?;
+    std::fs::write(dir.path().join("sh1000.dig"), for_each_dig(1000, "sh>: \"true\"", Some("{limit: 8}")))?;
+    let echo = median_run(dir.path(), "echo.dig", N * 2 + 10, runs)?;
+    let sh = median_run(dir.path(), "sh.dig", N * 2 + 10, runs)?;
+    let py = median_run(dir.path(), "py.dig", N * 2 + 10, runs)?;
+    let per = |d: Duration| d.as_secs_f64() * 1000.0 / N as f64;
+    println!(
+        "== scripts: sh> and py> in the default sandbox (targets: sh> \"true\" overhead <= 15 ms per task; py> <= 60 ms per task; 1,000 sh> under _parallel limit 8 <= 10 s)"
+    );
+    println!(
+        "sh> \"true\": {:.1} ms per task, {:.1} ms over echo> ({N} tasks one after another, median of {runs} runs)",
+        per(sh),
+        per(sh) - per(echo)
+    );
+    println!("py> trivial function: {:.1} ms per task (the default interpreter, `python`)", per(py));
+    // The interpreter's own start-up is most of a py> task: show the distribution's too.
+    if std::path::Path::new("/usr/bin/python3").is_file() {
+        let dig = for_each_dig(N, "py>: trivial.run\n    python: /usr/bin/python3", None);
+        std::fs::write(dir.path().join("py_system.dig"), dig)?;
+        let system = median_run(dir.path(), "py_system.dig", N * 2 + 10, runs)?;
+        println!("py> trivial function: {:.1} ms per task with /usr/bin/python3", per(system));
+    }
+    let thousand = median_run(dir.path(), "sh1000.dig", 2100, 1)?;
+    println!("1,000 sh> tasks, _parallel limit 8: {:.2} s", thousand.as_secs_f64());
+    Ok(())
+}
+
 pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.plugin {
         return bench_plugin(&args, path);
+    }
+    if args.only_scripts {
+        bench_scripts(args.runs)?;
+        return Ok(ExitCode::SUCCESS);
     }
     if !args.skip_runtime {
         let echo = spade_bundled::plugin("spade-plugin-echo").context("the echo plugin is not bundled")?;
@@ -245,6 +318,9 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
             "== engine: 1,000 tasks waiting at once (wait>: 3s under _parallel) (target: <= 100 MB RSS, no thread per task)"
         );
         println!("peak RSS {:.1} MB, peak threads {threads}, wall {:.2} s", kib as f64 / 1024.0, took.as_secs_f64());
+    }
+    if !args.skip_scripts {
+        bench_scripts(args.runs)?;
     }
     let (wall, kib) = one_task_run(args.runs)?;
     println!("== engine: spade run of one echo> task, state on disk (target: <= 0.05 s, <= 40 MiB peak RSS)");

@@ -4,12 +4,11 @@
 # runner protocol: argv is COMMAND INPUT_JSON OUTPUT_JSON, the input is {"params": {...}},
 # the output {"store_params", "export_params", "subtask_config", "error"?}.
 #
-# Works on Python 3 (3.5 and later).
-import inspect
+# Works on Python 3 (3.5 and later). It imports as little as it can (no `inspect`, which
+# alone costs more than the rest of a trivial task): a task's start-up time is its overhead.
 import json
 import os
 import sys
-import traceback
 import types
 from collections import OrderedDict
 
@@ -106,30 +105,44 @@ def resolve(command):
     return target, None
 
 
+def backtrace():
+    import traceback
+
+    return traceback.format_exc().splitlines()
+
+
+CO_VARKEYWORDS = 0x08
+
+
 def arguments(function, skip_self, params):
-    """The keyword arguments for `function` taken from params by name."""
-    if function is object.__init__:
+    """The keyword arguments for `function` taken from params by name: its positional and
+    keyword-only parameters (an error for a required one that no param gives), or every
+    param when it takes `**kwargs`."""
+    function = getattr(function, "__func__", function)  # a bound method's function
+    code = getattr(function, "__code__", None)
+    if code is None:
+        # A builtin such as object.__init__: it takes nothing from params.
         return {}
-    spec = inspect.getfullargspec(function)
-    required = len(spec.args) - len(spec.defaults or ())
+    names = code.co_varnames[: code.co_argcount]
+    kwonly = code.co_varnames[code.co_argcount : code.co_argcount + code.co_kwonlyargcount]
+    defaults = function.__defaults__ or ()
+    kwdefaults = function.__kwdefaults__ or {}
+    required = len(names) - len(defaults)
+    qualname = getattr(function, "__qualname__", str(function))
     args = {}
-    for index, name in enumerate(spec.args):
+    for index, name in enumerate(names):
         if skip_self and index == 0:
             continue
         if name in params:
             args[name] = params[name]
         elif index < required:
-            raise TypeError(
-                "Method '%s' requires parameter '%s' but not set" % (getattr(function, "__qualname__", function), name)
-            )
-    for name in spec.kwonlyargs:
+            raise TypeError("Method '%s' requires parameter '%s' but not set" % (qualname, name))
+    for name in kwonly:
         if name in params:
             args[name] = params[name]
-        elif name not in (spec.kwonlydefaults or {}):
-            raise TypeError(
-                "Method '%s' requires parameter '%s' but not set" % (getattr(function, "__qualname__", function), name)
-            )
-    if spec.varkw:
+        elif name not in kwdefaults:
+            raise TypeError("Method '%s' requires parameter '%s' but not set" % (qualname, name))
+    if code.co_flags & CO_VARKEYWORDS:
         return dict(params)
     return args
 
@@ -148,10 +161,10 @@ except SystemExit as e:
         "SystemExit",
         "Failed to call python command with code:%s; possible cause: the module or function has the name of a "
         "standard library module" % (e.code,),
-        traceback.format_exc().splitlines(),
+        backtrace(),
     )
 except BaseException as e:
-    error = (e.__class__.__name__, str(e), traceback.format_exc().splitlines())
+    error = (e.__class__.__name__, str(e), backtrace())
 
 out = {
     "subtask_config": env.subtask_config,

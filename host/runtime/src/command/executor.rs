@@ -139,8 +139,9 @@ pub(crate) enum Kill {
 /// Where the workspace appears inside sandboxes and containers.
 pub const WORKSPACE_MOUNT: &str = "/workspace";
 const HOME_DIR: &str = "/tmp/home";
-/// util-linux's `setpriv`, inside the sandbox's read-only `/usr`.
+/// util-linux's `setpriv` and coreutils' `timeout`, inside the sandbox's read-only `/usr`.
 const SETPRIV: &str = "/usr/bin/setpriv";
+const TIMEOUT: &str = "/usr/bin/timeout";
 
 pub(crate) fn spawn(launch: &Launch, grant: &CommandGrant, spec: &Spec) -> Result<Spawned, String> {
     if !matches!(launch, Launch::Docker { .. }) && which(&spec.argv[0]).is_none() {
@@ -339,7 +340,15 @@ pub(crate) fn sandbox_command(grant: &CommandGrant, spec: &Spec) -> Result<Comma
     }
     let mut path_extra = Vec::new();
     let mut mounts: Vec<PathBuf> = grant.read_only.clone();
+    let mut argv = spec.argv.clone();
     if let Some(program) = which(&spec.argv[0]) {
+        let program = match resolve_shim(&program, &spec.workspace) {
+            Some(real) => {
+                argv[0] = real.display().to_string();
+                real
+            }
+            None => program,
+        };
         for candidate in [Some(program.clone()), std::fs::canonicalize(&program).ok()].into_iter().flatten() {
             if let Some(root) = install_root(&candidate)
                 && !mounts.iter().any(|m| candidate.starts_with(m))
@@ -390,18 +399,57 @@ pub(crate) fn sandbox_command(grant: &CommandGrant, spec: &Spec) -> Result<Comma
         // The command runs as an unprivileged user of the host (not a user namespace
         // mapping of root, under which root's files would look like the command's own):
         // files of root stay closed to it, and the process limit counts its processes.
-        // The sandbox's first process is a root shell that starts it through `setpriv` and
-        // waits: it keeps bubblewrap's parent-death signal (a change of user would clear
-        // it), so the sandbox dies with spade, and it reaps the command, so the command's
-        // CPU time and memory reach our `wait4`.
+        // The sandbox's first process stays root and only starts the command (through
+        // `setpriv`) and waits for it: coreutils' `timeout 0` (no time limit; a few ms
+        // cheaper than a shell). Being root it keeps bubblewrap's parent-death signal (a
+        // change of user would clear it), so the sandbox dies with spade; reaping the
+        // command, it passes the command's CPU time and memory on to our `wait4`; and it
+        // exits with the command's status (128 + signal when a signal ended it).
         let uid = sandbox_uid(spec.attempt_id);
         safe_fs::chown_tree(&spec.workspace, uid, uid)?;
-        cmd.args(["/bin/sh", "-c"]);
-        cmd.arg(format!("{SETPRIV} --reuid={uid} --regid={uid} --clear-groups --no-new-privs -- \"$@\""));
-        cmd.arg("sh");
+        cmd.args([TIMEOUT, "0", SETPRIV]).arg(format!("--reuid={uid}")).arg(format!("--regid={uid}"));
+        cmd.args(["--clear-groups", "--no-new-privs", "--"]);
     }
-    cmd.args(&spec.argv);
+    cmd.args(&argv);
     Ok(cmd)
+}
+
+/// The interpreter a pyenv or rbenv shim stands for, as `pyenv which` says for the
+/// workspace (its `.python-version` counts), asked once per shim and workspace. A shim is
+/// a shell script that runs the version manager on every call (about 80 ms each for
+/// pyenv): a `py>` task pays that on every call, so the sandbox runs the interpreter itself.
+fn resolve_shim(program: &Path, workspace: &Path) -> Option<PathBuf> {
+    type Cache = std::sync::Mutex<std::collections::HashMap<(PathBuf, PathBuf), Option<PathBuf>>>;
+    static RESOLVED: OnceLock<Cache> = OnceLock::new();
+    let shims = program.parent()?;
+    if shims.file_name()? != "shims" {
+        return None;
+    }
+    let root = shims.parent()?;
+    let key = (program.to_path_buf(), workspace.to_path_buf());
+    let cache = RESOLVED.get_or_init(Default::default);
+    if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
+        return hit.clone();
+    }
+    let resolved = ["pyenv", "rbenv"].iter().find_map(|tool| {
+        let manager = root.join("libexec").join(tool);
+        if !manager.is_file() {
+            return None;
+        }
+        let out = Command::new(&manager)
+            .arg("which")
+            .arg(program.file_name()?)
+            .env(format!("{}_ROOT", tool.to_uppercase()), root)
+            .current_dir(workspace)
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let path = PathBuf::from(String::from_utf8(out.stdout).ok()?.trim());
+        (out.status.success() && path.is_absolute() && path.is_file()).then_some(path)
+    });
+    cache.lock().unwrap_or_else(|e| e.into_inner()).insert(key, resolved.clone());
+    resolved
 }
 
 /// `cwd` (relative to the workspace) inside the sandbox or container.
