@@ -20,6 +20,7 @@
 //! output, outcome).
 
 mod cache;
+mod capability;
 mod command;
 mod contract;
 mod decode;
@@ -47,6 +48,7 @@ use wasmtime::{
 use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::cache::{Cache, sha256_hex};
+use crate::capability::Import;
 use crate::command::{CommandCall, Hub};
 use crate::contract::{AnyPlugin, AnyPre, Detected};
 use crate::disk::DiskGuard;
@@ -54,6 +56,7 @@ use crate::host::{HostState, Interrupt, PluginCtx, Stop};
 use crate::http::HttpGuard;
 use crate::sandbox::{Capture, Limiter, LineBudget};
 
+pub use crate::capability::Capability;
 pub use crate::command::{CommandGrant, CommandLimits, ExecutorKind, valid_env_key};
 pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION, supports_wit_version};
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
@@ -570,18 +573,10 @@ impl Runtime {
         let (linked, warnings) = Linked::new(manifest.as_ref(), grants);
         let mut capability_imports = Vec::new();
         for name in &imports {
-            if name.starts_with("wasi:http/") {
-                capability_imports.push("http");
-                continue;
-            }
-            let Some(iface) = name.strip_prefix("spade:operator/") else {
-                continue;
-            };
-            let iface = iface.split('@').next().unwrap_or(iface);
-            match iface {
-                "types" | "log" | "output" => {}
-                "secrets" | "workflows" | "expressions" | "engine" | "command" => capability_imports.push(iface),
-                _ => {
+            match Capability::of_import(name) {
+                Import::Free => {}
+                Import::Capability(c) => capability_imports.push(c),
+                Import::Unknown(iface) => {
                     return Err(RuntimeError::UnsupportedImport {
                         plugin: label.to_string(),
                         import: format!("`{name}`"),
@@ -590,17 +585,17 @@ impl Runtime {
                 }
             }
         }
-        capability_imports.sort_unstable();
+        capability_imports.sort_unstable_by_key(|c| c.name());
         capability_imports.dedup();
         if let Some(m) = &manifest {
             let unasked: Vec<String> =
-                capability_imports.iter().filter(|c| !m.asks_for(c)).map(|c| c.to_string()).collect();
+                capability_imports.iter().filter(|c| !m.asks_for(**c)).map(|c| c.to_string()).collect();
             if !unasked.is_empty() {
                 return Err(RuntimeError::NotAsked { plugin: label.to_string(), capabilities: unasked });
             }
         }
         let ungranted: Vec<String> =
-            capability_imports.iter().filter(|c| !linked.links(c)).map(|c| c.to_string()).collect();
+            capability_imports.iter().filter(|c| !linked.links(**c)).map(|c| c.to_string()).collect();
         if !ungranted.is_empty() {
             return Err(RuntimeError::NotGranted { plugin: label.to_string(), capabilities: ungranted });
         }

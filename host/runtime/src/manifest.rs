@@ -23,6 +23,7 @@ use wasm_encoder::{CustomSection, Section};
 use wasmparser::BinaryReader;
 
 use crate::Grants;
+use crate::capability::Capability;
 use crate::http::{HttpAllow, HttpPolicy};
 
 /// Name of the component custom section holding the manifest (TOML text).
@@ -124,20 +125,9 @@ impl Manifest {
         })
     }
 
-    /// Whether the manifest asks for the capability interface `iface` (`secrets`, `http`,
-    /// `workflows`, ...). `log`, `output` and `types` are always there.
-    pub fn asks_for(&self, iface: &str) -> bool {
-        let w = &self.wants;
-        match iface {
-            "types" | "log" | "output" => true,
-            "secrets" => !w.secrets.is_empty(),
-            "http" => !w.http.is_empty(),
-            "workflows" => w.workflows,
-            "expressions" => w.expressions,
-            "engine" => w.engine,
-            "command" => w.command,
-            _ => false,
-        }
+    /// Whether the manifest asks for `capability`.
+    pub fn asks_for(&self, capability: Capability) -> bool {
+        self.wants.asks(capability)
     }
 }
 
@@ -323,17 +313,15 @@ impl Linked {
         (linked, warnings)
     }
 
-    /// Whether the capability interface `iface` may be linked.
-    pub fn links(&self, iface: &str) -> bool {
-        match iface {
-            "types" | "log" | "output" => true,
-            "secrets" => self.secrets_linked,
-            "http" => self.http.is_some(),
-            "workflows" => self.workflows,
-            "expressions" => self.expressions,
-            "engine" => self.engine,
-            "command" => self.command.is_some(),
-            _ => false,
+    /// Whether `capability` is linked.
+    pub fn links(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::Secrets => self.secrets_linked,
+            Capability::Http => self.http.is_some(),
+            Capability::Workflows => self.workflows,
+            Capability::Expressions => self.expressions,
+            Capability::Engine => self.engine,
+            Capability::Command => self.command.is_some(),
         }
     }
 
@@ -343,33 +331,38 @@ impl Linked {
     }
 }
 
-/// `secrets(a,b) http(...) workflows expressions engine`, the parts that are on.
-fn capability_list(secrets: &[String], http: Option<String>, flags: [(bool, &str); 4]) -> Vec<String> {
-    let mut parts = Vec::new();
-    if !secrets.is_empty() {
-        parts.push(format!("secrets({})", secrets.join(",")));
-    }
-    if let Some(h) = http {
-        parts.push(format!("http({h})"));
-    }
-    parts.extend(flags.into_iter().filter(|(on, _)| *on).map(|(_, name)| name.to_string()));
-    parts
+/// `secrets(a,b) http(...) workflows expressions engine command`, the parts that are on:
+/// `on` says which capabilities are, `secrets` and `http` give those two's details.
+fn capability_list(secrets: &[String], http: Option<String>, on: impl Fn(Capability) -> bool) -> Vec<String> {
+    Capability::ALL
+        .into_iter()
+        .filter_map(|c| match c {
+            Capability::Secrets => (!secrets.is_empty()).then(|| format!("{c}({})", secrets.join(","))),
+            Capability::Http => http.as_ref().map(|h| format!("{c}({h})")),
+            other => on(other).then(|| other.to_string()),
+        })
+        .collect()
 }
 
 impl fmt::Display for Linked {
     /// The capabilities beyond log and output, e.g. `secrets(slack.*) http(https://x) engine`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts = capability_list(
-            &self.secrets,
-            self.http.as_ref().map(|h| h.to_string()),
-            [
-                (self.workflows, "workflows"),
-                (self.expressions, "expressions"),
-                (self.engine, "engine"),
-                (self.command.is_some(), "command"),
-            ],
-        );
+        let parts = capability_list(&self.secrets, self.http.as_ref().map(|h| h.to_string()), |c| self.links(c));
         if parts.is_empty() { f.write_str("-") } else { f.write_str(&parts.join(" ")) }
+    }
+}
+
+impl Wants {
+    /// Whether it asks for `capability`.
+    pub fn asks(&self, capability: Capability) -> bool {
+        match capability {
+            Capability::Secrets => !self.secrets.is_empty(),
+            Capability::Http => !self.http.is_empty(),
+            Capability::Workflows => self.workflows,
+            Capability::Expressions => self.expressions,
+            Capability::Engine => self.engine,
+            Capability::Command => self.command,
+        }
     }
 }
 
@@ -378,16 +371,7 @@ impl fmt::Display for Wants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let http =
             (!self.http.is_empty()).then(|| self.http.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "));
-        let mut parts = capability_list(
-            &self.secrets,
-            http,
-            [
-                (self.workflows, "workflows"),
-                (self.expressions, "expressions"),
-                (self.engine, "engine"),
-                (self.command, "command"),
-            ],
-        );
+        let mut parts = capability_list(&self.secrets, http, |c| self.asks(c));
         if let Some(m) = self.memory_bytes {
             parts.push(format!("memory {} MiB", m >> 20));
         }
@@ -445,8 +429,8 @@ mod tests {
             "[wants]\nsecrets = [\"slack.*\"]\nhttp = [\"https://hooks.slack.com\"]\nengine = true\nmemory_mb = 64\ncpu_seconds = 5\n",
         )
         .unwrap();
-        assert!(m.asks_for("secrets") && m.asks_for("http") && m.asks_for("engine"));
-        assert!(!m.asks_for("workflows"));
+        assert!(m.asks_for(Capability::Secrets) && m.asks_for(Capability::Http) && m.asks_for(Capability::Engine));
+        assert!(!m.asks_for(Capability::Workflows));
         assert_eq!(m.wants.memory_bytes, Some(64 << 20));
         assert_eq!(m.wants.cpu_time, Some(Duration::from_secs(5)));
 
