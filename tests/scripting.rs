@@ -309,3 +309,66 @@ fn tasks_show_cpu_and_memory_of_scripts() {
     assert!(cpu > 0.05, "a CPU-bound Python task used {cpu} s of CPU? {table}");
     assert!(mem.ends_with('M') && mem.trim_end_matches('M').parse::<f64>().unwrap() >= 64.0, "{table}");
 }
+
+#[test]
+fn embulk_renders_its_config_and_runs_the_embulk_command() {
+    // A stand-in for Embulk (not installed here): the project's own `embulk` script, found
+    // because the workspace is on the sandbox's PATH as in Digdag. It prints its arguments
+    // and the config it was given.
+    let dir = project(&[
+        ("embulk", "#!/bin/sh\necho \"embulk $1\"\ncat \"$2\"\n"),
+        ("load.yml.liquid", "in: {type: file, path_prefix: \"${prefix}\"}\nout: {type: stdout}\n"),
+        ("load.dig", "timezone: UTC\n+load:\n  embulk>: load.yml.liquid\n  prefix: data/${session_date}/\n"),
+        ("missing.dig", "timezone: UTC\n+load:\n  embulk>: nope.yml\n"),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir.path().join("embulk"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (ok, _, err) = run(dir.path(), "load.dig");
+    assert!(ok, "{err}");
+    assert!(err.contains("+load+load: embulk run"), "{err}");
+    assert!(err.contains("path_prefix: \"data/2026-12-07/\"") || err.contains("path_prefix: \"data/"), "{err}");
+    let (ok, _, err) = run(dir.path(), "missing.dig");
+    assert!(!ok);
+    assert!(err.contains("nope.yml") && err.contains("does not exist"), "{err}");
+}
+
+#[test]
+fn the_local_executor_needs_a_grant() {
+    let dir =
+        project(&[("local.dig", "timezone: UTC\n+local:\n  sh>: id -u > uid.txt; pwd > pwd.txt\n  executor: local\n")]);
+    let (ok, _, err) = run(dir.path(), "local.dig");
+    assert!(!ok);
+    assert!(err.contains("`local` executor, which this plugin is not granted"), "{err}");
+    std::fs::write(dir.path().join("spade.yml"), "grants:\n  spade-sh:\n    command: {executors: [local]}\n").unwrap();
+    let (ok, _, err) = run(dir.path(), "local.dig");
+    assert!(ok, "{err}");
+    let ws = dir.path().join(".spade/workspace");
+    let uid = std::fs::read_to_string(ws.join("uid.txt")).unwrap();
+    let me = String::from_utf8(Command::new("id").arg("-u").output().unwrap().stdout).unwrap();
+    assert_eq!(uid.trim(), me.trim(), "local runs as spade's own user");
+    assert_eq!(Path::new(std::fs::read_to_string(ws.join("pwd.txt")).unwrap().trim()), ws.canonicalize().unwrap());
+}
+
+#[test]
+fn docker_tasks_need_a_daemon() {
+    let dir = project(&[(
+        "docker.dig",
+        "timezone: UTC\n+in_docker:\n  sh>: cat /etc/os-release\n  docker:\n    image: debian:bookworm-slim\n",
+    )]);
+    let daemon = Command::new("docker")
+        .args(["version", "--format", "{{.Server.Version}}"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    let (ok, _, err) = run(dir.path(), "docker.dig");
+    if daemon {
+        // A daemon answers: the task ran in the image (or failed to pull it, offline).
+        assert!(ok || err.contains("docker"), "{err}");
+        eprintln!("docker: a daemon answers; the task ran with it (ok = {ok})");
+    } else {
+        assert!(!ok);
+        assert!(err.contains("needs a docker daemon, and none answers"), "{err}");
+        eprintln!(
+            "docker: no daemon answers here; running a task in a container was skipped (only the error was checked)"
+        );
+    }
+}

@@ -15,6 +15,7 @@ use wasmparser::{Parser, Payload};
 const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-call", &["workflows"]),
     ("spade-plugin-echo", &["output"]),
+    ("spade-plugin-embulk", &["command", "expressions", "log", "secrets"]),
     ("spade-plugin-fail", &[]),
     ("spade-plugin-for-each", &[]),
     ("spade-plugin-for-range", &[]),

@@ -37,6 +37,11 @@ pub fn grants_for(crate_name: &str) -> Grants {
         // Script operators run commands in the default executor (the sandbox, or docker:
         // when a task names an image); `local` and secrets only when the project grants them.
         "spade-plugin-sh" | "spade-plugin-py" | "spade-plugin-rb" => g.command = Some(CommandGrant::default()),
+        // embulk> also renders its config file's ${...}.
+        "spade-plugin-embulk" => {
+            g.command = Some(CommandGrant::default());
+            g.expressions = true;
+        }
         // http> may link wasi:http, but with an empty allowlist every request is refused
         // until the project's spade.yml grants hosts.
         "spade-plugin-http" => {

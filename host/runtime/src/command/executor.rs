@@ -144,7 +144,9 @@ const SETPRIV: &str = "/usr/bin/setpriv";
 const TIMEOUT: &str = "/usr/bin/timeout";
 
 pub(crate) fn spawn(launch: &Launch, grant: &CommandGrant, spec: &Spec) -> Result<Spawned, String> {
-    if !matches!(launch, Launch::Docker { .. }) && which(&spec.argv[0]).is_none() {
+    // Digdag puts the workspace last on PATH (a project's own `bin/tool` or `embulk`).
+    let in_workspace = !spec.argv[0].contains('/') && executable(&spec.workspace.join(&spec.argv[0]));
+    if !matches!(launch, Launch::Docker { .. }) && which(&spec.argv[0]).is_none() && !in_workspace {
         return Err(format!(
             "command not found: {} (not on the PATH of spade's host; install it, or give its full path)",
             spec.argv[0]
@@ -239,11 +241,11 @@ fn sandbox_uid(attempt_id: i64) -> u32 {
 const SYSTEM_DIRS: &[&str] = &["/usr", "/etc", "/opt", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32"];
 
 /// `program` found on the host's PATH (or as given, when it has a slash).
+fn executable(p: &Path) -> bool {
+    p.metadata().is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
+}
+
 fn which(program: &str) -> Option<PathBuf> {
-    let executable = |p: &Path| {
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0)
-    };
     if program.contains('/') {
         return Some(PathBuf::from(program)).filter(|p| executable(p));
     }
