@@ -178,3 +178,41 @@ fn a_script_that_replaces_its_output_file_cannot_hand_the_host_a_file() {
     assert!(!ok);
     assert!(err.contains("symbolic link") && !err.contains("root:x:0:0"), "{err}");
 }
+
+/// spade run by an ordinary user: bubblewrap then makes an unprivileged user namespace
+/// instead of dropping from root. Run when the tests run as root (they drop to `nobody`);
+/// otherwise every other test here already runs that way.
+#[test]
+fn the_sandbox_contains_scripts_of_an_ordinary_user_too() {
+    require_bwrap();
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("the tests run as an ordinary user: every other test here covers this case");
+        return;
+    }
+    let dir = project(&[
+        (
+            "user.dig",
+            "timezone: UTC\n+a:\n  sh>: |\n    test \"$(id -u)\" = 65534\n    echo written > f.txt\n    \
+             if cat /etc/shadow 2>/dev/null; then echo LEAKED; exit 1; fi\n+b:\n  py>: t.run\n",
+        ),
+        ("t.py", "import digdag\ndef run():\n    digdag.env.store({'py': 'ok'})\n"),
+    ]);
+    let status = std::process::Command::new("chown").args(["-R", "65534:65534"]).arg(dir.path()).status().unwrap();
+    assert!(status.success());
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_spade"))
+        .args(["run", "user.dig"])
+        .current_dir(dir.path())
+        .env_clear()
+        .env("HOME", dir.path())
+        .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+        .env("SPADE_CACHE_DIR", dir.path().join(".cache"))
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("LEAKED"), "{err}");
+    assert_eq!(std::fs::read_to_string(dir.path().join(".spade/workspace/f.txt")).unwrap(), "written\n");
+}
