@@ -626,6 +626,9 @@ fn api_starts_inspects_and_kills_attempts() {
         .find(|t| t["fullName"] == "+hello+greet")
         .expect("the task is listed");
     assert_eq!(greet["state"], "success");
+    // What the task used (spade's addition to Digdag's task resource).
+    assert!(greet["usage"]["callSeconds"].as_f64().is_some_and(|s| s >= 0.0), "{greet}");
+    assert!(greet["usage"]["peakMemoryBytes"].as_u64().is_some_and(|b| b > 0), "{greet}");
     let (status, logs) = call("GET", &format!("/api/attempts/{id}/logs"), None);
     assert_eq!(status, 200);
     assert!(logs["logs"].is_array());
