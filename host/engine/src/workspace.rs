@@ -24,6 +24,9 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+
 /// Top-level names of the project that never enter the workspace: the engine's state and
 /// caches, Digdag's, the grants and the lock, and version control.
 pub const ENGINE_FILES: &[&str] = &[".spade", ".digdag", ".git", "spade.yml", "spade.lock"];
@@ -52,8 +55,9 @@ pub struct Prepared {
 }
 
 /// Bring the project's workspace up to date with the project (see the module doc) and
-/// return its path. Safe to run while another process does the same: files are copied
-/// under a temporary name and renamed into place.
+/// return its path. Safe to run while another process does the same, and while tasks (whose
+/// scripts may be running) change the workspace: every write goes through a directory
+/// handle of the workspace that cannot be led out of it (see [`Sync`]).
 pub fn prepare(project_root: &Path) -> Result<(PathBuf, Prepared), WorkspaceError> {
     prepare_excluding(project_root, &[])
 }
@@ -63,10 +67,19 @@ pub fn prepare(project_root: &Path) -> Result<(PathBuf, Prepared), WorkspaceErro
 pub fn prepare_excluding(project_root: &Path, excluded: &[PathBuf]) -> Result<(PathBuf, Prepared), WorkspaceError> {
     let ws = workspace_dir(project_root);
     let mut sync = Sync { workspace: ws.clone(), done: Prepared::default(), excluded: excluded.to_vec() };
-    sync.dir(project_root, &ws, true)?;
+    // `.spade/` is the engine's (tasks cannot reach it): the workspace directory itself is
+    // created by path, everything below it through its handle.
+    fs::create_dir_all(&ws).map_err(|e| sync.err("creating", &ws, e))?;
+    let root = Dir::open_ambient_dir(&ws, ambient_authority()).map_err(|e| sync.err("opening", &ws, e))?;
+    sync.dir(project_root, &root, Path::new(""), true)?;
     Ok((ws, sync.done))
 }
 
+/// One sync. The project side (`from`) is read by path: tasks cannot write it. The
+/// workspace side is written only through `cap_std::fs::Dir` handles, which resolve every
+/// path beneath the workspace (links leading out are refused), so a directory a running
+/// script swaps for a link to `/etc` between two steps is never written through (spade may
+/// run as root).
 struct Sync {
     workspace: PathBuf,
     done: Prepared,
@@ -78,15 +91,8 @@ impl Sync {
         WorkspaceError { workspace: self.workspace.clone(), what, path: path.to_path_buf(), source }
     }
 
-    fn dir(&mut self, from: &Path, to: &Path, top: bool) -> Result<(), WorkspaceError> {
-        match fs::symlink_metadata(to) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => {
-                fs::remove_file(to).map_err(|e| self.err("replacing", to, e))?;
-                fs::create_dir_all(to).map_err(|e| self.err("creating", to, e))?;
-            }
-            Err(_) => fs::create_dir_all(to).map_err(|e| self.err("creating", to, e))?,
-        }
+    /// Syncs the project directory `from` into `to` (the workspace directory at `rel`).
+    fn dir(&mut self, from: &Path, to: &Dir, rel: &Path, top: bool) -> Result<(), WorkspaceError> {
         let entries = fs::read_dir(from).map_err(|e| self.err("reading", from, e))?;
         for entry in entries {
             let entry = entry.map_err(|e| self.err("reading", from, e))?;
@@ -98,51 +104,77 @@ impl Sync {
             if self.excluded.contains(&src) {
                 continue;
             }
-            let dst = to.join(&name);
+            let rel = rel.join(&name);
             let meta = fs::symlink_metadata(&src).map_err(|e| self.err("reading", &src, e))?;
             if meta.is_dir() {
-                self.dir(&src, &dst, false)?;
+                let sub = self.subdir(to, &name, &rel)?;
+                self.dir(&src, &sub, &rel, false)?;
             } else if meta.is_symlink() {
-                self.symlink(&src, &dst)?;
+                self.symlink(&src, to, &name, &rel)?;
             } else if meta.is_file() {
-                self.file(&src, &dst, &meta)?;
+                self.file(&src, to, &name, &rel, &meta)?;
             }
             // Sockets, fifos and devices are not project files: left out.
         }
         Ok(())
     }
 
-    fn file(&mut self, src: &Path, dst: &Path, meta: &fs::Metadata) -> Result<(), WorkspaceError> {
-        if let Ok(have) = fs::symlink_metadata(dst)
+    /// The workspace directory `name` in `to`, made a directory if a task made it anything
+    /// else.
+    fn subdir(&mut self, to: &Dir, name: &std::ffi::OsStr, rel: &Path) -> Result<Dir, WorkspaceError> {
+        match to.symlink_metadata(name) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                to.remove_file(name).map_err(|e| self.err("replacing", rel, e))?;
+                to.create_dir(name).map_err(|e| self.err("creating", rel, e))?;
+            }
+            Err(_) => to.create_dir(name).map_err(|e| self.err("creating", rel, e))?,
+        }
+        // A task may have swapped it for a link since: cap-std follows a link only while it
+        // stays inside the workspace, and refuses one leading out.
+        to.open_dir(name).map_err(|e| self.err("opening", rel, e))
+    }
+
+    fn remove_any(&self, to: &Dir, name: &std::ffi::OsStr, rel: &Path) -> Result<(), WorkspaceError> {
+        match to.symlink_metadata(name) {
+            Ok(m) if m.is_dir() => to.remove_dir_all(name).map_err(|e| self.err("replacing", rel, e)),
+            Ok(_) => to.remove_file(name).map_err(|e| self.err("replacing", rel, e)),
+            Err(_) => Ok(()),
+        }
+    }
+
+    fn file(
+        &mut self,
+        src: &Path,
+        to: &Dir,
+        name: &std::ffi::OsStr,
+        rel: &Path,
+        meta: &fs::Metadata,
+    ) -> Result<(), WorkspaceError> {
+        if let Ok(have) = to.symlink_metadata(name)
             && have.is_file()
             && have.len() == meta.len()
-            && have.modified().ok() == meta.modified().ok()
+            && have.modified().ok().map(|t| t.into_std()) == meta.modified().ok()
         {
             self.done.unchanged += 1;
             return Ok(());
         }
-        if let Ok(have) = fs::symlink_metadata(dst)
-            && have.is_dir()
-        {
-            fs::remove_dir_all(dst).map_err(|e| self.err("replacing", dst, e))?;
+        if to.symlink_metadata(name).is_ok_and(|m| m.is_dir()) {
+            to.remove_dir_all(name).map_err(|e| self.err("replacing", rel, e))?;
         }
-        // The workspace is writable by tasks: the copy goes to a new file of an unguessable
-        // name (never through a symlink a task planted, never into a file it opened), then
-        // replaces `dst` by rename, which replaces a link rather than following it.
+        // The copy goes to a new file of an unguessable name (never through a link a task
+        // planted, never into a file it opened), then replaces `name` by rename, which
+        // replaces a link rather than following it.
         let mut attempts = 0;
         let tmp = loop {
-            let tmp = dst.with_file_name(format!(
-                ".{}.spade-copy-{:016x}",
-                dst.file_name().unwrap_or_default().to_string_lossy(),
-                random_u64()
-            ));
-            match copy_new(src, &tmp, meta) {
+            let tmp = format!(".{}.spade-copy-{:016x}", name.to_string_lossy(), random_u64());
+            match copy_new(src, to, &tmp, meta) {
                 Ok(()) => break tmp,
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempts < 3 => attempts += 1,
                 Err(e) => return Err(self.err("copying", src, e)),
             }
         };
-        fs::rename(&tmp, dst).map_err(|e| self.err("copying", src, e))?;
+        to.rename(&tmp, to, name).map_err(|e| self.err("copying", src, e))?;
         self.done.copied += 1;
         Ok(())
     }
@@ -150,28 +182,25 @@ impl Sync {
     /// Symlinks are copied as symlinks: one pointing inside the project keeps working in
     /// the workspace; one pointing out of it dangles or is refused, as a task may not
     /// follow it anyway.
-    fn symlink(&mut self, src: &Path, dst: &Path) -> Result<(), WorkspaceError> {
+    fn symlink(&mut self, src: &Path, to: &Dir, name: &std::ffi::OsStr, rel: &Path) -> Result<(), WorkspaceError> {
         let target = fs::read_link(src).map_err(|e| self.err("reading", src, e))?;
-        if fs::read_link(dst).ok().as_deref() == Some(target.as_path()) {
+        if to.read_link_contents(name).ok().as_deref() == Some(target.as_path()) {
             self.done.unchanged += 1;
             return Ok(());
         }
-        match fs::symlink_metadata(dst) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(dst).map_err(|e| self.err("replacing", dst, e))?,
-            Ok(_) => fs::remove_file(dst).map_err(|e| self.err("replacing", dst, e))?,
-            Err(_) => {}
-        }
-        std::os::unix::fs::symlink(&target, dst).map_err(|e| self.err("linking", dst, e))?;
+        self.remove_any(to, name, rel)?;
+        to.symlink_contents(&target, name).map_err(|e| self.err("linking", rel, e))?;
         self.done.copied += 1;
         Ok(())
     }
 }
 
-/// Copy `src` into the new file `to` (`create_new`: an existing file or symlink there is an
-/// error, never followed) with `src`'s permissions and modification time.
-fn copy_new(src: &Path, to: &Path, meta: &fs::Metadata) -> io::Result<()> {
+/// Copy `src` into the new file `name` of `to` (`create_new`: an existing file or link
+/// there is an error, never followed) with `src`'s permissions and modification time.
+fn copy_new(src: &Path, to: &Dir, name: &str, meta: &fs::Metadata) -> io::Result<()> {
     let mut from = fs::File::open(src)?;
-    let mut out = fs::OpenOptions::new().write(true).create_new(true).open(to)?;
+    let out = to.open_with(name, cap_std::fs::OpenOptions::new().write(true).create_new(true))?;
+    let mut out = out.into_std();
     io::copy(&mut from, &mut out)?;
     out.set_permissions(meta.permissions())?;
     if let Ok(mtime) = meta.modified() {
@@ -267,15 +296,46 @@ mod tests {
     }
 
     #[test]
+    fn a_script_swapping_directories_for_links_during_a_sync_cannot_lead_it_out() {
+        // What a script of a running attempt can do while another attempt of the project
+        // syncs: swap a directory for a link out, again and again. No write may land outside.
+        let p = project();
+        let outside = tempfile::tempdir().unwrap();
+        let (ws, _) = prepare(p.path()).unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = {
+            let (ws, outside, stop) = (ws.clone(), outside.path().to_path_buf(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let q = ws.join("queries");
+                    let _ = fs::remove_dir_all(&q).or_else(|_| fs::remove_file(&q));
+                    let _ = std::os::unix::fs::symlink(&outside, &q);
+                    let _ = fs::remove_file(&q);
+                    let _ = fs::create_dir_all(q.join("daily"));
+                }
+            })
+        };
+        for _ in 0..300 {
+            // Errors are fine (a directory vanished under the sync); escapes are not.
+            let _ = prepare(p.path());
+            fs::write(p.path().join("queries/daily/q.sql"), format!("select {}", random_u64())).unwrap();
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        let leaked: Vec<_> = fs::read_dir(outside.path()).unwrap().flatten().map(|e| e.path()).collect();
+        assert!(leaked.is_empty(), "the sync wrote outside the workspace: {leaked:?}");
+    }
+
+    #[test]
     fn a_copy_never_goes_through_a_link_at_its_temporary_name() {
         let p = project();
         let outside = tempfile::tempdir().unwrap();
         let target = outside.path().join("victim.txt");
         fs::write(&target, "untouched").unwrap();
-        let link = p.path().join("planted");
-        std::os::unix::fs::symlink(&target, &link).unwrap();
+        std::os::unix::fs::symlink(&target, p.path().join("planted")).unwrap();
         let meta = fs::metadata(p.path().join("etl.dig")).unwrap();
-        let err = copy_new(&p.path().join("etl.dig"), &link, &meta).unwrap_err();
+        let dir = Dir::open_ambient_dir(p.path(), ambient_authority()).unwrap();
+        let err = copy_new(&p.path().join("etl.dig"), &dir, "planted", &meta).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::AlreadyExists);
         assert_eq!(fs::read_to_string(&target).unwrap(), "untouched");
     }
