@@ -255,7 +255,10 @@ impl SqliteStore {
 impl Store for SqliteStore {
     fn begin_attempt(&mut self, new: &NewAttempt) -> Result<AttemptRecord> {
         let project_id = self.project_id(&new.project)?;
-        let tx = self.conn.transaction()?;
+        // Every write transaction takes the write lock when it begins (IMMEDIATE): one that
+        // read first and wrote later could fail at once with SQLITE_BUSY in WAL mode, when
+        // another process committed in between, without waiting for the busy timeout.
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         tx.execute(
             "INSERT INTO sessions (project_id, workflow, session_time, uuid) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT(project_id, workflow, session_time) DO NOTHING",
@@ -317,7 +320,7 @@ impl Store for SqliteStore {
             return Ok(());
         }
         let now = now_ms();
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut upsert = tx.prepare_cached(
                 "INSERT INTO tasks (id, attempt_id, name, state, retry_count, request, result, error, updated_at, started_at,
@@ -486,7 +489,7 @@ impl Store for SqliteStore {
 
     fn put_revision(&mut self, project: &str, name: &str, workflows: &[WorkflowDefinition]) -> Result<i64> {
         let project_id = self.project_id(project)?;
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let existing: Option<i64> = tx
             .query_row("SELECT id FROM revisions WHERE project_id = ?1 AND name = ?2", params![project_id, name], |r| {
                 r.get(0)
@@ -522,7 +525,7 @@ impl Store for SqliteStore {
         if lines.is_empty() {
             return Ok(());
         }
-        let tx = self.conn.transaction()?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         {
             let mut insert = tx.prepare_cached(
                 "INSERT INTO task_logs (attempt_id, task_name, at, level, message) VALUES (?1, ?2, ?3, ?4, ?5)",
