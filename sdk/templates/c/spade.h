@@ -24,7 +24,7 @@
 #include <stdint.h>
 
 /* The spade:operator contract version wit/world.wit is written against. */
-#define SPADE_WIT_VERSION "0.2.0"
+#define SPADE_WIT_VERSION "0.3.0"
 
 /* One task call; every string is NUL-terminated. */
 typedef struct spade_request {

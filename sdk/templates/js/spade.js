@@ -14,12 +14,12 @@
 // asks for. Throw `new spade.Failure(msg)` for errors a user can cause; any other
 // exception also fails the task, with its message, instead of trapping.
 
-import { write as logWrite } from 'spade:operator/log@0.2.0';
-import { print as outputPrint } from 'spade:operator/output@0.2.0';
+import { write as logWrite } from 'spade:operator/log@0.3.0';
+import { print as outputPrint } from 'spade:operator/output@0.3.0';
 import { getDirectories } from 'wasi:filesystem/preopens@0.2.12';
 
 // The spade:operator contract version wit/world.wit is written against.
-export const WIT_VERSION = '0.2.0';
+export const WIT_VERSION = '0.3.0';
 
 export class Failure extends Error {
   constructor(message, { retryable = false } = {}) {

@@ -26,7 +26,7 @@ from wit_world.imports import output as _output
 from wit_world.imports import types as _t
 
 # The spade:operator contract version wit/world.wit is written against.
-WIT_VERSION = "0.2.0"
+WIT_VERSION = "0.3.0"
 
 __all__ = [
     "Request", "Failure", "Outcome", "done", "poll", "error",
