@@ -230,11 +230,17 @@ fn host_is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-/// The unprivileged user a root host runs an attempt's sandboxed commands as: one per
-/// attempt (so one attempt's processes do not count against another's process limit), in a
-/// range no distribution allocates.
-fn sandbox_uid(attempt_id: i64) -> u32 {
-    200_000 + u32::try_from(attempt_id.rem_euclid(100_000)).unwrap_or(0)
+/// The unprivileged user a root host runs a workspace's sandboxed commands as: one per
+/// workspace (so a project's processes do not count against another's process limit, and
+/// the concurrent attempts of one project, which share its workspace as in Digdag, share
+/// its owner too), in a range no distribution allocates.
+fn sandbox_uid(workspace: &Path) -> u32 {
+    // FNV-1a of the path: stable across runs and processes.
+    let mut hash: u32 = 0x811c_9dc5;
+    for b in workspace.as_os_str().as_encoded_bytes() {
+        hash = (hash ^ u32::from(*b)).wrapping_mul(0x0100_0193);
+    }
+    200_000 + hash % 100_000
 }
 
 /// Directories of the host's system mounted read-only in every sandbox (when they exist).
@@ -407,7 +413,7 @@ pub(crate) fn sandbox_command(grant: &CommandGrant, spec: &Spec) -> Result<Comma
         // change of user would clear it), so the sandbox dies with spade; reaping the
         // command, it passes the command's CPU time and memory on to our `wait4`; and it
         // exits with the command's status (128 + signal when a signal ended it).
-        let uid = sandbox_uid(spec.attempt_id);
+        let uid = sandbox_uid(&spec.workspace);
         safe_fs::chown_tree(&spec.workspace, uid, uid)?;
         cmd.args([TIMEOUT, "0", SETPRIV]).arg(format!("--reuid={uid}")).arg(format!("--regid={uid}"));
         cmd.args(["--clear-groups", "--no-new-privs", "--"]);
