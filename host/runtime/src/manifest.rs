@@ -333,13 +333,22 @@ impl Linked {
 
 /// `secrets(a,b) http(...) workflows expressions engine command`, the parts that are on:
 /// `on` says which capabilities are, `secrets` and `http` give those two's details.
-fn capability_list(secrets: &[String], http: Option<String>, on: impl Fn(Capability) -> bool) -> Vec<String> {
+/// `details` gives the text in parentheses after a capability's name, when it has some.
+fn capability_list(
+    secrets: &[String],
+    http: Option<String>,
+    on: impl Fn(Capability) -> bool,
+    details: impl Fn(Capability) -> Option<String>,
+) -> Vec<String> {
     Capability::ALL
         .into_iter()
         .filter_map(|c| match c {
             Capability::Secrets => (!secrets.is_empty()).then(|| format!("{c}({})", secrets.join(","))),
             Capability::Http => http.as_ref().map(|h| format!("{c}({h})")),
-            other => on(other).then(|| other.to_string()),
+            other => on(other).then(|| match details(other) {
+                Some(d) => format!("{other}({d})"),
+                None => other.to_string(),
+            }),
         })
         .collect()
 }
@@ -347,7 +356,13 @@ fn capability_list(secrets: &[String], http: Option<String>, on: impl Fn(Capabil
 impl fmt::Display for Linked {
     /// The capabilities beyond log and output, e.g. `secrets(slack.*) http(https://x) engine`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let parts = capability_list(&self.secrets, self.http.as_ref().map(|h| h.to_string()), |c| self.links(c));
+        // The command grant shows its executors, e.g. `command(sandbox,docker)`.
+        let executors = |c: Capability| match (c, &self.command) {
+            (Capability::Command, Some(g)) => Some(g.executors.iter().map(|e| e.name()).collect::<Vec<_>>().join(",")),
+            _ => None,
+        };
+        let parts =
+            capability_list(&self.secrets, self.http.as_ref().map(|h| h.to_string()), |c| self.links(c), executors);
         if parts.is_empty() { f.write_str("-") } else { f.write_str(&parts.join(" ")) }
     }
 }
@@ -371,7 +386,7 @@ impl fmt::Display for Wants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let http =
             (!self.http.is_empty()).then(|| self.http.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "));
-        let mut parts = capability_list(&self.secrets, http, |c| self.asks(c));
+        let mut parts = capability_list(&self.secrets, http, |c| self.asks(c), |_| None);
         if let Some(m) = self.memory_bytes {
             parts.push(format!("memory {} MiB", m >> 20));
         }
