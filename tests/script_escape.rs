@@ -216,3 +216,24 @@ fn the_sandbox_contains_scripts_of_an_ordinary_user_too() {
     assert!(!err.contains("LEAKED"), "{err}");
     assert_eq!(std::fs::read_to_string(dir.path().join(".spade/workspace/f.txt")).unwrap(), "written\n");
 }
+
+#[test]
+fn scripts_are_held_to_the_attempts_disk_quota() {
+    let dir = project(&[
+        ("spade.yml", "disk_quota_mb: 5\n"),
+        // One file larger than the quota: stopped while it is written.
+        ("big.dig", "timezone: UTC\n+big:\n  sh>: head -c 20000000 /dev/zero > big.bin\n"),
+        // Many files, each under it, together over it: charged when the script ends.
+        (
+            "many.dig",
+            "timezone: UTC\n+many:\n  sh>: for i in 1 2 3 4; do head -c 2000000 /dev/zero > part$i.bin; done\n",
+        ),
+    ]);
+    let (ok, err) = run_then_next(dir.path(), "big.dig");
+    assert!(!ok);
+    assert!(err.contains("disk quota (disk_quota)"), "{err}");
+    std::fs::remove_file(dir.path().join(".spade/workspace/big.bin")).ok();
+    let (ok, err) = run_then_next(dir.path(), "many.dig");
+    assert!(!ok);
+    assert!(err.contains("exceeded the attempt's disk quota of 5 MiB (disk_quota)"), "{err}");
+}

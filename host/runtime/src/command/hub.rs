@@ -156,6 +156,9 @@ impl Running {
         if reason.is_empty() && xcpu {
             reason = format!("exceeded its CPU time limit of {} s (cpu_seconds)", self.limits.cpu_time.as_secs());
         }
+        if reason.is_empty() && killed_by == Some(libc::SIGXFSZ) {
+            reason = "a file it wrote reached what is left of the attempt's disk quota (disk_quota)".to_string();
+        }
         // An address-space limit shows as failed allocations, which programs report.
         let oom = ["MemoryError", "Cannot allocate memory", "out of memory", "failed to allocate", "NoMemoryError"]
             .iter()
@@ -225,6 +228,15 @@ impl Running {
 pub(crate) struct Hub {
     commands: Mutex<HashMap<String, Arc<Running>>>,
     watchdog: std::sync::OnceLock<()>,
+    /// Per workspace and attempt (each attempt has its own quota): the workspace's size and
+    /// the attempt's quota use when last looked at (see [`Hub::workspace_growth`]).
+    ledgers: Mutex<HashMap<(std::path::PathBuf, i64), Ledger>>,
+}
+
+#[derive(Clone, Copy)]
+struct Ledger {
+    size: u64,
+    charged: u64,
 }
 
 impl Hub {
@@ -273,6 +285,35 @@ impl Hub {
         self.map().insert(handle.clone(), running);
         self.start_watchdog();
         handle
+    }
+
+    /// Notes the workspace's size before a command starts in it (once per workspace: later
+    /// commands are measured from where the last one left it).
+    pub fn note_workspace(&self, workspace: &std::path::Path, attempt_id: i64, charged: u64) -> Result<(), String> {
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (workspace.to_path_buf(), attempt_id);
+        if !ledgers.contains_key(&key) {
+            // A workspace's earlier attempts are done with it (or run beside this one with
+            // ledgers of their own): keep at most a few.
+            if ledgers.len() > 1024 {
+                ledgers.clear();
+            }
+            let size = super::safe_fs::tree_size(workspace)?;
+            ledgers.insert(key, Ledger { size, charged });
+        }
+        Ok(())
+    }
+
+    /// What commands added to the workspace since it was last looked at: its growth in
+    /// size, less what the attempt's wasm calls added meanwhile (those are charged to the
+    /// quota as they write; `charged` is the quota's use now). Negative when files went.
+    pub fn workspace_growth(&self, workspace: &std::path::Path, attempt_id: i64, charged: u64) -> Result<i128, String> {
+        let size = super::safe_fs::tree_size(workspace)?;
+        let mut ledgers = self.ledgers.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (workspace.to_path_buf(), attempt_id);
+        let before = ledgers.get(&key).copied().unwrap_or(Ledger { size, charged });
+        ledgers.insert(key, Ledger { size, charged });
+        Ok(i128::from(size) - i128::from(before.size) - (i128::from(charged) - i128::from(before.charged)))
     }
 
     /// The command `handle`, if `owner` started it.

@@ -160,6 +160,31 @@ impl HostState {
         }
     }
 
+    /// Charges what commands added to the workspace to the attempt's disk quota (a file
+    /// is also stopped at what is left of it, by RLIMIT_FSIZE, while it is written). The
+    /// reason to fail the task with when it does not fit.
+    fn charge_workspace_growth(&self) -> Option<String> {
+        let (_, task) = self.command_task().ok()?;
+        let growth = match self.command.hub.workspace_growth(&task.workspace, task.owner.attempt_id, task.disk.used()) {
+            Ok(g) => g,
+            Err(e) => return Some(format!("cannot measure what it wrote to the workspace: {e}")),
+        };
+        if growth < 0 {
+            task.disk.refund(u64::try_from(-growth).unwrap_or(u64::MAX));
+            return None;
+        }
+        let growth = u64::try_from(growth).unwrap_or(u64::MAX);
+        (!task.disk.charge(growth)).then(|| {
+            format!(
+                "exceeded the attempt's disk quota of {} MiB (disk_quota): it added {} MiB to the workspace; \
+                 delete what later tasks do not need, or raise the quota (spade run --disk-quota MiB, or \
+                 disk_quota_mb in spade.yml)",
+                task.disk.limit() >> 20,
+                growth >> 20
+            )
+        })
+    }
+
     fn record_usage(&self, usage: Usage) {
         if let Some(s) = self.services {
             s.record_usage(usage);
@@ -226,6 +251,7 @@ impl wit_command::Host for HostState {
             attempt_id: task.owner.attempt_id,
             file_size_limit: task.disk.limit().saturating_sub(task.disk.used()),
         };
+        self.command.hub.note_workspace(&task.workspace, task.owner.attempt_id, task.disk.used())?;
         let child = executor::spawn(&launch, grant, &spec)?;
         Ok(self.command.hub.add(task.owner.clone(), child, grant.limits, task.cancel.clone()))
     }
@@ -244,8 +270,11 @@ impl wit_command::Host for HostState {
         loop {
             let (lines, finished) = running.take_output();
             self.forward_output(lines);
-            if let Some(f) = finished {
+            if let Some(mut f) = finished {
                 self.command.hub.remove(&handle);
+                if let Some(over) = self.charge_workspace_growth() {
+                    f.reason = over;
+                }
                 // The task's wall time is its calls' (which include this wait); a command adds
                 // its CPU time and memory.
                 self.record_usage(Usage { wall: Duration::ZERO, ..f.usage });

@@ -98,17 +98,43 @@ pub fn chown_tree(root: &Path, uid: u32, gid: u32) -> Result<(), String> {
     if unsafe { libc::fchown(dir.as_raw_fd(), uid, gid) } != 0 {
         return Err(format!("cannot give the workspace to the sandbox user: {}", std::io::Error::last_os_error()));
     }
-    chown_below(dir, uid, gid, 0)
+    walk(dir, 0, &mut |parent, name, st| {
+        if st.st_uid != uid || st.st_gid != gid {
+            // SAFETY: valid descriptor and C string; AT_SYMLINK_NOFOLLOW changes a link
+            // itself, never its target.
+            unsafe { libc::fchownat(parent.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
+        }
+    })
 }
 
-fn chown_below(dir: OwnedFd, uid: u32, gid: u32, depth: usize) -> Result<(), String> {
+/// Bytes of the regular files below `root` (links not followed): what the workspace holds,
+/// to charge what commands added to it against the attempt's disk quota.
+pub fn tree_size(root: &Path) -> Result<u64, String> {
+    let dir: OwnedFd =
+        File::open(root).map_err(|e| format!("cannot open the workspace {}: {e}", root.display()))?.into();
+    let mut total = 0u64;
+    walk(dir, 0, &mut |_, _, st| {
+        if (st.st_mode & libc::S_IFMT) == libc::S_IFREG {
+            total = total.saturating_add(st.st_size.max(0) as u64);
+        }
+    })?;
+    Ok(total)
+}
+
+/// Calls `visit(parent, name, stat)` for every entry below `dir`, depth first, never
+/// following a link (a directory swapped for one meanwhile is not entered).
+fn walk(
+    dir: OwnedFd,
+    depth: usize,
+    visit: &mut dyn FnMut(&OwnedFd, &std::ffi::CStr, &libc::stat),
+) -> Result<(), String> {
     if depth > 256 {
         return Err("the workspace is nested more than 256 directories deep".into());
     }
     // Read the entries through a duplicate: `fdopendir` takes ownership of its descriptor.
     // SAFETY: dup/fdopendir/readdir/closedir on descriptors we own; names are copied out
     // before the next readdir.
-    let names: Vec<(CString, bool)> = unsafe {
+    let names: Vec<CString> = unsafe {
         let dup = libc::fcntl(dir.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0);
         if dup < 0 {
             return Err(std::io::Error::last_os_error().to_string());
@@ -125,29 +151,25 @@ fn chown_below(dir: OwnedFd, uid: u32, gid: u32, depth: usize) -> Result<(), Str
                 break;
             }
             let name = std::ffi::CStr::from_ptr((*entry).d_name.as_ptr()).to_owned();
-            if name.as_bytes() == b"." || name.as_bytes() == b".." {
-                continue;
+            if name.as_bytes() != b"." && name.as_bytes() != b".." {
+                names.push(name);
             }
-            names.push((name, (*entry).d_type == libc::DT_DIR));
         }
         libc::closedir(stream);
         names
     };
-    for (name, is_dir) in names {
+    for name in names {
+        // SAFETY: an all-zero stat is a valid value to be overwritten.
         let mut st: libc::stat = unsafe { std::mem::zeroed() };
         // SAFETY: valid descriptor, C string and out-pointer.
         if unsafe { libc::fstatat(dir.as_raw_fd(), name.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
             continue; // removed meanwhile
         }
-        if st.st_uid != uid || st.st_gid != gid {
-            // SAFETY: as above; AT_SYMLINK_NOFOLLOW changes a link itself, never its target.
-            unsafe { libc::fchownat(dir.as_raw_fd(), name.as_ptr(), uid, gid, libc::AT_SYMLINK_NOFOLLOW) };
-        }
-        if is_dir || (st.st_mode & libc::S_IFMT) == libc::S_IFDIR {
-            // O_NOFOLLOW: a directory swapped for a link meanwhile is not entered.
-            if let Ok(sub) = openat(&dir, &name, libc::O_RDONLY | libc::O_DIRECTORY) {
-                chown_below(sub, uid, gid, depth + 1)?;
-            }
+        visit(&dir, &name, &st);
+        if (st.st_mode & libc::S_IFMT) == libc::S_IFDIR
+            && let Ok(sub) = openat(&dir, &name, libc::O_RDONLY | libc::O_DIRECTORY)
+        {
+            walk(sub, depth + 1, visit)?;
         }
     }
     Ok(())
@@ -180,5 +202,7 @@ mod tests {
         assert!(open_regular(root, "missing", 1).unwrap_err().contains("does not exist"));
         assert!(open_dir(root, Path::new("dirlink")).is_err());
         assert!(open_dir(root, Path::new("sub")).is_ok());
+        // ok.json (2) + sub/big (100); links and the FIFO count nothing.
+        assert_eq!(tree_size(root).unwrap(), 102);
     }
 }
