@@ -372,3 +372,22 @@ fn docker_tasks_need_a_daemon() {
         );
     }
 }
+
+#[test]
+fn py_falls_back_to_python3_where_there_is_no_python() {
+    let dir = project(&[
+        ("t.py", "import sys, digdag\ndef run():\n    digdag.env.store({'major': sys.version_info[0]})\n"),
+        ("py3.dig", "timezone: UTC\n+t:\n  py>: t.run\n+show:\n  echo>: python ${major}\n"),
+    ]);
+    // spade's PATH holds python3 and bubblewrap, and no `python` (as on Debian).
+    let bin = tempfile::tempdir().unwrap();
+    for tool in ["python3", "bwrap"] {
+        let found = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().unwrap();
+        let found = String::from_utf8(found.stdout).unwrap();
+        std::os::unix::fs::symlink(found.trim(), bin.path().join(tool)).unwrap();
+    }
+    let path = bin.path().as_os_str().to_owned();
+    let out = spade_env(dir.path(), &["run", "py3.dig"], &[("PATH", path.as_os_str())]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout_lines(&out), ["python 3"]);
+}
