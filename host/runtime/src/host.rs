@@ -1,26 +1,27 @@
 //! The host side of the `spade:operator` world: generated bindings, the per-call store
-//! data (`HostState`) and the capability imports, which forward to `TaskServices`.
+//! data (`HostState`), and the always-granted imports (`types`, `log`, `output`). Each
+//! capability's imports live in its own module of `crate::capability`.
 //!
 //! It also replaces wasmtime-wasi's clock subscriptions so that a guest sleeping in
 //! `wasi:io/poll` (where epoch interruption cannot reach it) still stops on kill/deadline.
 //!
 //! Capability checks happen twice: at install time a plugin that imports an interface it
-//! was not granted is refused (see `Runtime::install`), and here `secrets.get` only answers
-//! keys both the plugin's manifest and its grants name.
+//! was not granted is refused (see `Runtime::install`), and at each call the capability's
+//! module checks what is asked (`secrets.get` only answers keys both the plugin's manifest
+//! and its grants name).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-use spade_api::{AttemptState, CancelToken, LogLevel, Object, StartRequest, TaskServices};
+use spade_api::{CancelToken, LogLevel, TaskServices};
 use wasmtime::StoreContextMut;
 use wasmtime::component::{Linker, Resource, ResourceTable};
 use wasmtime_wasi::p2::{DynPollable, Pollable, subscribe};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::http::{HttpGuard, HttpPolicy};
+use crate::capability::http::{HttpGuard, HttpPolicy};
 use crate::manifest::Linked;
 use crate::sandbox::{Limiter, LineBudget};
 
@@ -33,14 +34,11 @@ pub(crate) use spade::operator::{command as wit_command, engine as wit_engine, l
 pub(crate) use spade::operator::{expressions as wit_expressions, output as wit_output};
 pub(crate) use spade::operator::{secrets as wit_secrets, workflows as wit_workflows};
 
-/// Largest JSON text a plugin may hand to a capability (template scope, start params).
-const MAX_CAPABILITY_INPUT: usize = 16 << 20;
-
 /// What the plugin is linked with, as the host functions need it.
 pub(crate) struct PluginCtx {
     pub name: String,
     /// What its commands may use, when it is granted `command`.
-    pub command: Option<Arc<crate::command::CommandGrant>>,
+    pub command: Option<Arc<crate::capability::command::CommandGrant>>,
     /// The intersection of its manifest's request and its grants.
     pub linked: Linked,
     /// Where the plugin may send HTTP requests (checked per request by [`HttpGuard`]).
@@ -54,7 +52,7 @@ impl PluginCtx {
         PluginCtx { name: name.to_string(), command, linked, http }
     }
 
-    fn may_read_secret(&self, key: &str) -> bool {
+    pub fn may_read_secret(&self, key: &str) -> bool {
         self.linked.may_read_secret(key)
     }
 }
@@ -209,8 +207,8 @@ pub(crate) struct HostState {
     pub http_guard: HttpGuard,
     /// The workspace's disk quota ([`crate::disk`]).
     pub disk: crate::disk::DiskGuard,
-    /// The `command` capability ([`crate::command`]).
-    pub command: crate::command::CommandCall,
+    /// The `command` capability ([`crate::capability::command`]).
+    pub command: crate::capability::command::CommandCall,
 }
 
 impl WasiView for HostState {
@@ -237,10 +235,6 @@ impl HostState {
     }
 }
 
-fn services_missing(what: &str) -> String {
-    format!("{what} is not available while the plugin is being described")
-}
-
 impl wit_types::Host for HostState {}
 
 impl wit_log::Host for HostState {
@@ -264,78 +258,6 @@ impl spade::operator::output::Host for HostState {
                 None => tracing::debug!(plugin = %self.plugin.name, "describe output: {line}"),
             }
         }
-    }
-}
-
-impl spade::operator::secrets::Host for HostState {
-    fn get(&mut self, key: String) -> Option<String> {
-        if !self.plugin.may_read_secret(&key) {
-            return None;
-        }
-        self.services?.secret(&key)
-    }
-}
-
-impl spade::operator::workflows::Host for HostState {
-    fn load(&mut self, path: String) -> Result<String, String> {
-        let services = self.services.ok_or_else(|| services_missing("workflows.load"))?;
-        let config = services.load_workflow(&path)?;
-        serde_json::to_string(&config).map_err(|e| format!("cannot encode workflow {path}: {e}"))
-    }
-}
-
-fn parse_object(what: &str, text: &str) -> Result<Object, String> {
-    if text.len() > MAX_CAPABILITY_INPUT {
-        return Err(format!("{what} is {} bytes; the limit is {} bytes", text.len(), MAX_CAPABILITY_INPUT));
-    }
-    match serde_json::from_str::<Value>(text) {
-        Ok(Value::Object(m)) => Ok(m),
-        Ok(_) => Err(format!("{what} must be a JSON object")),
-        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
-    }
-}
-
-impl spade::operator::expressions::Host for HostState {
-    fn render(&mut self, template: String, scope: String) -> Result<String, String> {
-        let services = self.services.ok_or_else(|| services_missing("expressions.render"))?;
-        if template.len() > MAX_CAPABILITY_INPUT {
-            return Err(format!("template is {} bytes; the limit is {} bytes", template.len(), MAX_CAPABILITY_INPUT));
-        }
-        let scope = parse_object("scope", &scope)?;
-        services.render_template(&template, &scope)
-    }
-}
-
-fn attempt_ref(r: spade_api::AttemptRef) -> wit_engine::AttemptRef {
-    wit_engine::AttemptRef {
-        attempt_id: r.attempt_id,
-        session_id: r.session_id,
-        state: match r.state {
-            AttemptState::Running => wit_engine::AttemptState::Running,
-            AttemptState::Success => wit_engine::AttemptState::Success,
-            AttemptState::Failure => wit_engine::AttemptState::Failure,
-        },
-    }
-}
-
-impl wit_engine::Host for HostState {
-    fn start_or_find(&mut self, req: wit_engine::StartRequest) -> Result<wit_engine::AttemptRef, String> {
-        let services = self.services.ok_or_else(|| services_missing("engine.start-or-find"))?;
-        let params = parse_object("start-request.params", &req.params)?;
-        let req = StartRequest {
-            project_name: req.project_name,
-            workflow_name: req.workflow_name,
-            session_time: req.session_time,
-            attempt_name: req.attempt_name,
-            params,
-            rerun_on: req.rerun_on,
-        };
-        services.start_or_find(&req).map(attempt_ref)
-    }
-
-    fn status(&mut self, attempt_id: i64) -> Result<wit_engine::AttemptRef, String> {
-        let services = self.services.ok_or_else(|| services_missing("engine.status"))?;
-        services.attempt_status(attempt_id).map(attempt_ref)
     }
 }
 

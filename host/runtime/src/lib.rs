@@ -21,12 +21,10 @@
 
 mod cache;
 mod capability;
-mod command;
 mod contract;
 mod decode;
 mod disk;
 mod host;
-mod http;
 mod manifest;
 mod sandbox;
 
@@ -49,21 +47,21 @@ use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
 use crate::cache::{Cache, sha256_hex};
 use crate::capability::Import;
-use crate::command::{CommandCall, Hub};
+use crate::capability::command::{CommandCall, Hub};
+use crate::capability::http::HttpGuard;
 use crate::contract::{AnyPlugin, AnyPre, Detected};
 use crate::disk::DiskGuard;
 use crate::host::{HostState, Interrupt, PluginCtx, Stop};
-use crate::http::HttpGuard;
 use crate::sandbox::{Capture, Limiter, LineBudget};
 
 pub use crate::capability::Capability;
-pub use crate::command::{CommandGrant, CommandLimits, ExecutorKind, valid_env_key};
-pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION, supports_wit_version};
-pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
-pub use crate::http::{
+pub use crate::capability::command::{CommandGrant, CommandLimits, ExecutorKind, valid_env_key};
+pub use crate::capability::http::{
     HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPolicy, HttpPort,
     MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
 };
+pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION, supports_wit_version};
+pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
 pub use crate::manifest::{
     Linked, MANIFEST_FILE, MANIFEST_SECTION, Manifest, Wants, embed as embed_manifest,
     read_embedded as read_embedded_manifest,

@@ -24,7 +24,7 @@ use wasmparser::BinaryReader;
 
 use crate::Grants;
 use crate::capability::Capability;
-use crate::http::{HttpAllow, HttpPolicy};
+use crate::capability::http::{HttpAllow, HttpPolicy};
 
 /// Name of the component custom section holding the manifest (TOML text).
 pub const MANIFEST_SECTION: &str = "spade-manifest";

@@ -1,9 +1,20 @@
-//! The capabilities a plugin can be granted beyond `log` and `output` (always there): the
-//! one list the rest of the runtime matches on. A component's imports name them
+//! The capabilities a plugin can be granted beyond `log` and `output` (always there), one
+//! module each (its host functions and checks; `command` and `http` also own their grant
+//! types and per-call state), and the one list the rest of the runtime matches on. A component's imports name them
 //! ([`Capability::of_import`]), its manifest asks for them (`Wants`), its grants allow them
 //! (`Grants`), and the plugin is linked with what both say (`Linked`).
 
+pub(crate) mod command;
+mod engine;
+mod expressions;
+pub(crate) mod http;
+mod secrets;
+mod workflows;
+
 use std::fmt;
+
+use serde_json::Value;
+use spade_api::Object;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Capability {
@@ -75,6 +86,24 @@ impl Capability {
 impl fmt::Display for Capability {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+/// Largest JSON text a plugin may hand to a capability (template scope, start params).
+const MAX_CAPABILITY_INPUT: usize = 16 << 20;
+
+fn services_missing(what: &str) -> String {
+    format!("{what} is not available while the plugin is being described")
+}
+
+fn parse_object(what: &str, text: &str) -> Result<Object, String> {
+    if text.len() > MAX_CAPABILITY_INPUT {
+        return Err(format!("{what} is {} bytes; the limit is {} bytes", text.len(), MAX_CAPABILITY_INPUT));
+    }
+    match serde_json::from_str::<Value>(text) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) => Err(format!("{what} must be a JSON object")),
+        Err(e) => Err(format!("{what} is not valid JSON: {e}")),
     }
 }
 
