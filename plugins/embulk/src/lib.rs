@@ -8,8 +8,8 @@
 //! `embulk:` map gives defaults. A non-zero exit fails the task with Digdag's
 //! "Command failed with code N".
 
-use spade_sdk::command::{self, Progress, Spec};
-use spade_sdk::{Failure, Object, Operator, Outcome, Request, Result, Value, expressions, json, secrets};
+use spade_sdk::command::{self, Spec};
+use spade_sdk::{Failure, Operator, Outcome, Request, Result, Value, expressions, json, script, secrets};
 
 pub struct Embulk;
 
@@ -18,42 +18,13 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 
 impl Operator for Embulk {
     fn run(req: Request) -> Result<Outcome> {
-        let progress = command::run_or_resume(&req, || start(&req))?;
-        let (finished, data) = match progress {
-            Progress::Pending(poll) => return Ok(poll),
-            Progress::Finished { finished, data } => (finished, data),
-        };
-        if let Some(dir) = data.get("dir").and_then(Value::as_str) {
-            let _ = std::fs::remove_dir_all(command::workspace_path(dir));
-        }
-        if finished.success() {
-            return Ok(Outcome::done().into());
-        }
-        let mut message = match finished.exit_code {
-            Some(code) if finished.reason.is_empty() => format!("Command failed with code {code}"),
-            _ => format!("embulk {}", finished.describe()),
-        };
-        if !finished.output_tail.is_empty() {
-            message.push_str("; its output ends with:\n");
-            message.push_str(&finished.output_tail);
-        }
-        Err(Failure::new(format!("{}: {message}", req.location())).retryable())
+        script::run_command(&req, "embulk", || start(&req))
     }
-}
-
-fn params(req: &Request) -> Object {
-    let mut params = req.params.clone();
-    if let Some(Value::Object(defaults)) = req.params.get("embulk") {
-        for (k, v) in defaults {
-            params.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    params
 }
 
 fn start(req: &Request) -> Result<(Spec, Value)> {
     let at = |m: String| Failure::new(format!("{}: {m}", req.location()));
-    let params = params(req);
+    let params = script::params_with_defaults(req, "embulk");
     let config = match (&req.command, params.get("config")) {
         (Value::String(file), _) if !file.trim().is_empty() => {
             let path = file.trim();
@@ -69,11 +40,7 @@ fn start(req: &Request) -> Result<(Spec, Value)> {
     let file = format!("{dir}/load.yml");
     std::fs::write(command::workspace_path(&file), config.as_bytes())
         .map_err(|e| at(format!("cannot write {file}: {e}")))?;
-    let mut env_params = Object::new();
-    if let Some(e) = params.get("_env") {
-        env_params.insert("_env".into(), e.clone());
-    }
-    let env = command::script_env(&env_params).map_err(at)?.into_iter().filter(|(k, _)| k != "_env").collect();
+    let env = script::env_map_only(&params).map_err(at)?;
     Ok((Spec { argv: vec!["embulk".into(), "run".into(), file], env, ..Spec::default() }, json!({ "dir": dir })))
 }
 

@@ -11,46 +11,15 @@
 //!   "Command failed with code N" and the script's last output lines.
 //! - A script that outlasts the first call is polled (no wasm instance is held meanwhile).
 
-use spade_sdk::command::{self, Progress, Spec};
-use spade_sdk::{Failure, Object, Operator, Outcome, Request, Result, Value, json, secrets};
+use spade_sdk::command::{self, Spec};
+use spade_sdk::{Failure, Operator, Outcome, Request, Result, Value, json, script, secrets};
 
 pub struct Sh;
 
 impl Operator for Sh {
     fn run(req: Request) -> Result<Outcome> {
-        let progress = command::run_or_resume(&req, || start(&req))?;
-        let (finished, data) = match progress {
-            Progress::Pending(poll) => return Ok(poll),
-            Progress::Finished { finished, data } => (finished, data),
-        };
-        if let Some(dir) = data.get("dir").and_then(Value::as_str) {
-            let _ = std::fs::remove_dir_all(command::workspace_path(dir));
-        }
-        if finished.success() {
-            return Ok(Outcome::done().into());
-        }
-        let mut message = match finished.exit_code {
-            Some(code) if finished.reason.is_empty() => format!("Command failed with code {code}"),
-            _ => format!("the script {}", finished.describe()),
-        };
-        if !finished.output_tail.is_empty() {
-            message.push_str("; its output ends with:\n");
-            message.push_str(&finished.output_tail);
-        }
-        // Digdag retries a failed script under `_retry`.
-        Err(Failure::new(format!("{}: {message}", req.location())).retryable())
+        script::run_command(&req, "the script", || start(&req))
     }
-}
-
-/// The task's params with the nested `sh:` map as defaults (Digdag `mergeDefault`).
-fn merged_params(req: &Request) -> Object {
-    let mut params = req.params.clone();
-    if let Some(Value::Object(defaults)) = req.params.get("sh") {
-        for (k, v) in defaults {
-            params.entry(k.clone()).or_insert_with(|| v.clone());
-        }
-    }
-    params
 }
 
 fn start(req: &Request) -> Result<(Spec, Value)> {
@@ -61,7 +30,7 @@ fn start(req: &Request) -> Result<(Spec, Value)> {
         other => other.to_string(),
     };
     let script = secrets::render(&script).map_err(at)?;
-    let params = merged_params(req);
+    let params = script::params_with_defaults(req, "sh");
     let shell: Vec<String> = match params.get("shell") {
         None | Some(Value::Null) => vec!["/bin/sh".to_string()],
         Some(Value::Array(items)) if !items.is_empty() => items

@@ -17,6 +17,58 @@ pub const RUBY_RUNNER: &str = include_str!("runner.rb");
 /// Largest `output.json` read back.
 const MAX_OUTPUT_JSON: u64 = 64 << 20;
 
+/// The task's params with its nested `key:` map as defaults (Digdag's
+/// `config.mergeDefault(config.getNestedOrGetEmpty(key))`: `sh:`, `py:`, `rb:`, `embulk:`).
+pub fn params_with_defaults(req: &Request, key: &str) -> Object {
+    let mut params = req.params.clone();
+    if let Some(Value::Object(defaults)) = req.params.get(key) {
+        for (k, v) in defaults {
+            params.entry(k.clone()).or_insert_with(|| v.clone());
+        }
+    }
+    params
+}
+
+/// Runs (or keeps polling) the command `start` describes, whose data holds the task
+/// directory it writes its files to (`{"dir": ...}`), which is removed once it ends. Done
+/// when it exits 0; otherwise Digdag's "Command failed with code N" (or, when spade stopped
+/// it, what `program` did and why), with its last output lines, retryable as in Digdag.
+pub fn run_command(
+    req: &Request,
+    program: &str,
+    start: impl FnOnce() -> Result<(Spec, Value), Failure>,
+) -> Result<Outcome> {
+    let (finished, data) = match command::run_or_resume(req, start)? {
+        Progress::Pending(poll) => return Ok(poll),
+        Progress::Finished { finished, data } => (finished, data),
+    };
+    if let Some(dir) = data.get("dir").and_then(Value::as_str) {
+        let _ = std::fs::remove_dir_all(command::workspace_path(dir));
+    }
+    if finished.success() {
+        return Ok(Outcome::done().into());
+    }
+    let mut message = match finished.exit_code {
+        Some(code) if finished.reason.is_empty() => format!("Command failed with code {code}"),
+        _ => format!("{program} {}", finished.describe()),
+    };
+    if !finished.output_tail.is_empty() {
+        message.push_str("; its output ends with:\n");
+        message.push_str(&finished.output_tail);
+    }
+    Err(Failure::new(format!("{}: {message}", req.location())).retryable())
+}
+
+/// The environment of `py>`, `rb>` and `embulk>`: only `_env` (Digdag's privileged
+/// variables, `${secret:KEY}` allowed), not every param as `sh>` has.
+pub fn env_map_only(params: &Object) -> Result<Vec<(String, String)>, String> {
+    let mut env_params = Object::new();
+    if let Some(e) = params.get("_env") {
+        env_params.insert("_env".into(), e.clone());
+    }
+    Ok(command::script_env(&env_params)?.into_iter().filter(|(k, _)| k != "_env").collect())
+}
+
 /// One runner-based operator.
 pub struct Runner {
     /// `Python`, `Ruby`: in messages.
@@ -50,19 +102,9 @@ impl Runner {
         result
     }
 
-    fn params(&self, req: &Request) -> Object {
-        let mut params = req.params.clone();
-        if let Some(Value::Object(defaults)) = req.params.get(self.defaults_key) {
-            for (k, v) in defaults {
-                params.entry(k.clone()).or_insert_with(|| v.clone());
-            }
-        }
-        params
-    }
-
     fn start(&self, req: &Request) -> Result<(Spec, Value)> {
         let at = |m: String| Failure::new(format!("{}: {m}", req.location()));
-        let params = self.params(req);
+        let params = params_with_defaults(req, self.defaults_key);
         let (mut argv, fallback) = match params.get(self.interpreter_key) {
             None | Some(Value::Null) => (vec![self.interpreter.to_string()], self.fallback_interpreter),
             Some(Value::String(s)) if !s.is_empty() => (vec![s.clone()], None),
@@ -104,13 +146,7 @@ impl Runner {
         argv.extend(call);
         argv.push(input);
         argv.push(output);
-        // py> and rb> pass only `_env` (Digdag's privileged variables), not every param.
-        let mut env_params = Object::new();
-        if let Some(e) = params.get("_env") {
-            env_params.insert("_env".into(), e.clone());
-        }
-        let env: Vec<(String, String)> =
-            command::script_env(&env_params).map_err(at)?.into_iter().filter(|(k, _)| k != "_env").collect();
+        let env = env_map_only(&params).map_err(at)?;
         let spec = Spec { argv, env, fallback_program: fallback.map(str::to_string), ..Spec::default() };
         Ok((spec, json!({ "dir": dir })))
     }

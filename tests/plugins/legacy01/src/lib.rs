@@ -2,58 +2,12 @@
 //! (`wit/v0.1/operator.wit`), without the SDK, as a third party did before 0.2. Operator
 //! `legacy>` prints its argument, logs, reads a secret and renders a template through the
 //! 0.1 imports, and stores what it saw, so the host tests can prove that a 0.1 component
-//! installs and runs on the 0.2 host with every field carried across.
+//! installs and runs on a newer host with every field carried across.
 
 wit_bindgen::generate!({ path: "../../../wit/v0.1", world: "plugin" });
 
-use serde_json::{Map, Value, json};
-use spade::operator::log::{self, Level};
-use spade::operator::types::{Done, Failure, Poll};
-use spade::operator::{expressions, output, secrets};
+const NAME: &str = "spade-test-legacy01";
+const OPERATOR: &str = "legacy";
+const WIT_VERSION: &str = "0.1.0";
 
-struct Legacy;
-
-impl Guest for Legacy {
-    fn describe() -> PluginInfo {
-        PluginInfo {
-            name: "spade-test-legacy01".into(),
-            version: env!("CARGO_PKG_VERSION").into(),
-            operators: vec!["legacy".into()],
-            wit_version: "0.1.0".into(),
-        }
-    }
-
-    fn run(request: TaskRequest) -> Outcome {
-        let params: Map<String, Value> = serde_json::from_str(&request.params).unwrap_or_default();
-        let command: Value = serde_json::from_str(&request.command).unwrap_or(Value::Null);
-        match params.get("mode").and_then(Value::as_str) {
-            Some("fail") => {
-                return Outcome::Error(Failure { message: "legacy failure".into(), retryable: true });
-            }
-            Some("poll") if request.state.is_none() => {
-                return Outcome::Poll(Poll { after_seconds: 5, state: "{\"step\": 1}".into() });
-            }
-            _ => {}
-        }
-        output::print(&format!("legacy says {}", command.as_str().unwrap_or("?")));
-        log::write(Level::Info, "legacy log line");
-        let rendered = expressions::render("hi ${name}", "{\"name\": \"ana\"}");
-        Outcome::Done(Done {
-            store_params: json!({
-                "legacy": {
-                    "task": request.task_name,
-                    "secret": secrets::get("allowed"),
-                    "rendered": rendered.unwrap_or_else(|e| format!("error: {e}")),
-                    "state": request.state,
-                    "retry_count": request.retry_count,
-                }
-            })
-            .to_string(),
-            reset_store_params: vec!["gone".into()],
-            export_params: "{}".into(),
-            subtasks: None,
-        })
-    }
-}
-
-export!(Legacy);
+include!("operator.rs");
