@@ -123,12 +123,20 @@ fn main() {
     let mut src = String::new();
     src.push_str("/// Bundled plugins: (crate name, component bytes).\n");
     src.push_str("pub static PLUGINS: &[(&str, &[u8])] = &[\n");
+    let mut digests = String::new();
     for (name, dir) in &plugins {
         let file = wasm_dir.join(format!("{}.wasm", name.replace('-', "_")));
         assert!(file.exists(), "spade-bundled: {} was not produced", file.display());
         let file = with_manifest(name, dir, &file, &out_dir);
         src.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", file.display().to_string()));
+        let bytes = std::fs::read(&file).unwrap_or_else(|e| panic!("spade-bundled: reading {}: {e}", file.display()));
+        use sha2::Digest;
+        digests.push_str(&format!("    ({name:?}, {:?}),\n", hex::encode(sha2::Sha256::digest(&bytes))));
     }
+    src.push_str("];\n");
+    src.push_str("/// sha256 (hex) of each bundled plugin's bytes, as in PLUGINS.\n");
+    src.push_str("pub static PLUGIN_DIGESTS: &[(&str, &str)] = &[\n");
+    src.push_str(&digests);
     src.push_str("];\n");
     src.push_str("/// Test-only plugins: (crate name, path of the built component).\n");
     src.push_str("pub static TEST_PLUGINS: &[(&str, &str)] = &[\n");

@@ -108,8 +108,15 @@ pub fn install_all(config: &ProjectConfig, runtime: &Runtime) -> anyhow::Result<
         if let Some(extra) = config.grants.get(&short).or_else(|| config.grants.get(*name)) {
             extra.apply(&mut grants).with_context(|| format!("grants for {short}"))?;
         }
-        let result = runtime.install(name, bytes, grants).map_err(|e| e.to_string());
-        installed.push(InstalledPlugin { source: "bundled".into(), result, replaced_by: None });
+        let result = match spade_bundled::plugin_digest(name) {
+            Some(digest) => runtime.install_with_digest(name, bytes, digest, grants),
+            None => runtime.install(name, bytes, grants),
+        };
+        installed.push(InstalledPlugin {
+            source: "bundled".into(),
+            result: result.map_err(|e| e.to_string()),
+            replaced_by: None,
+        });
     }
     let mut from_registry = lock_registry_plugins(config, &Update::None)?.into_iter();
     for (source, spec) in &config.plugins {

@@ -198,7 +198,7 @@ pub fn measure(
     let mut loads = Vec::with_capacity(opts.cache_loads);
     for _ in 0..opts.cache_loads.max(1) {
         let t = Instant::now();
-        let (_pre, report) = rt.prepare("bench", bytes, &Grants::all())?;
+        let (_pre, report) = rt.prepare("bench", bytes, None, &Grants::all())?;
         loads.push(t.elapsed());
         if report.load != LoadKind::Cached {
             return Err(BenchError::Setup("the cache did not serve the plugin back".into()));

@@ -490,7 +490,13 @@ impl Runtime {
 
     /// Compiles (or loads from the cache) and links `bytes`. `label` names the plugin in
     /// errors until `describe` gives its real name (e.g. the file or crate name).
-    fn prepare(&self, label: &str, bytes: &[u8], grants: &Grants) -> Result<(AnyPre, InstallReport), RuntimeError> {
+    fn prepare(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        digest: Option<&str>,
+        grants: &Grants,
+    ) -> Result<(AnyPre, InstallReport), RuntimeError> {
         let started = Instant::now();
         let invalid = |message: String| RuntimeError::InvalidComponent { plugin: label.to_string(), message };
         if bytes.len() < 8 || &bytes[..4] != b"\0asm" {
@@ -516,7 +522,7 @@ impl Runtime {
             ),
             Err(why) => return Err(invalid(why)),
         };
-        let digest = sha256_hex(bytes);
+        let digest = digest.map_or_else(|| sha256_hex(bytes), str::to_string);
         let mut load = LoadKind::Compiled;
         let mut component = None;
         if let Some(cache) = &self.cache {
@@ -634,7 +640,30 @@ impl Runtime {
     /// name that is already installed, or an operator another installed plugin already
     /// serves (the first install keeps it; nothing of the refused plugin is registered).
     pub fn install(&self, label: &str, bytes: &[u8], grants: Grants) -> Result<InstallReport, RuntimeError> {
-        let (pre, mut report) = self.prepare(label, bytes, &grants)?;
+        self.install_inner(label, bytes, None, grants)
+    }
+
+    /// [`Runtime::install`] of bytes whose sha256 (hex) the caller already knows (spade's
+    /// bundled plugins, hashed when spade was built): the compile cache is looked up by it
+    /// without hashing the bytes again at every start.
+    pub fn install_with_digest(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        digest: &str,
+        grants: Grants,
+    ) -> Result<InstallReport, RuntimeError> {
+        self.install_inner(label, bytes, Some(digest), grants)
+    }
+
+    fn install_inner(
+        &self,
+        label: &str,
+        bytes: &[u8],
+        digest: Option<&str>,
+        grants: Grants,
+    ) -> Result<InstallReport, RuntimeError> {
+        let (pre, mut report) = self.prepare(label, bytes, digest, &grants)?;
         let ctx = Arc::new(PluginCtx::new(label, report.linked.clone()));
         let info = self.describe(label, &pre, &ctx)?;
         validate_info(label, &info)?;
