@@ -294,9 +294,9 @@ fn sandbox_path(extra: &[PathBuf]) -> String {
 
 /// The bubblewrap command line for `spec`:
 ///
-/// - new user, PID, IPC, UTS, cgroup and network namespaces (`--unshare-all`; the network
-///   is shared only when the grant says so), a new session (no terminal injection), and
-///   the sandbox dies with the host;
+/// - new PID, IPC, UTS, cgroup and network namespaces, and a user namespace when spade does
+///   not run as root (`--unshare-all`; the network is shared only when the grant says so),
+///   a new session (no terminal injection), and the sandbox dies with the host;
 /// - read-only: the system directories, the interpreter's own install when it lives
 ///   elsewhere (a pyenv under the home directory), and the grant's `read_only` paths;
 /// - read-write: the workspace only, at `/workspace`; `/tmp` and `HOME` are private tmpfs;
