@@ -391,3 +391,15 @@ fn py_falls_back_to_python3_where_there_is_no_python() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout_lines(&out), ["python 3"]);
 }
+
+#[test]
+fn scripts_run_in_required_workflows_too() {
+    let dir = project(&[
+        ("child.dig", "timezone: UTC\n+write:\n  sh>: echo \"from the child $session_date\" > child.txt\n"),
+        ("parent.dig", "timezone: UTC\n+need:\n  require>: child\n+read:\n  sh>: grep -q 'from the child' child.txt\n"),
+    ]);
+    let (ok, _, err) = run(dir.path(), "parent.dig");
+    assert!(ok, "{err}");
+    let child = std::fs::read_to_string(dir.path().join(".spade/workspace/child.txt")).unwrap();
+    assert!(child.starts_with("from the child "), "{child}");
+}
