@@ -106,7 +106,6 @@ pub fn wait(handle: &str, timeout_ms: u32) -> Result<Status, String> {
     #[cfg(target_arch = "wasm32")]
     {
         use crate::bindings::spade::operator::command as wit;
-        let _ = timeout_ms;
         Ok(match wit::wait(handle, timeout_ms)? {
             wit::Status::Running => Status::Running,
             wit::Status::Finished(f) => Status::Finished(Finished {

@@ -55,7 +55,7 @@ use crate::host::{HostState, Interrupt, PluginCtx, Stop};
 use crate::sandbox::{Capture, Limiter, LineBudget};
 
 pub use crate::capability::Capability;
-pub use crate::capability::command::{CommandGrant, CommandLimits, ExecutorKind, valid_env_key};
+pub use crate::capability::command::{CommandGrant, CommandLimits, ExecutorKind};
 pub use crate::capability::http::{
     HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPolicy, HttpPort,
     MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
@@ -184,7 +184,7 @@ pub enum RuntimeError {
     #[error(
         "plugin {plugin}: imports {import}, which spade does not provide; spade offers WASI 0.2 \
          (cli, clocks, filesystem, io, random, sockets with every use denied, http when granted) and \
-         spade:operator@{WIT_VERSION} (log, output, secrets, workflows, expressions, engine): {message}"
+         spade:operator@{WIT_VERSION} (log, output, secrets, workflows, expressions, engine, command): {message}"
     )]
     UnsupportedImport { plugin: String, import: String, message: String },
     #[error(

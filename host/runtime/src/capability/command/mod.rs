@@ -218,7 +218,7 @@ fn check_spec(spec: &wit_command::CommandSpec) -> Result<(), String> {
 }
 
 /// Digdag's `CommandOperators.isValidEnvKey`: `[a-zA-Z_][a-zA-Z0-9_]*`.
-pub fn valid_env_key(key: &str) -> bool {
+pub(crate) fn valid_env_key(key: &str) -> bool {
     let mut chars = key.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
