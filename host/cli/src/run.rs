@@ -180,7 +180,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let tz: Zone = workflow.timezone;
     let now = Utc::now();
     let session_time: DateTime<Zone> = if args.session == "last" {
-        match opened.store.get_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name))? {
+        match opened.store.get_value(&opened.name, &format!("{LAST_SESSION_KEY}:{}", workflow.name))? {
             Some(saved) => DateTime::parse_from_rfc3339(&saved)
                 .with_context(|| format!("saved session time '{saved}' is malformed; pass --session"))?
                 .with_timezone(&tz),
@@ -208,7 +208,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         name: args.name.clone(),
         params: params.clone(),
     })?;
-    opened.store.set_value(&format!("{LAST_SESSION_KEY}:{}", workflow.name), &session_str)?;
+    opened.store.set_value(&opened.name, &format!("{LAST_SESSION_KEY}:{}", workflow.name), &session_str)?;
     let (saved, frozen) = if args.rerun {
         Default::default()
     } else {

@@ -12,6 +12,7 @@
 
 mod location;
 mod postgres;
+pub mod projects;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -21,6 +22,7 @@ use spade_api::{Done, Object, TaskRequest, Usage};
 
 pub use location::StoreLocation;
 pub use postgres::PgStore;
+pub use projects::{NewRevision, ProjectRecord, Pushed, RevisionRecord};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +49,17 @@ pub enum StoreError {
     Connect { url: String, message: String },
     #[error("state database (PostgreSQL): {0}")]
     Postgres(String),
+    #[error("no project {0}")]
+    NoSuchProject(String),
+    #[error("project {project} has no revision {revision}")]
+    NoSuchRevision { project: String, revision: String },
+    #[error(
+        "project {project} already has a revision named '{revision}' with other files; a revision never \
+         changes once pushed: push under a new revision name"
+    )]
+    RevisionConflict { project: String, revision: String },
+    #[error("no archive with digest {0}")]
+    NoSuchArchive(String),
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -307,13 +320,29 @@ pub trait Store: Send {
     fn request_cancel(&mut self, attempt_id: i64) -> Result<()>;
     /// Whether someone asked to stop the attempt.
     fn cancel_requested(&mut self, attempt_id: i64) -> Result<bool>;
-    /// Small project-level values (e.g. the last session time of `spade run`).
-    fn get_value(&mut self, key: &str) -> Result<Option<String>>;
-    fn set_value(&mut self, key: &str, value: &str) -> Result<()>;
+    /// Small values of a project (e.g. the last session time of `spade run`).
+    fn get_value(&mut self, project: &str, key: &str) -> Result<Option<String>>;
+    fn set_value(&mut self, project: &str, key: &str, value: &str) -> Result<()>;
     /// Sets `key` to `value` only if it currently holds `expected` (`None`: is unset);
     /// whether it did. Lets processes sharing a store (schedulers on several hosts) agree
     /// on who advances a value.
-    fn swap_value(&mut self, key: &str, expected: Option<&str>, value: &str) -> Result<bool>;
+    fn swap_value(&mut self, project: &str, key: &str, expected: Option<&str>, value: &str) -> Result<bool>;
+
+    /// Store a pushed revision ([`projects`]): its archive (once per digest) and workflow
+    /// definitions, in one transaction, creating the project when it is new.
+    fn push_revision(&mut self, new: &NewRevision<'_>) -> Result<Pushed>;
+    /// Every project, by name.
+    fn projects(&mut self) -> Result<Vec<ProjectRecord>>;
+    fn project(&mut self, id: i64) -> Result<ProjectRecord>;
+    fn project_named(&mut self, name: &str) -> Result<Option<ProjectRecord>>;
+    /// Revisions of a project, newest first.
+    fn revisions(&mut self, project_id: i64) -> Result<Vec<RevisionRecord>>;
+    /// The project's revision called `name`, or its latest one.
+    fn revision(&mut self, project_id: i64, name: Option<&str>) -> Result<RevisionRecord>;
+    /// The workflows of a revision, by name.
+    fn workflow_definitions(&mut self, revision_id: i64) -> Result<Vec<WorkflowDefinition>>;
+    /// An archive's bytes by digest.
+    fn archive(&mut self, digest: &str) -> Result<Vec<u8>>;
 }
 
 /// Row id of a task: its attempt in the high bits, the engine's index in the low 32.

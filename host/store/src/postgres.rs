@@ -10,13 +10,14 @@ use std::collections::HashMap;
 use postgres::{Client, GenericClient, NoTls, Row};
 use spade_api::{Done, TaskRequest};
 
+use crate::projects::{self, NewRevision, ProjectRecord, Pushed, RevisionRecord};
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
     TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
     task_row_id, to_json, unfinished, usage_columns, usage_from_columns,
 };
 
-const SCHEMA_VERSION: i32 = 2;
+const SCHEMA_VERSION: i32 = 3;
 
 /// Any number: the advisory lock that serializes migrations of one database.
 const MIGRATION_LOCK: i64 = 0x5350_4144_4501;
@@ -100,6 +101,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN cpu_ms BIGINT;
     ALTER TABLE tasks ADD COLUMN peak_memory_bytes BIGINT;
     "#,
+    // 3: pushed archives, project-scoped values
+    projects::MIGRATION_3,
 ];
 
 const ATTEMPT_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
@@ -170,6 +173,23 @@ fn results_by_name(rows: &[Row]) -> Result<HashMap<String, Done>> {
         out.insert(name, done);
     }
     Ok(out)
+}
+
+/// A revision from the columns of [`projects::REVISION_SELECT`] starting at `at`.
+fn revision_from_row(r: &Row, at: usize) -> RevisionRecord {
+    RevisionRecord {
+        id: r.get(at),
+        project_id: r.get(at + 1),
+        name: r.get(at + 2),
+        created_at_ms: r.get(at + 3),
+        archive_digest: r.get(at + 4),
+        archive_size: r.get::<_, Option<i64>>(at + 5).map(|n| n.max(0) as u64),
+    }
+}
+
+fn project_from_row(r: &Row) -> ProjectRecord {
+    let latest = r.get::<_, Option<i64>>(3).map(|_| revision_from_row(r, 3));
+    ProjectRecord { id: r.get(0), name: r.get(1), created_at_ms: r.get(2), latest }
 }
 
 fn name_taken(tx: &mut impl GenericClient, session_id: i64, name: &str) -> Result<bool> {
@@ -632,28 +652,124 @@ impl Store for PgStore {
             .is_some_and(|r| r.get::<_, bool>(0)))
     }
 
-    fn get_value(&mut self, key: &str) -> Result<Option<String>> {
-        Ok(self.client.query_opt("SELECT value FROM kv WHERE key = $1", &[&key])?.map(|r| r.get(0)))
+    fn get_value(&mut self, project: &str, key: &str) -> Result<Option<String>> {
+        Ok(self.client.query_opt(projects::GET_VALUE, &[&project, &key])?.map(|r| r.get(0)))
     }
 
-    fn set_value(&mut self, key: &str, value: &str) -> Result<()> {
-        self.client.execute(
-            "INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-            &[&key, &value],
-        )?;
+    fn set_value(&mut self, project: &str, key: &str, value: &str) -> Result<()> {
+        self.client.execute(projects::SET_VALUE, &[&project, &key, &value])?;
         Ok(())
     }
 
-    fn swap_value(&mut self, key: &str, expected: Option<&str>, value: &str) -> Result<bool> {
+    fn swap_value(&mut self, project: &str, key: &str, expected: Option<&str>, value: &str) -> Result<bool> {
         let n = match expected {
-            None => self
-                .client
-                .execute("INSERT INTO kv (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING", &[&key, &value])?,
-            Some(old) => {
-                self.client.execute("UPDATE kv SET value = $3 WHERE key = $1 AND value = $2", &[&key, &old, &value])?
-            }
+            None => self.client.execute(projects::INSERT_VALUE, &[&project, &key, &value])?,
+            Some(old) => self.client.execute(projects::SWAP_VALUE, &[&value, &project, &key, &old])?,
         };
         Ok(n == 1)
+    }
+
+    fn push_revision(&mut self, new: &NewRevision<'_>) -> Result<Pushed> {
+        let now = now_ms();
+        let mut tx = self.client.transaction()?;
+        tx.execute(projects::INSERT_ARCHIVE, &[&new.digest, &(new.archive.len() as i64), &new.archive, &now])?;
+        tx.execute(projects::INSERT_PROJECT, &[&new.project, &now])?;
+        let project_id: i64 = tx.query_one("SELECT id FROM projects WHERE name = $1", &[&new.project])?.get(0);
+        // Locks the project's revision names against a concurrent push of the same name.
+        tx.execute("SELECT id FROM projects WHERE id = $1 FOR UPDATE", &[&project_id])?;
+        let existing = tx.query_opt(
+            "SELECT archive_digest FROM revisions WHERE project_id = $1 AND name = $2",
+            &[&project_id, &new.revision],
+        )?;
+        let created = match existing.map(|r| r.get::<_, Option<String>>(0)) {
+            Some(digest) if digest.as_deref() == Some(new.digest) => false,
+            Some(_) => {
+                return Err(StoreError::RevisionConflict {
+                    project: new.project.to_string(),
+                    revision: new.revision.to_string(),
+                });
+            }
+            None => {
+                let id: i64 = tx
+                    .query_one(
+                        &format!("{} RETURNING id", projects::INSERT_REVISION),
+                        &[&project_id, &new.revision, &now, &new.digest],
+                    )?
+                    .get(0);
+                for w in new.workflows {
+                    tx.execute(projects::INSERT_DEFINITION, &[&id, &w.name, &w.timezone, &to_json(&w.config)])?;
+                }
+                true
+            }
+        };
+        tx.commit()?;
+        let project = self.project(project_id)?;
+        let revision = self.revision(project_id, Some(new.revision))?;
+        Ok(Pushed { project, revision, created })
+    }
+
+    fn projects(&mut self) -> Result<Vec<ProjectRecord>> {
+        let rows = self.client.query(&format!("{} ORDER BY p.name", projects::PROJECT_SELECT), &[])?;
+        Ok(rows.iter().map(project_from_row).collect())
+    }
+
+    fn project(&mut self, id: i64) -> Result<ProjectRecord> {
+        self.client
+            .query_opt(&format!("{} WHERE p.id = $1", projects::PROJECT_SELECT), &[&id])?
+            .map(|r| project_from_row(&r))
+            .ok_or_else(|| StoreError::NoSuchProject(id.to_string()))
+    }
+
+    fn project_named(&mut self, name: &str) -> Result<Option<ProjectRecord>> {
+        Ok(self
+            .client
+            .query_opt(&format!("{} WHERE p.name = $1", projects::PROJECT_SELECT), &[&name])?
+            .map(|r| project_from_row(&r)))
+    }
+
+    fn revisions(&mut self, project_id: i64) -> Result<Vec<RevisionRecord>> {
+        let project = self.project(project_id)?;
+        let rows = self.client.query(
+            &format!("{} WHERE r.project_id = $1 ORDER BY r.id DESC", projects::REVISION_SELECT),
+            &[&project.id],
+        )?;
+        Ok(rows.iter().map(|r| revision_from_row(r, 0)).collect())
+    }
+
+    fn revision(&mut self, project_id: i64, name: Option<&str>) -> Result<RevisionRecord> {
+        let project = self.project(project_id)?;
+        let found = match name {
+            Some(name) => self
+                .client
+                .query_opt(
+                    &format!("{} WHERE r.project_id = $1 AND r.name = $2", projects::REVISION_SELECT),
+                    &[&project_id, &name],
+                )?
+                .map(|r| revision_from_row(&r, 0)),
+            None => project.latest.clone(),
+        };
+        found.ok_or_else(|| StoreError::NoSuchRevision {
+            project: project.name,
+            revision: name.unwrap_or("(any)").to_string(),
+        })
+    }
+
+    fn workflow_definitions(&mut self, revision_id: i64) -> Result<Vec<WorkflowDefinition>> {
+        let rows = self.client.query(projects::SELECT_DEFINITIONS, &[&revision_id])?;
+        rows.iter()
+            .map(|row| {
+                let name: String = row.get(0);
+                let config = from_json(&format!("definition of workflow {name}"), row.get::<_, &str>(2))?;
+                Ok(WorkflowDefinition { name, timezone: row.get(1), config })
+            })
+            .collect()
+    }
+
+    fn archive(&mut self, digest: &str) -> Result<Vec<u8>> {
+        self.client
+            .query_opt(projects::SELECT_ARCHIVE, &[&digest])?
+            .map(|r| r.get(0))
+            .ok_or_else(|| StoreError::NoSuchArchive(digest.to_string()))
     }
 }
 

@@ -6,16 +6,17 @@ use std::path::Path;
 use rusqlite::{Connection, OptionalExtension, params};
 use spade_api::{Done, TaskRequest};
 
+use crate::projects::{self, NewRevision, ProjectRecord, Pushed, RevisionRecord};
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
     TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
     task_row_id, to_json, unfinished, usage_columns, usage_from_columns,
 };
 
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Migrations, indexed by the version they produce. Never edit a released one: add another.
-const MIGRATIONS: &[&str] = &[
+pub(crate) const MIGRATIONS: &[&str] = &[
     // 1: initial schema
     r#"
     CREATE TABLE projects (
@@ -102,6 +103,8 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE tasks ADD COLUMN cpu_ms INTEGER;
     ALTER TABLE tasks ADD COLUMN peak_memory_bytes INTEGER;
     "#,
+    // 3: pushed archives, project-scoped values
+    projects::MIGRATION_3,
 ];
 
 /// Rows of `(name, result JSON)` as a map; a later row of the same name wins.
@@ -114,6 +117,26 @@ fn results_by_name(mut rows: rusqlite::Rows<'_>) -> Result<HashMap<String, Done>
         out.insert(name, done);
     }
     Ok(out)
+}
+
+/// A revision from the columns of [`projects::REVISION_SELECT`] starting at `at`.
+fn revision_from_row(r: &rusqlite::Row<'_>, at: usize) -> rusqlite::Result<RevisionRecord> {
+    Ok(RevisionRecord {
+        id: r.get(at)?,
+        project_id: r.get(at + 1)?,
+        name: r.get(at + 2)?,
+        created_at_ms: r.get(at + 3)?,
+        archive_digest: r.get(at + 4)?,
+        archive_size: r.get::<_, Option<i64>>(at + 5)?.map(|n| n.max(0) as u64),
+    })
+}
+
+fn project_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<ProjectRecord> {
+    let latest = match r.get::<_, Option<i64>>(3)? {
+        Some(_) => Some(revision_from_row(r, 3)?),
+        None => None,
+    };
+    Ok(ProjectRecord { id: r.get(0)?, name: r.get(1)?, created_at_ms: r.get(2)?, latest })
 }
 
 fn name_taken(conn: &Connection, session_id: i64, name: &str) -> Result<bool> {
@@ -592,28 +615,124 @@ impl Store for SqliteStore {
             != 0)
     }
 
-    fn get_value(&mut self, key: &str) -> Result<Option<String>> {
-        Ok(self.conn.query_row("SELECT value FROM kv WHERE key = ?1", [key], |r| r.get(0)).optional()?)
+    fn get_value(&mut self, project: &str, key: &str) -> Result<Option<String>> {
+        Ok(self.conn.query_row(projects::GET_VALUE, params![project, key], |r| r.get(0)).optional()?)
     }
 
-    fn set_value(&mut self, key: &str, value: &str) -> Result<()> {
-        self.conn.execute(
-            "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            params![key, value],
-        )?;
+    fn set_value(&mut self, project: &str, key: &str, value: &str) -> Result<()> {
+        self.conn.execute(projects::SET_VALUE, params![project, key, value])?;
         Ok(())
     }
 
-    fn swap_value(&mut self, key: &str, expected: Option<&str>, value: &str) -> Result<bool> {
+    fn swap_value(&mut self, project: &str, key: &str, expected: Option<&str>, value: &str) -> Result<bool> {
         let n = match expected {
-            None => self.conn.execute(
-                "INSERT INTO kv (key, value) VALUES (?1, ?2) ON CONFLICT(key) DO NOTHING",
-                params![key, value],
-            )?,
-            Some(old) => {
-                self.conn.execute("UPDATE kv SET value = ?3 WHERE key = ?1 AND value = ?2", params![key, old, value])?
-            }
+            None => self.conn.execute(projects::INSERT_VALUE, params![project, key, value])?,
+            Some(old) => self.conn.execute(projects::SWAP_VALUE, params![value, project, key, old])?,
         };
         Ok(n == 1)
+    }
+
+    fn push_revision(&mut self, new: &NewRevision<'_>) -> Result<Pushed> {
+        let now = now_ms();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(projects::INSERT_ARCHIVE, params![new.digest, new.archive.len() as i64, new.archive, now])?;
+        tx.execute(projects::INSERT_PROJECT, params![new.project, now])?;
+        let project_id: i64 = tx.query_row("SELECT id FROM projects WHERE name = $1", [new.project], |r| r.get(0))?;
+        let existing: Option<Option<String>> = tx
+            .query_row(
+                "SELECT archive_digest FROM revisions WHERE project_id = $1 AND name = $2",
+                params![project_id, new.revision],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let created = match existing {
+            Some(digest) if digest.as_deref() == Some(new.digest) => false,
+            Some(_) => {
+                return Err(StoreError::RevisionConflict {
+                    project: new.project.to_string(),
+                    revision: new.revision.to_string(),
+                });
+            }
+            None => {
+                tx.execute(projects::INSERT_REVISION, params![project_id, new.revision, now, new.digest])?;
+                let id = tx.last_insert_rowid();
+                for w in new.workflows {
+                    tx.execute(projects::INSERT_DEFINITION, params![id, w.name, w.timezone, to_json(&w.config)])?;
+                }
+                true
+            }
+        };
+        tx.commit()?;
+        let project = self.project(project_id)?;
+        let revision = self.revision(project_id, Some(new.revision))?;
+        Ok(Pushed { project, revision, created })
+    }
+
+    fn projects(&mut self) -> Result<Vec<ProjectRecord>> {
+        let mut stmt = self.conn.prepare_cached(&format!("{} ORDER BY p.name", projects::PROJECT_SELECT))?;
+        let rows = stmt.query_map([], project_from_row)?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn project(&mut self, id: i64) -> Result<ProjectRecord> {
+        self.conn
+            .query_row(&format!("{} WHERE p.id = $1", projects::PROJECT_SELECT), [id], project_from_row)
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchProject(id.to_string()))
+    }
+
+    fn project_named(&mut self, name: &str) -> Result<Option<ProjectRecord>> {
+        Ok(self
+            .conn
+            .query_row(&format!("{} WHERE p.name = $1", projects::PROJECT_SELECT), [name], project_from_row)
+            .optional()?)
+    }
+
+    fn revisions(&mut self, project_id: i64) -> Result<Vec<RevisionRecord>> {
+        let project = self.project(project_id)?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("{} WHERE r.project_id = $1 ORDER BY r.id DESC", projects::REVISION_SELECT))?;
+        let rows = stmt.query_map([project.id], |r| revision_from_row(r, 0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
+    fn revision(&mut self, project_id: i64, name: Option<&str>) -> Result<RevisionRecord> {
+        let project = self.project(project_id)?;
+        let found = match name {
+            Some(name) => self
+                .conn
+                .query_row(
+                    &format!("{} WHERE r.project_id = $1 AND r.name = $2", projects::REVISION_SELECT),
+                    params![project_id, name],
+                    |r| revision_from_row(r, 0),
+                )
+                .optional()?,
+            None => project.latest.clone(),
+        };
+        found.ok_or_else(|| StoreError::NoSuchRevision {
+            project: project.name,
+            revision: name.unwrap_or("(any)").to_string(),
+        })
+    }
+
+    fn workflow_definitions(&mut self, revision_id: i64) -> Result<Vec<WorkflowDefinition>> {
+        let mut stmt = self.conn.prepare_cached(projects::SELECT_DEFINITIONS)?;
+        let mut rows = stmt.query([revision_id])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            let name: String = row.get(0)?;
+            let config: String = row.get(2)?;
+            let config = from_json(&format!("definition of workflow {name}"), &config)?;
+            out.push(WorkflowDefinition { name, timezone: row.get(1)?, config });
+        }
+        Ok(out)
+    }
+
+    fn archive(&mut self, digest: &str) -> Result<Vec<u8>> {
+        self.conn
+            .query_row(projects::SELECT_ARCHIVE, [digest], |r| r.get(0))
+            .optional()?
+            .ok_or_else(|| StoreError::NoSuchArchive(digest.to_string()))
     }
 }

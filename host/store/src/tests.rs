@@ -202,10 +202,99 @@ fn reopening_keeps_state_and_schema_version() {
     let path = dir.path().join("state.db");
     {
         let mut s = SqliteStore::open(&path).unwrap();
-        s.set_value("last_session", "x").unwrap();
+        s.set_value("p", "last_session", "x").unwrap();
     }
     let mut s = SqliteStore::open(&path).unwrap();
-    assert_eq!(s.get_value("last_session").unwrap().as_deref(), Some("x"));
+    assert_eq!(s.get_value("p", "last_session").unwrap().as_deref(), Some("x"));
+}
+
+/// A database of schema 2 (one project, values in `kv`) upgraded to 3 keeps its values,
+/// now the project's.
+#[test]
+fn values_of_a_one_project_database_survive_the_upgrade_to_project_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("state.db");
+    {
+        let conn = rusqlite::Connection::open(&path).unwrap();
+        for sql in &sqlite::MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.execute_batch(
+            "PRAGMA user_version = 2;
+             INSERT INTO projects (name, created_at) VALUES ('mine', 0);
+             INSERT INTO kv (key, value) VALUES ('schedule:daily', '{\"next\":1}');",
+        )
+        .unwrap();
+    }
+    let mut s = SqliteStore::open(&path).unwrap();
+    assert_eq!(s.get_value("mine", "schedule:daily").unwrap().as_deref(), Some("{\"next\":1}"));
+    assert_eq!(s.get_value("other", "schedule:daily").unwrap(), None);
+}
+
+fn definition(name: &str) -> WorkflowDefinition {
+    let mut config = Object::new();
+    config.insert("+t".into(), serde_json::json!({"echo>": name}));
+    WorkflowDefinition { name: name.into(), timezone: "UTC".into(), config }
+}
+
+#[test]
+fn pushed_revisions_keep_their_archive_once_and_never_change() {
+    each_store(|s| {
+        let defs = [definition("daily"), definition("adhoc")];
+        let push = |s: &mut dyn Store, project: &str, revision: &str, archive: &[u8], digest: &str| {
+            s.push_revision(&NewRevision { project, revision, archive, digest, workflows: &defs })
+        };
+        let first = push(s, "etl", "r1", b"one", "d1").unwrap();
+        assert!(first.created);
+        assert_eq!(first.project.name, "etl");
+        assert_eq!(first.revision.archive_digest.as_deref(), Some("d1"));
+        assert_eq!(first.revision.archive_size, Some(3));
+        assert_eq!(first.project.latest.as_ref(), Some(&first.revision));
+
+        // A retried push of the same content is a no-op; other content is refused.
+        let again = push(s, "etl", "r1", b"one", "d1").unwrap();
+        assert!(!again.created);
+        assert_eq!(again.revision, first.revision);
+        let err = push(s, "etl", "r1", b"two", "d2").unwrap_err();
+        assert!(matches!(err, StoreError::RevisionConflict { .. }), "{err}");
+        assert!(err.to_string().contains("new revision name"), "{err}");
+        assert!(matches!(s.archive("d2"), Err(StoreError::NoSuchArchive(_))), "the refused push stored nothing");
+
+        let second = push(s, "etl", "r2", b"two", "d2").unwrap();
+        // Another project may hold the same content: one archive row serves both.
+        let other = push(s, "web", "r1", b"one", "d1").unwrap();
+        assert_ne!(other.project.id, first.project.id);
+
+        let names: Vec<String> = s.projects().unwrap().into_iter().map(|p| p.name).collect();
+        assert_eq!(names, ["etl", "web"]);
+        let etl = s.project_named("etl").unwrap().unwrap();
+        assert_eq!(etl.latest.as_ref().map(|r| r.name.as_str()), Some("r2"));
+        assert_eq!(s.project(etl.id).unwrap(), etl);
+        let revisions: Vec<String> = s.revisions(etl.id).unwrap().into_iter().map(|r| r.name).collect();
+        assert_eq!(revisions, ["r2", "r1"], "newest first");
+        assert_eq!(s.revision(etl.id, None).unwrap(), second.revision);
+        assert_eq!(s.revision(etl.id, Some("r1")).unwrap(), first.revision);
+        assert!(matches!(s.revision(etl.id, Some("r9")), Err(StoreError::NoSuchRevision { .. })));
+        assert!(matches!(s.project(9999), Err(StoreError::NoSuchProject(_))));
+        assert_eq!(s.project_named("nope").unwrap(), None);
+
+        assert_eq!(s.archive("d1").unwrap(), b"one");
+        let wfs: Vec<String> = s.workflow_definitions(first.revision.id).unwrap().into_iter().map(|w| w.name).collect();
+        assert_eq!(wfs, ["adhoc", "daily"]);
+        assert_eq!(s.workflow_definitions(first.revision.id).unwrap()[1], defs[0]);
+    });
+}
+
+#[test]
+fn values_are_scoped_by_project() {
+    each_store(|s| {
+        s.set_value("a", "schedule:daily", "1").unwrap();
+        s.set_value("b", "schedule:daily", "2").unwrap();
+        assert_eq!(s.get_value("a", "schedule:daily").unwrap().as_deref(), Some("1"));
+        assert_eq!(s.get_value("b", "schedule:daily").unwrap().as_deref(), Some("2"));
+        assert!(s.swap_value("a", "schedule:daily", Some("1"), "3").unwrap());
+        assert_eq!(s.get_value("b", "schedule:daily").unwrap().as_deref(), Some("2"));
+    });
 }
 
 fn change(attempt_id: i64, index: u32, name: &str, state: TaskState) -> TaskChange {
@@ -324,11 +413,11 @@ fn attempt_info_reads_one_attempt_or_names_the_missing_id() {
 #[test]
 fn swap_value_lets_one_writer_win() {
     each_store(|s| {
-        assert!(s.swap_value("k", None, "1").unwrap(), "unset: the first swap wins");
-        assert!(!s.swap_value("k", None, "x").unwrap(), "set: expecting unset loses");
-        assert!(!s.swap_value("k", Some("0"), "x").unwrap(), "a stale expectation loses");
-        assert!(s.swap_value("k", Some("1"), "2").unwrap());
-        assert_eq!(s.get_value("k").unwrap().as_deref(), Some("2"));
+        assert!(s.swap_value("p", "k", None, "1").unwrap(), "unset: the first swap wins");
+        assert!(!s.swap_value("p", "k", None, "x").unwrap(), "set: expecting unset loses");
+        assert!(!s.swap_value("p", "k", Some("0"), "x").unwrap(), "a stale expectation loses");
+        assert!(s.swap_value("p", "k", Some("1"), "2").unwrap());
+        assert_eq!(s.get_value("p", "k").unwrap().as_deref(), Some("2"));
     });
 }
 

@@ -133,7 +133,11 @@ impl spade_server::Control for Shared {
             .iter()
             .map(|wf| {
                 let state = wf.schedule.as_ref().map(|schedule| {
-                    match store.as_mut().and_then(|s| load_state(s.as_mut(), &wf.name).ok()).and_then(|(st, _)| st) {
+                    match store
+                        .as_mut()
+                        .and_then(|s| load_state(s.as_mut(), &self.project_name, &wf.name).ok())
+                        .and_then(|(st, _)| st)
+                    {
                         Some(st) if st.definition == definition(schedule) => st,
                         _ => fresh_state(schedule, now),
                     }
@@ -197,7 +201,7 @@ impl spade_server::Control for Shared {
             }
         };
         let mut store = self.location.open().map_err(|e| e.to_string())?;
-        change_schedule(store.as_mut(), &project, workflow, &change, false)?;
+        change_schedule(store.as_mut(), &self.project_name, &project, workflow, &change, false)?;
         spade_server::Control::workflows(self)
             .into_iter()
             .find(|w| w.name == workflow)

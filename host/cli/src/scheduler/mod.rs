@@ -123,19 +123,20 @@ pub struct SchedulesArgs {
 /// another process changed it meanwhile; returns the new state.
 fn update_state(
     store: &mut dyn Store,
+    project: &str,
     workflow: &str,
     schedule: &Schedule,
     change: impl Fn(&mut SlotState),
 ) -> anyhow::Result<SlotState> {
     for _ in 0..100 {
-        let (loaded, stored) = load_state(store, workflow)?;
+        let (loaded, stored) = load_state(store, project, workflow)?;
         let mut state = match loaded {
             Some(s) if s.definition == definition(schedule) => s,
             Some(s) => SlotState { disabled: s.disabled, ..fresh_state(schedule, Utc::now()) },
             None => fresh_state(schedule, Utc::now()),
         };
         change(&mut state);
-        if save_state(store, workflow, stored.as_deref(), &state)? {
+        if save_state(store, project, workflow, stored.as_deref(), &state)? {
             return Ok(state);
         }
     }
@@ -147,15 +148,25 @@ fn state_key(workflow: &str) -> String {
 }
 
 /// The workflow's state and its stored text (what [`save_state`] must find to replace it).
-fn load_state(store: &mut dyn Store, workflow: &str) -> anyhow::Result<(Option<SlotState>, Option<String>)> {
-    let text = store.get_value(&state_key(workflow))?;
+fn load_state(
+    store: &mut dyn Store,
+    project: &str,
+    workflow: &str,
+) -> anyhow::Result<(Option<SlotState>, Option<String>)> {
+    let text = store.get_value(project, &state_key(workflow))?;
     Ok((text.as_deref().and_then(|t| serde_json::from_str(t).ok()), text))
 }
 
 /// Replaces the stored state `old` with `state`; false when another scheduler sharing the
 /// store (another host) changed it first, which then owns the slots it decided.
-fn save_state(store: &mut dyn Store, workflow: &str, old: Option<&str>, state: &SlotState) -> anyhow::Result<bool> {
-    Ok(store.swap_value(&state_key(workflow), old, &serde_json::to_string(state)?)?)
+fn save_state(
+    store: &mut dyn Store,
+    project: &str,
+    workflow: &str,
+    old: Option<&str>,
+    state: &SlotState,
+) -> anyhow::Result<bool> {
+    Ok(store.swap_value(project, &state_key(workflow), old, &serde_json::to_string(state)?)?)
 }
 
 /// The project's `.dig` files with their modification times: reloading happens when it changes.
@@ -204,7 +215,7 @@ impl Scheduler {
         let project = self.shared.project();
         for wf in &project.workflows {
             let Some(schedule) = &wf.schedule else { continue };
-            let (loaded, stored) = load_state(store, &wf.name)?;
+            let (loaded, stored) = load_state(store, &self.shared.project_name, &wf.name)?;
             if loaded.as_ref().is_some_and(|s| s.disabled) {
                 continue;
             }
@@ -221,7 +232,7 @@ impl Scheduler {
                 Some(s) => s,
                 None => {
                     let s = fresh_state(schedule, now);
-                    if !save_state(store, &wf.name, stored.as_deref(), &s)? {
+                    if !save_state(store, &self.shared.project_name, &wf.name, stored.as_deref(), &s)? {
                         continue;
                     }
                     if let Some(t) = s.next_run_time {
@@ -239,7 +250,7 @@ impl Scheduler {
                 || (schedule.skip_on_overtime && self.running_elsewhere(store, &wf.name)?);
             let before = state.clone();
             let decisions = plan(schedule, &mut state, now, busy, 1000);
-            if state != before && !save_state(store, &wf.name, stored.as_deref(), &state)? {
+            if state != before && !save_state(store, &self.shared.project_name, &wf.name, stored.as_deref(), &state)? {
                 // Another scheduler on the same store got there first: its slots.
                 continue;
             }
@@ -379,7 +390,7 @@ pub fn backfill(args: BackfillArgs) -> anyhow::Result<ExitCode> {
     let from =
         spade_dig::parse_session_time(&args.from, wf.timezone, now).map_err(|e| anyhow::anyhow!("--from: {e}"))?;
     // Up to the slot the scheduler runs next (or now, when it has not run yet).
-    let until = match load_state(opened.store.as_mut(), &wf.name)?.0 {
+    let until = match load_state(opened.store.as_mut(), &opened.name, &wf.name)?.0 {
         Some(s) if s.definition == definition(schedule) => s.next_session_time.unwrap_or(now),
         _ => now,
     };
@@ -437,6 +448,7 @@ pub enum ScheduleChange {
 /// Applies `change` to the schedule of `workflow`; the message says what was wrong.
 fn change_schedule(
     store: &mut dyn Store,
+    project_name: &str,
     project: &Project,
     workflow: &str,
     change: &ScheduleChange,
@@ -450,14 +462,14 @@ fn change_schedule(
         ScheduleChange::Skip(skip) => skip_slots(schedule, s, *skip),
     };
     if dry_run {
-        let mut state = match load_state(store, &wf.name).map_err(|e| format!("{e:#}"))?.0 {
+        let mut state = match load_state(store, project_name, &wf.name).map_err(|e| format!("{e:#}"))?.0 {
             Some(s) if s.definition == definition(schedule) => s,
             _ => fresh_state(schedule, Utc::now()),
         };
         apply(&mut state);
         return Ok(state);
     }
-    update_state(store, &wf.name, schedule, apply).map_err(|e| format!("{e:#}"))
+    update_state(store, project_name, &wf.name, schedule, apply).map_err(|e| format!("{e:#}"))
 }
 
 /// `spade enable` / `spade disable`.
@@ -467,8 +479,8 @@ pub fn toggle(args: ToggleArgs, enable: bool) -> anyhow::Result<ExitCode> {
     };
     let name = args.workflow.strip_suffix(".dig").unwrap_or(&args.workflow);
     let change = if enable { ScheduleChange::Enable } else { ScheduleChange::Disable };
-    let state =
-        change_schedule(opened.store.as_mut(), &opened.project, name, &change, false).map_err(anyhow::Error::msg)?;
+    let state = change_schedule(opened.store.as_mut(), &opened.name, &opened.project, name, &change, false)
+        .map_err(anyhow::Error::msg)?;
     match (enable, state.next_run_time) {
         (true, Some(t)) => eprintln!(
             "enabled {name}; its next slot runs at {t} (slots missed while disabled are caught up, up to skip_delayed_by)"
@@ -496,8 +508,15 @@ pub fn reschedule(args: RescheduleArgs) -> anyhow::Result<ExitCode> {
         (None, None) => unreachable!("clap requires one"),
     };
     let project = opened.project.clone();
-    let state = change_schedule(opened.store.as_mut(), &project, &name, &ScheduleChange::Skip(skip), args.dry_run)
-        .map_err(anyhow::Error::msg)?;
+    let state = change_schedule(
+        opened.store.as_mut(),
+        &opened.name,
+        &project,
+        &name,
+        &ScheduleChange::Skip(skip),
+        args.dry_run,
+    )
+    .map_err(anyhow::Error::msg)?;
     let tz = project.workflow(&name).map(|w| w.timezone).unwrap_or(Zone::UTC);
     let show =
         |t: Option<DateTime<Utc>>| t.map_or("none (past its end)".to_string(), |t| session_text(t.with_timezone(&tz)));
@@ -519,7 +538,7 @@ pub fn schedules(args: SchedulesArgs) -> anyhow::Result<ExitCode> {
     let mut rows: BTreeMap<String, (String, String, String, String)> = BTreeMap::new();
     for wf in &opened.project.workflows {
         let Some(schedule) = &wf.schedule else { continue };
-        let state = match load_state(opened.store.as_mut(), &wf.name)?.0 {
+        let state = match load_state(opened.store.as_mut(), &opened.name, &wf.name)?.0 {
             Some(s) if s.definition == definition(schedule) => s,
             _ => fresh_state(schedule, now),
         };
