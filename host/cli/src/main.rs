@@ -8,6 +8,7 @@
 mod attempts;
 mod bench;
 mod check;
+mod client;
 mod config;
 mod console;
 mod host;
@@ -17,6 +18,7 @@ mod plugin;
 mod run;
 mod scheduler;
 mod secrets;
+mod server;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,6 +81,14 @@ enum Command {
     Tasks(inspect::TasksArgs),
     /// Show the task logs of an attempt (plugin logs, captured output, failures) (like `digdag log`).
     Log(inspect::LogArgs),
+    /// Serve the REST API over a state database of pushed projects (like `digdag server`).
+    Server(server::ServerArgs),
+    /// Upload the project as a new revision to a server (like `digdag push`).
+    Push(client::PushArgs),
+    /// Fetch a project's revision from a server and extract it (like `digdag download`).
+    Download(client::DownloadArgs),
+    /// List a server's projects, or one project's revisions (like `digdag projects`).
+    Projects(client::ProjectsArgs),
 }
 
 /// The state database: `--state` (a file or a `postgres://` URL), else the project's
@@ -122,6 +132,10 @@ fn main() -> ExitCode {
         Command::Attempts(args) => inspect::attempts(args),
         Command::Tasks(args) => inspect::tasks(args),
         Command::Log(args) => inspect::log(args),
+        Command::Server(args) => server::server(args),
+        Command::Push(args) => client::push(args),
+        Command::Download(args) => client::download(args),
+        Command::Projects(args) => client::projects(args),
     };
     match result {
         Ok(code) => code,

@@ -35,6 +35,8 @@ use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+mod projects;
+
 use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, Store, StoreError, StoreLocation, TaskRecord};
 
 /// A workflow as the API shows it.
@@ -89,8 +91,31 @@ pub trait Control: Send + Sync + 'static {
 #[derive(Clone)]
 pub struct ApiConfig {
     pub location: StoreLocation,
+    /// The local project the API starts attempts of (`spade scheduler`); none for a server
+    /// of pushed projects.
+    pub local: Option<Local>,
+    /// What `PUT /api/projects` accepts.
+    pub archive_limits: spade_archive::Limits,
+}
+
+/// A local project directory served with its scheduler.
+#[derive(Clone)]
+pub struct Local {
     pub project: String,
     pub control: Arc<dyn Control>,
+}
+
+impl ApiConfig {
+    fn local(&self) -> Result<&Local, ApiError> {
+        self.local.as_ref().ok_or_else(|| {
+            ApiError(
+                StatusCode::NOT_IMPLEMENTED,
+                "this server runs no local project: workflows, schedules and starts of pushed projects are not \
+                 served yet (see GET /api/projects/{id}/workflows)"
+                    .into(),
+            )
+        })
+    }
 }
 
 /// The API and UI routes.
@@ -98,7 +123,12 @@ pub fn router(config: ApiConfig) -> Router {
     Router::new()
         .route("/", get(ui))
         .route("/api/version", get(version))
-        .route("/api/projects", get(projects))
+        .route("/api/projects", get(projects::list_projects).put(projects::put_project))
+        .route("/api/project", get(projects::project_by_name))
+        .route("/api/projects/{id}", get(projects::project))
+        .route("/api/projects/{id}/revisions", get(projects::revisions))
+        .route("/api/projects/{id}/workflows", get(projects::workflows))
+        .route("/api/projects/{id}/archive", get(projects::archive))
         .route("/api/workflows", get(workflows))
         .route("/api/schedules", get(schedules))
         .route("/api/schedules/{id}/enable", post(enable_schedule))
@@ -135,7 +165,11 @@ impl IntoResponse for ApiError {
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         let status = match e {
-            StoreError::NoSuchAttempt(_) => StatusCode::NOT_FOUND,
+            StoreError::NoSuchAttempt(_)
+            | StoreError::NoSuchProject(_)
+            | StoreError::NoSuchRevision { .. }
+            | StoreError::NoSuchArchive(_) => StatusCode::NOT_FOUND,
+            StoreError::RevisionConflict { .. } => StatusCode::CONFLICT,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         ApiError(status, e.to_string())
@@ -167,6 +201,11 @@ fn time_text(ms: i64) -> Value {
         Some(t) => Value::String(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
         None => Value::Null,
     }
+}
+
+/// `ms` as the API's time text (ISO 8601 in UTC).
+fn time_string(ms: i64) -> String {
+    Utc.timestamp_millis_opt(ms).single().unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
 fn project_json(name: &str) -> Value {
@@ -256,8 +295,7 @@ fn workflow_json(w: &WorkflowInfo, project: &str) -> Value {
 }
 
 async fn change_schedule(c: &ApiConfig, workflow: String, action: ScheduleAction) -> ApiResult {
-    let control = c.control.clone();
-    let project = c.project.clone();
+    let Local { project, control } = c.local()?.clone();
     let changed = tokio::task::spawn_blocking(move || control.change_schedule(&workflow, action))
         .await
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
@@ -308,19 +346,22 @@ async fn version() -> Json<Value> {
     Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
 }
 
-async fn projects(State(c): Shared) -> Json<Value> {
-    Json(json!({ "projects": [project_json(&c.project)] }))
+async fn workflows(State(c): Shared) -> ApiResult {
+    let local = c.local()?;
+    let list: Vec<Value> = local.control.workflows().iter().map(|w| workflow_json(w, &local.project)).collect();
+    Ok(Json(json!({ "workflows": list })))
 }
 
-async fn workflows(State(c): Shared) -> Json<Value> {
-    let list: Vec<Value> = c.control.workflows().iter().map(|w| workflow_json(w, &c.project)).collect();
-    Json(json!({ "workflows": list }))
-}
-
-async fn schedules(State(c): Shared) -> Json<Value> {
-    let list: Vec<Value> =
-        c.control.workflows().iter().filter(|w| w.schedule.is_some()).map(|w| workflow_json(w, &c.project)).collect();
-    Json(json!({ "schedules": list }))
+async fn schedules(State(c): Shared) -> ApiResult {
+    let local = c.local()?;
+    let list: Vec<Value> = local
+        .control
+        .workflows()
+        .iter()
+        .filter(|w| w.schedule.is_some())
+        .map(|w| workflow_json(w, &local.project))
+        .collect();
+    Ok(Json(json!({ "schedules": list })))
 }
 
 #[derive(Deserialize)]
@@ -411,7 +452,7 @@ async fn logs(State(c): Shared, Path(id): Path<String>, Query(q): Query<LogQuery
 
 async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {
     let id = parse_id(&id, "attempt")?;
-    let control = c.control.clone();
+    let control = c.local.as_ref().map(|l| l.control.clone());
     with_store(&c, move |s| {
         let info = s.attempt_info(id)?;
         if info.attempt.status != AttemptStatus::Running {
@@ -422,7 +463,8 @@ async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {
         }
         s.request_cancel(id)?;
         // Nobody left to notice the request (the process crashed or was killed): record it.
-        if control.owner_gone(s.attempt_owner(id)?) {
+        let owner = s.attempt_owner(id)?;
+        if control.is_some_and(|c| c.owner_gone(owner)) {
             s.finish_attempt(id, AttemptStatus::Killed)?;
         }
         Ok(())
@@ -456,7 +498,10 @@ async fn start_attempt(
     let Some(workflow) = body.workflow_name.or(body.workflow_id) else {
         return ApiError(StatusCode::BAD_REQUEST, "give workflowName (the workflow to start)".into()).into_response();
     };
-    let control = c.control.clone();
+    let Local { project, control } = match c.local() {
+        Ok(local) => local.clone(),
+        Err(e) => return e.into_response(),
+    };
     let wf = workflow.clone();
     let started =
         tokio::task::spawn_blocking(move || control.start(&wf, body.session_time.as_deref(), &body.params)).await;
@@ -467,7 +512,6 @@ async fn start_attempt(
     };
     // The started process records its attempt, and itself as its owner, when it begins:
     // answer with that attempt once it is there.
-    let project = c.project.clone();
     let deadline = Instant::now() + START_WAIT;
     let (pid, session_time) = (started.pid, started.session_time.clone());
     while Instant::now() < deadline {

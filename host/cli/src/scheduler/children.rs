@@ -219,8 +219,8 @@ pub(super) fn start_api(shared: Arc<Shared>, bind: &str, port: u16) -> anyhow::R
     eprintln!("scheduler: REST API and web UI on http://{local}/");
     let config = spade_server::ApiConfig {
         location: shared.location.clone(),
-        project: shared.project_name.clone(),
-        control: shared,
+        local: Some(spade_server::Local { project: shared.project_name.clone(), control: shared.clone() }),
+        archive_limits: spade_archive::Limits::default(),
     };
     std::thread::Builder::new().name("api".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

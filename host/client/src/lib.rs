@@ -1,0 +1,137 @@
+//! A blocking client of spade's REST API (what `spade push`, `download` and `projects`
+//! use), and the API's resource types ([`rest`]), which the server serializes.
+
+pub mod rest;
+
+use std::time::Duration;
+
+use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+use rest::{RestError, RestProject, RestProjectCollection, RestRevisionCollection, RestWorkflowDefinitionCollection};
+
+/// Where `-e/--endpoint` points when not given (Digdag's default port).
+pub const DEFAULT_ENDPOINT: &str = "http://127.0.0.1:65432";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server answered with an error status.
+    #[error("{endpoint}: {message} (HTTP {status})")]
+    Api { endpoint: String, status: u16, message: String },
+    #[error("{endpoint}: {message}; is `spade server` running there? (-e/--endpoint)")]
+    Transport { endpoint: String, message: String },
+    #[error("{endpoint}: the answer is not what the API returns: {message}")]
+    Decode { endpoint: String, message: String },
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A pushed revision to upload.
+#[derive(Clone, Debug)]
+pub struct Push<'a> {
+    pub project: &'a str,
+    pub revision: &'a str,
+    /// The project archive (tar.gz).
+    pub archive: &'a [u8],
+}
+
+/// A client of one server.
+pub struct Client {
+    endpoint: String,
+    agent: ureq::Agent,
+}
+
+/// Percent-encodes a query or path value.
+fn enc(s: &str) -> String {
+    utf8_percent_encode(s, NON_ALPHANUMERIC).to_string()
+}
+
+/// Largest answer read into memory (an archive download is the largest).
+const MAX_RESPONSE: u64 = 1 << 30;
+
+impl Client {
+    pub fn new(endpoint: &str) -> Client {
+        let config = ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(300)))
+            .http_status_as_error(false)
+            .user_agent(concat!("spade/", env!("CARGO_PKG_VERSION")))
+            .build();
+        Client { endpoint: endpoint.trim_end_matches('/').to_string(), agent: ureq::Agent::new_with_config(config) }
+    }
+
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    fn transport(&self, e: ureq::Error) -> ClientError {
+        ClientError::Transport { endpoint: self.endpoint.clone(), message: e.to_string() }
+    }
+
+    /// The body of a successful answer, or the server's error.
+    fn body(&self, mut response: ureq::http::Response<ureq::Body>) -> Result<Vec<u8>> {
+        let status = response.status().as_u16();
+        let bytes =
+            response.body_mut().with_config().limit(MAX_RESPONSE).read_to_vec().map_err(|e| self.transport(e))?;
+        if (200..300).contains(&status) {
+            return Ok(bytes);
+        }
+        let message = serde_json::from_slice::<RestError>(&bytes)
+            .map(|e| e.message)
+            .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).chars().take(500).collect());
+        Err(ClientError::Api { endpoint: self.endpoint.clone(), status, message })
+    }
+
+    fn json<T: serde::de::DeserializeOwned>(&self, bytes: &[u8]) -> Result<T> {
+        serde_json::from_slice(bytes)
+            .map_err(|e| ClientError::Decode { endpoint: self.endpoint.clone(), message: e.to_string() })
+    }
+
+    fn get(&self, path: &str) -> Result<Vec<u8>> {
+        let response = self.agent.get(format!("{}{path}", self.endpoint)).call().map_err(|e| self.transport(e))?;
+        self.body(response)
+    }
+
+    /// `PUT /api/projects?project=&revision=`: upload a revision.
+    pub fn push(&self, push: &Push<'_>) -> Result<RestProject> {
+        let url =
+            format!("{}/api/projects?project={}&revision={}", self.endpoint, enc(push.project), enc(push.revision));
+        let response = self
+            .agent
+            .put(url)
+            .header("Content-Type", "application/gzip")
+            // The server answers at once when it refuses the archive (too large): without
+            // this, it would close the connection while the client still sends.
+            .header("Expect", "100-continue")
+            .send(push.archive)
+            .map_err(|e| self.transport(e))?;
+        let bytes = self.body(response)?;
+        self.json(&bytes)
+    }
+
+    pub fn projects(&self) -> Result<Vec<RestProject>> {
+        let bytes = self.get("/api/projects")?;
+        Ok(self.json::<RestProjectCollection>(&bytes)?.projects)
+    }
+
+    /// `GET /api/project?name=`: a project by name.
+    pub fn project(&self, name: &str) -> Result<RestProject> {
+        let bytes = self.get(&format!("/api/project?name={}", enc(name)))?;
+        self.json(&bytes)
+    }
+
+    pub fn revisions(&self, project_id: &str) -> Result<RestRevisionCollection> {
+        let bytes = self.get(&format!("/api/projects/{}/revisions", enc(project_id)))?;
+        self.json(&bytes)
+    }
+
+    pub fn workflows(&self, project_id: &str, revision: Option<&str>) -> Result<RestWorkflowDefinitionCollection> {
+        let query = revision.map(|r| format!("?revision={}", enc(r))).unwrap_or_default();
+        let bytes = self.get(&format!("/api/projects/{}/workflows{query}", enc(project_id)))?;
+        self.json(&bytes)
+    }
+
+    /// `GET /api/projects/{id}/archive[?revision=]`: a revision's archive (the latest one
+    /// by default), byte for byte as pushed.
+    pub fn archive(&self, project_id: &str, revision: Option<&str>) -> Result<Vec<u8>> {
+        let query = revision.map(|r| format!("?revision={}", enc(r))).unwrap_or_default();
+        self.get(&format!("/api/projects/{}/archive{query}", enc(project_id)))
+    }
+}

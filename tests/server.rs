@@ -1,0 +1,278 @@
+//! `spade server` with pushed projects: `spade push`, `download` and `projects` against one
+//! server started for this test binary, on PostgreSQL (required in CI, else SQLite when
+//! no PostgreSQL answers, with a note).
+
+mod support;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+
+use support::{spade_env, text};
+
+const PG: &str = "postgres://postgres@127.0.0.1:5432";
+const DATABASE: &str = "spade_server_tests";
+
+/// A server shared by the tests of this binary.
+struct Server {
+    base: String,
+    _child: Child,
+    _state: tempfile::TempDir,
+}
+
+/// The state database: a fresh PostgreSQL database when one answers, else a SQLite file.
+fn state_location(dir: &Path) -> String {
+    let admin = std::env::var("SPADE_TEST_POSTGRES").unwrap_or_else(|_| format!("{PG}/test"));
+    match postgres::Client::connect(&admin, postgres::NoTls) {
+        Ok(mut client) => {
+            client.batch_execute(&format!("DROP DATABASE IF EXISTS {DATABASE} WITH (FORCE)")).unwrap();
+            client.batch_execute(&format!("CREATE DATABASE {DATABASE}")).unwrap();
+            let (base, _) = admin.rsplit_once('/').unwrap();
+            format!("{base}/{DATABASE}")
+        }
+        Err(e) if std::env::var_os("CI").is_none() && std::env::var_os("SPADE_TEST_POSTGRES").is_none() => {
+            eprintln!("note: PostgreSQL not reachable at {admin} ({e}); the server runs on SQLite");
+            dir.join("server.db").display().to_string()
+        }
+        Err(e) => panic!("PostgreSQL is required here (CI or SPADE_TEST_POSTGRES is set): {admin}: {e}"),
+    }
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Server> = OnceLock::new();
+    SERVER.get_or_init(|| {
+        let state = tempfile::tempdir().unwrap();
+        let location = state_location(state.path());
+        let mut child = Command::new(env!("CARGO_BIN_EXE_spade"))
+            .args(["server", "--port", "0", "--max-archive-size", "1", "--state", &location])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let mut lines = std::io::BufReader::new(stderr).lines();
+        let base = loop {
+            let line = lines.next().expect("the server announces its address").unwrap();
+            if let Some((_, rest)) = line.split_once("web UI on ") {
+                break rest.trim().trim_end_matches('/').to_string();
+            }
+        };
+        // Keep draining its stderr so that it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Server { base, _child: child, _state: state }
+    })
+}
+
+/// `spade ARGS -e <server>` in `dir`.
+fn client(dir: &Path, args: &[&str]) -> (bool, String, String) {
+    let base = &server().base;
+    let out = spade_env(dir, args, &[("SPADE_ENDPOINT", base.as_ref())]);
+    let (stdout, stderr) = text(&out);
+    (out.status.success(), stdout, stderr)
+}
+
+fn write(dir: &Path, rel: &str, content: &str) {
+    let path = dir.join(rel);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, content).unwrap();
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build())
+}
+
+fn get(path: &str) -> (u16, Vec<u8>) {
+    let mut resp = http().get(format!("{}{path}", server().base)).call().unwrap();
+    (resp.status().as_u16(), resp.body_mut().read_to_vec().unwrap())
+}
+
+fn put_archive(project: &str, revision: &str, bytes: &[u8]) -> (u16, serde_json::Value) {
+    let url = format!("{}/api/projects?project={project}&revision={revision}", server().base);
+    let mut resp = http().put(url).header("Content-Type", "application/gzip").send(bytes).unwrap();
+    let status = resp.status().as_u16();
+    (status, serde_json::from_slice(&resp.body_mut().read_to_vec().unwrap()).unwrap())
+}
+
+/// Every file under `dir` with its content (links as `-> target`).
+fn tree(dir: &Path) -> Vec<(PathBuf, String)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            let meta = std::fs::symlink_metadata(&p).unwrap();
+            let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+            if meta.is_symlink() {
+                out.push((rel, format!("-> {}", std::fs::read_link(&p).unwrap().display())));
+            } else if meta.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((rel, std::fs::read_to_string(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn project_id(name: &str) -> String {
+    let (status, body) = get(&format!("/api/project?name={name}"));
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    v["id"].as_str().unwrap().to_string()
+}
+
+#[test]
+fn push_then_download_round_trips_byte_for_byte() {
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path();
+    write(p, "etl.dig", "timezone: UTC\nschedule:\n  daily>: 07:00:00\n+load:\n  sh>: scripts/load.sh\n");
+    write(p, "adhoc.dig", "+hello:\n  echo>: hi\n");
+    write(p, "scripts/load.sh", "#!/bin/sh\necho loading\n");
+    write(p, "queries/daily.sql", "select 1");
+    write(p, ".spade/state.db", "local state never travels");
+    write(p, "logs/run.log", "ignored");
+    write(p, ".digdagignore", "logs/\n");
+    std::os::unix::fs::symlink("queries/daily.sql", p.join("latest.sql")).unwrap();
+
+    let (ok, out, err) = client(p, &["push", "etl", "-r", "v1"]);
+    assert!(ok, "{out}{err}");
+    assert!(out.contains("revision: v1") && out.contains("archive type: db"), "{out}");
+
+    // The archive served is the one pushed, byte for byte (and packing is deterministic).
+    let id = project_id("etl");
+    let (status, served) = get(&format!("/api/projects/{id}/archive?revision=v1"));
+    assert_eq!(status, 200);
+    let packed = spade_archive::pack(p, &Default::default()).unwrap();
+    assert_eq!(served, packed.bytes, "byte-identical archive");
+    assert!(out.contains(&packed.digest()), "the push reports the archive's sha256: {out}");
+
+    // Downloaded into a fresh directory: the same files, without the ignored and dot ones.
+    let dl = tempfile::tempdir().unwrap();
+    let (ok, out, err) = client(dl.path(), &["download", "etl", "-o", "copy"]);
+    assert!(ok, "{out}{err}");
+    let mut expected = tree(p);
+    expected
+        .retain(|(rel, _)| !rel.starts_with(".spade") && !rel.starts_with("logs") && rel != Path::new(".digdagignore"));
+    assert_eq!(tree(&dl.path().join("copy")), expected);
+    // It never overwrites.
+    let (ok, _, err) = client(dl.path(), &["download", "etl", "-o", "copy"]);
+    assert!(!ok && err.contains("not empty"), "{err}");
+
+    // The workflows of the revision, compiled.
+    let (_, body) = get(&format!("/api/projects/{id}/workflows"));
+    let wfs: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let names: Vec<&str> = wfs["workflows"].as_array().unwrap().iter().map(|w| w["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["adhoc", "etl"]);
+    assert_eq!(wfs["workflows"][1]["timezone"], "UTC");
+    assert_eq!(wfs["workflows"][1]["revision"], "v1");
+
+    // Pushing v1 again with the same files is a no-op; with other files it is refused.
+    let (ok, out, err) = client(p, &["push", "etl", "-r", "v1"]);
+    assert!(ok, "{out}{err}");
+    write(p, "queries/daily.sql", "select 2");
+    let (ok, _, err) = client(p, &["push", "etl", "-r", "v1"]);
+    assert!(!ok && err.contains("HTTP 409") && err.contains("new revision name"), "{err}");
+    let (ok, out, err) = client(p, &["push", "etl", "-r", "v2"]);
+    assert!(ok, "{out}{err}");
+
+    let (ok, out, _) = client(p, &["projects", "etl"]);
+    assert!(ok);
+    let v2 = out.find("v2").unwrap();
+    let v1 = out.find("v1").unwrap();
+    assert!(v2 < v1, "newest revision first: {out}");
+    let (ok, out, _) = client(p, &["projects"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("etl ") && l.contains("v2")), "{out}");
+
+    // An older revision stays downloadable as it was.
+    let (ok, _, err) = client(dl.path(), &["download", "etl", "-r", "v1", "-o", "old"]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(dl.path().join("old/queries/daily.sql")).unwrap(), "select 1");
+    let (ok, _, err) = client(dl.path(), &["download", "etl", "-o", "new"]);
+    assert!(ok, "{err}");
+    assert_eq!(std::fs::read_to_string(dl.path().join("new/queries/daily.sql")).unwrap(), "select 2");
+}
+
+/// A tar.gz with one entry whose name is written byte for byte.
+fn evil_archive(name: &str) -> Vec<u8> {
+    use std::io::Write;
+    let mut h = tar::Header::new_old();
+    h.as_old_mut().name[..name.len()].copy_from_slice(name.as_bytes());
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(4);
+    h.set_cksum();
+    let mut raw = h.as_bytes().to_vec();
+    raw.extend_from_slice(b"evil");
+    raw.resize(512 * 4, 0);
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    gz.write_all(&raw).unwrap();
+    gz.finish().unwrap()
+}
+
+#[test]
+fn bad_pushes_are_refused_and_store_nothing() {
+    // Path traversal.
+    let (status, body) = put_archive("evil", "r1", &evil_archive("../../etc/cron.d/evil"));
+    assert_eq!(status, 400, "{body}");
+    assert!(body["message"].as_str().unwrap().contains("../../etc/cron.d/evil"), "{body}");
+    assert_eq!(get("/api/project?name=evil").0, 404, "nothing stored");
+
+    // Not an archive at all.
+    let (status, body) = put_archive("evil", "r1", b"hello");
+    assert_eq!(status, 400, "{body}");
+
+    // Larger than the server's limit (1 MiB here): refused before it is read.
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "big.dig", "+a:\n  echo>: a\n");
+    // Hex digits of a xorshift stream: about 4 bits per byte once compressed.
+    let mut x = 0x2545_F491_4F6C_DD1Du64;
+    let noise: String = (0..3_000_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from_digit((x & 15) as u32, 16).unwrap()
+        })
+        .collect();
+    write(src.path(), "data/a.txt", &noise);
+    let (ok, _, err) = client(src.path(), &["push", "big"]);
+    assert!(!ok && err.contains("HTTP 413") && err.contains("too large"), "{err}");
+    assert_eq!(get("/api/project?name=big").0, 404, "nothing stored");
+
+    // A workflow that does not compile: the error says where, and nothing is stored.
+    let src = tempfile::tempdir().unwrap();
+    write(src.path(), "ok.dig", "+a:\n  echo>: a\n");
+    write(src.path(), "broken.dig", "+a:\n  echo>: a\n+b:\n  _retry: [nope\n");
+    let (ok, _, err) = client(src.path(), &["push", "broken"]);
+    assert!(!ok && err.contains("HTTP 400") && err.contains("broken.dig:"), "{err}");
+    assert_eq!(get("/api/project?name=broken").0, 404, "nothing stored");
+
+    // An outgoing link is refused by the client before anything is sent.
+    let outside = tempfile::tempdir().unwrap();
+    write(outside.path(), "secret.txt", "s");
+    write(src.path(), "broken.dig", "+a:\n  echo>: a\n");
+    std::os::unix::fs::symlink(outside.path().join("secret.txt"), src.path().join("secret.txt")).unwrap();
+    let (ok, _, err) = client(src.path(), &["push", "links"]);
+    assert!(!ok && err.contains("outside the project directory"), "{err}");
+}
+
+#[test]
+fn client_errors_are_clear() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, _, err) = client(dir.path(), &["download", "no-such-project"]);
+    assert!(!ok && err.contains("HTTP 404") && err.contains("no-such-project"), "{err}");
+    assert_eq!(get("/api/projects/999999").0, 404);
+    assert_eq!(get("/api/projects/abc").0, 400);
+
+    // Nobody listening.
+    let out = spade_env(dir.path(), &["projects", "-e", "http://127.0.0.1:9"], &[]);
+    let (_, err) = text(&out);
+    assert!(!out.status.success() && err.contains("spade server"), "{err}");
+
+    // Without authentication the server refuses to listen beyond loopback.
+    let out = spade_env(dir.path(), &["server", "--bind", "0.0.0.0", "--state", "x.db"], &[]);
+    let (_, err) = text(&out);
+    assert!(!out.status.success() && err.contains("loopback"), "{err}");
+}
