@@ -27,6 +27,9 @@ pub struct ServerArgs {
     /// Largest a project archive may be once unpacked, in MiB.
     #[arg(long, default_value_t = 128, value_name = "MIB")]
     pub max_unpacked_size: u64,
+    /// Open connections to the state database, at most.
+    #[arg(long, default_value_t = 8)]
+    pub max_connections: u32,
     /// Listen on an address other hosts can reach although the API has no authentication
     /// yet (anyone who reaches it can push and read every project).
     #[arg(long)]
@@ -48,7 +51,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     drop(location.open().with_context(|| format!("opening the state database {}", args.state))?);
     let defaults = spade_archive::Limits::default();
     let config = spade_server::ApiConfig {
-        location,
+        stores: spade_store::StorePool::new(location, args.max_connections),
         local: None,
         archive_limits: spade_archive::Limits {
             max_archive_bytes: args.max_archive_size << 20,

@@ -21,8 +21,9 @@
 //! | `GET /api/attempts/{id}/tasks` | its tasks |
 //! | `GET /api/attempts/{id}/logs[?task=prefix]` | its task log lines |
 //!
-//! Store access is blocking (SQLite or PostgreSQL): each request opens the database on a blocking thread,
-//! so a slow query never stalls the event loop and the server holds no lock between requests.
+//! Store access is blocking (SQLite or PostgreSQL): each request borrows an open store from
+//! a pool on a blocking thread, so a slow query never stalls the event loop and the server
+//! holds no lock between requests.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -37,7 +38,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 mod projects;
 
-use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, Store, StoreError, StoreLocation, TaskRecord};
+use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, Store, StoreError, StorePool, TaskRecord};
 
 /// A workflow as the API shows it.
 #[derive(Clone, Debug)]
@@ -90,7 +91,8 @@ pub trait Control: Send + Sync + 'static {
 /// What the server serves.
 #[derive(Clone)]
 pub struct ApiConfig {
-    pub location: StoreLocation,
+    /// The state database, as open connections that requests borrow.
+    pub stores: StorePool,
     /// The local project the API starts attempts of (`spade scheduler`); none for a server
     /// of pushed projects.
     pub local: Option<Local>,
@@ -183,9 +185,9 @@ async fn with_store<T: Send + 'static>(
     config: &ApiConfig,
     f: impl FnOnce(&mut dyn Store) -> Result<T, ApiError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let location = config.location.clone();
+    let pool = config.stores.clone();
     tokio::task::spawn_blocking(move || {
-        let mut store = location.open()?;
+        let mut store = pool.get()?;
         f(store.as_mut())
     })
     .await

@@ -11,6 +11,7 @@
 //! This crate knows nothing of `.dig` files, expressions or wasm.
 
 mod location;
+mod pool;
 mod postgres;
 pub mod projects;
 mod sqlite;
@@ -21,6 +22,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use spade_api::{Done, Object, TaskRequest, Usage};
 
 pub use location::StoreLocation;
+pub use pool::{PooledStore, StorePool};
 pub use postgres::PgStore;
 pub use projects::{NewRevision, ProjectRecord, Pushed, RevisionRecord};
 pub use sqlite::SqliteStore;
@@ -60,6 +62,8 @@ pub enum StoreError {
     RevisionConflict { project: String, revision: String },
     #[error("no archive with digest {0}")]
     NoSuchArchive(String),
+    #[error("state database {location}: no connection: {message}")]
+    Pool { location: String, message: String },
 }
 
 pub type Result<T> = std::result::Result<T, StoreError>;
@@ -276,6 +280,8 @@ pub struct SessionRecord {
 
 /// Persistence the engine needs. Implementations commit each `write` atomically.
 pub trait Store: Send {
+    /// Whether the database still answers (a pool checks a connection before lending it).
+    fn ping(&mut self) -> Result<()>;
     /// Find or create the session and create a new attempt in it.
     fn begin_attempt(&mut self, new: &NewAttempt) -> Result<AttemptRecord>;
     /// Results of tasks that succeeded in earlier attempts of `session_id` (latest wins),

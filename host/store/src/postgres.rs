@@ -296,6 +296,11 @@ pub(crate) fn redact(url: &str) -> String {
 }
 
 impl Store for PgStore {
+    fn ping(&mut self) -> Result<()> {
+        self.client.batch_execute("SELECT 1")?;
+        Ok(())
+    }
+
     fn begin_attempt(&mut self, new: &NewAttempt) -> Result<AttemptRecord> {
         let project_id = self.project_id(&new.project)?;
         let mut tx = self.client.transaction()?;

@@ -276,6 +276,11 @@ impl SqliteStore {
 }
 
 impl Store for SqliteStore {
+    fn ping(&mut self) -> Result<()> {
+        self.conn.query_row("SELECT 1", [], |_| Ok(()))?;
+        Ok(())
+    }
+
     fn begin_attempt(&mut self, new: &NewAttempt) -> Result<AttemptRecord> {
         let project_id = self.project_id(&new.project)?;
         // Every write transaction takes the write lock when it begins (IMMEDIATE): one that

@@ -218,7 +218,7 @@ pub(super) fn start_api(shared: Arc<Shared>, bind: &str, port: u16) -> anyhow::R
     let local = listener.local_addr()?;
     eprintln!("scheduler: REST API and web UI on http://{local}/");
     let config = spade_server::ApiConfig {
-        location: shared.location.clone(),
+        stores: spade_store::StorePool::new(shared.location.clone(), 4),
         local: Some(spade_server::Local { project: shared.project_name.clone(), control: shared.clone() }),
         archive_limits: spade_archive::Limits::default(),
     };
