@@ -14,6 +14,7 @@ mod location;
 mod pool;
 mod postgres;
 pub mod projects;
+pub mod queue;
 mod sqlite;
 
 use std::collections::HashMap;
@@ -25,6 +26,7 @@ pub use location::StoreLocation;
 pub use pool::{PooledStore, StorePool};
 pub use postgres::PgStore;
 pub use projects::{NewRevision, ProjectRecord, Pushed, RevisionRecord};
+pub use queue::{CallState, ClaimedCall, GivenUp, Held, NewQueuedCall, Queue};
 pub use sqlite::SqliteStore;
 
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +64,8 @@ pub enum StoreError {
     RevisionConflict { project: String, revision: String },
     #[error("no archive with digest {0}")]
     NoSuchArchive(String),
+    #[error("no queued call with id {0}")]
+    NoSuchCall(i64),
     #[error("state database {location}: no connection: {message}")]
     Pool { location: String, message: String },
 }
@@ -279,7 +283,7 @@ pub struct SessionRecord {
 }
 
 /// Persistence the engine needs. Implementations commit each `write` atomically.
-pub trait Store: Send {
+pub trait Store: Queue + Send {
     /// Whether the database still answers (a pool checks a connection before lending it).
     fn ping(&mut self) -> Result<()>;
     /// Find or create the session and create a new attempt in it.

@@ -6,18 +6,20 @@
 //! advisory lock, so hosts starting at once migrate exactly once.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use postgres::{Client, GenericClient, NoTls, Row};
 use spade_api::{Done, TaskRequest};
 
 use crate::projects::{self, NewRevision, ProjectRecord, Pushed, RevisionRecord};
+use crate::queue::{self, CallState, ClaimedCall, GivenUp, Held, NewQueuedCall, Queue};
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
     TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
     task_row_id, to_json, unfinished, usage_columns, usage_from_columns,
 };
 
-const SCHEMA_VERSION: i32 = 3;
+const SCHEMA_VERSION: i32 = 4;
 
 /// Any number: the advisory lock that serializes migrations of one database.
 const MIGRATION_LOCK: i64 = 0x5350_4144_4501;
@@ -103,6 +105,8 @@ const MIGRATIONS: &[&str] = &[
     "#,
     // 3: pushed archives, project-scoped values
     projects::MIGRATION_3,
+    // 4: the task queue
+    queue::MIGRATION_4_POSTGRES,
 ];
 
 const ATTEMPT_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time
@@ -775,6 +779,95 @@ impl Store for PgStore {
             .query_opt(projects::SELECT_ARCHIVE, &[&digest])?
             .map(|r| r.get(0))
             .ok_or_else(|| StoreError::NoSuchArchive(digest.to_string()))
+    }
+}
+
+impl Queue for PgStore {
+    fn enqueue(&mut self, call: &NewQueuedCall<'_>) -> Result<i64> {
+        Ok(self
+            .client
+            .query_one(
+                queue::ENQUEUE,
+                &[&call.attempt_id, &call.task_name, &call.archive_digest, &call.tag, &call.request, &now_ms()],
+            )?
+            .get(0))
+    }
+
+    fn claim(&mut self, agent: &str, tags: &[String], max: usize, lease: Duration) -> Result<Vec<ClaimedCall>> {
+        let mut tx = self.client.transaction()?;
+        // Rows another claimer holds are skipped, not waited for: claimers never queue up
+        // behind each other.
+        let claimable = format!("{} FOR UPDATE SKIP LOCKED", queue::CLAIMABLE);
+        let ids: Vec<i64> =
+            tx.query(&claimable, &[&queue::tag_list(tags), &(max as i64)])?.iter().map(|r| r.get(0)).collect();
+        let until = queue::lease_end(lease);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(r) = tx.query_opt(queue::CLAIM, &[&agent, &until, &id])? {
+                out.push(ClaimedCall {
+                    id: r.get(0),
+                    token: r.get(1),
+                    attempt_id: r.get(2),
+                    task_name: r.get(3),
+                    archive_digest: r.get(4),
+                    request: r.get(5),
+                });
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn heartbeat(&mut self, agent: &str, held: &[(i64, i64)], lease: Duration) -> Result<Vec<Held>> {
+        let until = queue::lease_end(lease);
+        let mut tx = self.client.transaction()?;
+        let mut out = Vec::with_capacity(held.len());
+        for (id, token) in held {
+            out.push(match tx.query_opt(queue::EXTEND, &[&until, id, token, &agent])? {
+                Some(r) => Held::Kept { cancel_requested: r.get(0) },
+                None => Held::Lost,
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn complete(&mut self, id: i64, token: i64, outcome: &str) -> Result<bool> {
+        Ok(self.client.execute(queue::COMPLETE, &[&outcome, &now_ms(), &id, &token])? == 1)
+    }
+
+    fn requeue_expired(&mut self, max_claims: i64, give_up: &dyn Fn(i64) -> String) -> Result<Vec<GivenUp>> {
+        let now = now_ms();
+        let mut tx = self.client.transaction()?;
+        let expired: Vec<GivenUp> = tx
+            .query(&format!("{} FOR UPDATE SKIP LOCKED", queue::EXPIRED), &[&now])?
+            .iter()
+            .map(|r| GivenUp { id: r.get(0), task_name: r.get(1), claims: r.get(2) })
+            .collect();
+        let mut given_up = Vec::new();
+        for row in expired {
+            if row.claims >= max_claims {
+                tx.execute(queue::GIVE_UP, &[&give_up(row.claims), &now, &row.id, &now])?;
+                given_up.push(row);
+            } else {
+                tx.execute(queue::REQUEUE, &[&row.id, &now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(given_up)
+    }
+
+    fn call_state(&mut self, id: i64) -> Result<CallState> {
+        let r = self.client.query_opt(queue::STATE, &[&id])?.ok_or(StoreError::NoSuchCall(id))?;
+        Ok(queue::call_state(r.get(0), r.get(1), r.get(2)))
+    }
+
+    fn cancel_call(&mut self, id: i64, outcome: &str) -> Result<()> {
+        let mut tx = self.client.transaction()?;
+        tx.execute(queue::CANCEL, &[&id])?;
+        tx.execute(queue::CANCEL_QUEUED, &[&outcome, &now_ms(), &id])?;
+        tx.commit()?;
+        Ok(())
     }
 }
 

@@ -2,18 +2,20 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::time::Duration;
 
 use rusqlite::{Connection, OptionalExtension, params};
 use spade_api::{Done, TaskRequest};
 
 use crate::projects::{self, NewRevision, ProjectRecord, Pushed, RevisionRecord};
+use crate::queue::{self, CallState, ClaimedCall, GivenUp, Held, NewQueuedCall, Queue};
 use crate::{
     AttemptInfo, AttemptRecord, AttemptStatus, LogLine, NewAttempt, Result, SessionRecord, Store, StoreError,
     TaskChange, TaskCounts, TaskRecord, TaskState, WorkflowDefinition, attempt_name, from_json, now_ms, task_record,
     task_row_id, to_json, unfinished, usage_columns, usage_from_columns,
 };
 
-const SCHEMA_VERSION: i64 = 3;
+const SCHEMA_VERSION: i64 = 4;
 
 /// Migrations, indexed by the version they produce. Never edit a released one: add another.
 pub(crate) const MIGRATIONS: &[&str] = &[
@@ -105,6 +107,8 @@ pub(crate) const MIGRATIONS: &[&str] = &[
     "#,
     // 3: pushed archives, project-scoped values
     projects::MIGRATION_3,
+    // 4: the task queue
+    queue::MIGRATION_4_SQLITE,
 ];
 
 /// Rows of `(name, result JSON)` as a map; a later row of the same name wins.
@@ -739,5 +743,102 @@ impl Store for SqliteStore {
             .query_row(projects::SELECT_ARCHIVE, [digest], |r| r.get(0))
             .optional()?
             .ok_or_else(|| StoreError::NoSuchArchive(digest.to_string()))
+    }
+}
+
+impl Queue for SqliteStore {
+    fn enqueue(&mut self, call: &NewQueuedCall<'_>) -> Result<i64> {
+        Ok(self.conn.query_row(
+            queue::ENQUEUE,
+            params![call.attempt_id, call.task_name, call.archive_digest, call.tag, call.request, now_ms()],
+            |r| r.get(0),
+        )?)
+    }
+
+    fn claim(&mut self, agent: &str, tags: &[String], max: usize, lease: Duration) -> Result<Vec<ClaimedCall>> {
+        // IMMEDIATE: one claimer at a time (SQLite's stand-in for SKIP LOCKED).
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let ids: Vec<i64> = {
+            let mut stmt = tx.prepare_cached(queue::CLAIMABLE)?;
+            stmt.query_map(params![queue::tag_list(tags), max as i64], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let until = queue::lease_end(lease);
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let claimed = tx
+                .query_row(queue::CLAIM, params![agent, until, id], |r| {
+                    Ok(ClaimedCall {
+                        id: r.get(0)?,
+                        token: r.get(1)?,
+                        attempt_id: r.get(2)?,
+                        task_name: r.get(3)?,
+                        archive_digest: r.get(4)?,
+                        request: r.get(5)?,
+                    })
+                })
+                .optional()?;
+            out.extend(claimed);
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn heartbeat(&mut self, agent: &str, held: &[(i64, i64)], lease: Duration) -> Result<Vec<Held>> {
+        let until = queue::lease_end(lease);
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(held.len());
+        for (id, token) in held {
+            let kept: Option<bool> =
+                tx.query_row(queue::EXTEND, params![until, id, token, agent], |r| r.get(0)).optional()?;
+            out.push(match kept {
+                Some(cancel_requested) => Held::Kept { cancel_requested },
+                None => Held::Lost,
+            });
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn complete(&mut self, id: i64, token: i64, outcome: &str) -> Result<bool> {
+        Ok(self.conn.execute(queue::COMPLETE, params![outcome, now_ms(), id, token])? == 1)
+    }
+
+    fn requeue_expired(&mut self, max_claims: i64, give_up: &dyn Fn(i64) -> String) -> Result<Vec<GivenUp>> {
+        let now = now_ms();
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let expired: Vec<GivenUp> = {
+            let mut stmt = tx.prepare_cached(queue::EXPIRED)?;
+            stmt.query_map([now], |r| Ok(GivenUp { id: r.get(0)?, task_name: r.get(1)?, claims: r.get(2)? }))?
+                .collect::<rusqlite::Result<_>>()?
+        };
+        let mut given_up = Vec::new();
+        for row in expired {
+            if row.claims >= max_claims {
+                tx.execute(queue::GIVE_UP, params![give_up(row.claims), now, row.id, now])?;
+                given_up.push(row);
+            } else {
+                tx.execute(queue::REQUEUE, params![row.id, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(given_up)
+    }
+
+    fn call_state(&mut self, id: i64) -> Result<CallState> {
+        let (state, agent, outcome): (String, Option<String>, Option<String>) = self
+            .conn
+            .query_row(queue::STATE, [id], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?
+            .ok_or(StoreError::NoSuchCall(id))?;
+        Ok(queue::call_state(&state, agent, outcome))
+    }
+
+    fn cancel_call(&mut self, id: i64, outcome: &str) -> Result<()> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute(queue::CANCEL, [id])?;
+        tx.execute(queue::CANCEL_QUEUED, params![outcome, now_ms(), id])?;
+        tx.commit()?;
+        Ok(())
     }
 }

@@ -1,6 +1,7 @@
 //! The store contract, checked on every backend (PostgreSQL when reachable).
 
 use super::*;
+use std::time::Duration;
 
 /// PostgreSQL for the tests: `$SPADE_TEST_POSTGRES`, else the local server every dev and CI
 /// machine of this project runs. Each test gets a schema of its own, dropped afterwards.
@@ -511,5 +512,88 @@ fn one_batch_may_change_a_task_twice() {
         s.append_logs(&lines).unwrap();
         let read: Vec<String> = s.task_logs(a.attempt_id, "").unwrap().into_iter().map(|l| l.message).collect();
         assert_eq!(read, ["line 0", "line 1", "line 2", "line 3", "line 4"]);
+    });
+}
+
+fn call<'a>(task: &'a str, tag: Option<&'a str>) -> NewQueuedCall<'a> {
+    NewQueuedCall { attempt_id: 1, task_name: task, archive_digest: Some("d"), tag, request: "{\"r\":1}" }
+}
+
+#[test]
+fn claims_take_free_slots_in_order_and_respect_tags() {
+    each_store(|s| {
+        let a = s.enqueue(&call("+a", None)).unwrap();
+        let gpu = s.enqueue(&call("+gpu", Some("gpu"))).unwrap();
+        let b = s.enqueue(&call("+b", None)).unwrap();
+        let lease = Duration::from_secs(30);
+        let first = s.claim("agent-1", &[], 1, lease).unwrap();
+        assert_eq!(first.iter().map(|c| c.id).collect::<Vec<_>>(), [a], "one free slot, the oldest call");
+        assert_eq!((first[0].token, first[0].request.as_str()), (1, "{\"r\":1}"));
+        let untagged = s.claim("agent-1", &["eu".into()], 5, lease).unwrap();
+        assert_eq!(untagged.iter().map(|c| c.id).collect::<Vec<_>>(), [b], "a gpu call needs a gpu agent");
+        let tagged = s.claim("agent-2", &["eu".into(), "gpu".into()], 5, lease).unwrap();
+        assert_eq!(tagged.iter().map(|c| c.id).collect::<Vec<_>>(), [gpu]);
+        assert!(s.claim("agent-3", &["gpu".into()], 5, lease).unwrap().is_empty(), "nothing is claimed twice");
+        assert_eq!(s.call_state(a).unwrap(), CallState::Claimed { agent: "agent-1".into() });
+    });
+}
+
+#[test]
+fn only_the_current_holder_completes_and_expired_leases_go_back() {
+    each_store(|s| {
+        let id = s.enqueue(&call("+a", None)).unwrap();
+        let gone = s.claim("dead", &[], 1, Duration::ZERO).unwrap().remove(0);
+        std::thread::sleep(Duration::from_millis(5));
+        let give_up = |n: i64| format!("given up after {n}");
+        assert!(s.requeue_expired(3, &give_up).unwrap().is_empty());
+        assert_eq!(s.call_state(id).unwrap(), CallState::Queued, "back in the queue");
+        let live = s.claim("live", &[], 1, Duration::from_secs(30)).unwrap().remove(0);
+        assert_eq!(live.token, gone.token + 1, "a new claim, a new fencing token");
+        // The partitioned agent comes back: its heartbeat and its result are refused.
+        assert_eq!(s.heartbeat("dead", &[(id, gone.token)], Duration::from_secs(30)).unwrap(), [Held::Lost]);
+        assert!(!s.complete(id, gone.token, "\"late\"").unwrap());
+        assert_eq!(
+            s.heartbeat("live", &[(id, live.token)], Duration::from_secs(30)).unwrap(),
+            [Held::Kept { cancel_requested: false }]
+        );
+        assert!(s.complete(id, live.token, "\"ok\"").unwrap());
+        assert_eq!(s.call_state(id).unwrap(), CallState::Done { outcome: "\"ok\"".into() });
+        assert!(!s.complete(id, live.token, "\"twice\"").unwrap(), "a result is recorded once");
+        assert!(matches!(s.call_state(9999), Err(StoreError::NoSuchCall(9999))));
+    });
+}
+
+#[test]
+fn a_call_that_keeps_losing_its_agent_is_given_up() {
+    each_store(|s| {
+        let id = s.enqueue(&call("+crash", None)).unwrap();
+        let give_up = |n: i64| format!("lost its agent {n} times");
+        for round in 1..=3 {
+            let c = s.claim("a", &[], 1, Duration::ZERO).unwrap();
+            assert_eq!(c.len(), 1, "round {round}");
+            std::thread::sleep(Duration::from_millis(5));
+            let given_up = s.requeue_expired(3, &give_up).unwrap();
+            assert_eq!(given_up.len(), usize::from(round == 3), "round {round}");
+        }
+        assert_eq!(s.call_state(id).unwrap(), CallState::Done { outcome: "lost its agent 3 times".into() });
+        assert!(s.claim("a", &[], 1, Duration::from_secs(1)).unwrap().is_empty());
+    });
+}
+
+#[test]
+fn cancelling_ends_a_queued_call_and_tells_a_holder() {
+    each_store(|s| {
+        let held = s.enqueue(&call("+h", None)).unwrap();
+        let queued = s.enqueue(&call("+q", None)).unwrap();
+        let claim = s.claim("a", &[], 1, Duration::from_secs(30)).unwrap().remove(0);
+        assert_eq!(claim.id, held);
+        s.cancel_call(queued, "\"cancelled\"").unwrap();
+        assert_eq!(s.call_state(queued).unwrap(), CallState::Done { outcome: "\"cancelled\"".into() });
+        s.cancel_call(held, "\"cancelled\"").unwrap();
+        assert_eq!(s.call_state(held).unwrap(), CallState::Claimed { agent: "a".into() }, "the holder stops it");
+        assert_eq!(
+            s.heartbeat("a", &[(held, claim.token)], Duration::from_secs(30)).unwrap(),
+            [Held::Kept { cancel_requested: true }]
+        );
     });
 }
