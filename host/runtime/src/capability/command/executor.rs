@@ -182,7 +182,7 @@ pub(crate) fn spawn(launch: &Launch, grant: &CommandGrant, spec: &Spec) -> Resul
             });
         }
     }
-    let child = cmd.spawn().map_err(|e| match (launch, e.kind()) {
+    let child = spawn_from_lasting_thread(cmd).map_err(|e| match (launch, e.kind()) {
         (Launch::Sandbox, std::io::ErrorKind::NotFound) => {
             "the sandbox executor needs bubblewrap (`bwrap`), which is not installed; install it \
              (Debian/Ubuntu: apt-get install bubblewrap; `scripts/setup.sh` does) or grant the `local` executor"
@@ -195,6 +195,36 @@ pub(crate) fn spawn(launch: &Launch, grant: &CommandGrant, spec: &Spec) -> Resul
         _ => format!("cannot start {}: {e}", spec.argv[0]),
     })?;
     Ok(Spawned { child, kill })
+}
+
+/// Spawns `cmd` from a thread that lives as long as the process. `PR_SET_PDEATHSIG` fires
+/// when the thread that forked the child exits, not the process: a command outlives the
+/// operator call that started it (a polling `sh>`), and the thread of that call may end
+/// (an agent runs each call on a thread of its own), which must not kill the command.
+fn spawn_from_lasting_thread(cmd: std::process::Command) -> std::io::Result<std::process::Child> {
+    use std::sync::Mutex;
+    use std::sync::mpsc::{Sender, channel};
+    type Job = (std::process::Command, Sender<std::io::Result<std::process::Child>>);
+    static SPAWNER: std::sync::OnceLock<Mutex<Sender<Job>>> = std::sync::OnceLock::new();
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = channel::<Job>();
+        std::thread::Builder::new()
+            .name("command-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("the command spawner thread starts");
+        Mutex::new(tx)
+    });
+    let (reply, answer) = channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, reply))
+        .map_err(|_| std::io::Error::other("the command spawner thread is gone"))?;
+    answer.recv().map_err(|_| std::io::Error::other("the command spawner thread is gone"))?
 }
 
 fn set_rlimits(limits: &CommandLimits, file_size: u64) -> std::io::Result<()> {
