@@ -1,6 +1,7 @@
-//! `spade server` with pushed projects: `spade push`, `download` and `projects` against one
-//! server started for this test binary, on PostgreSQL (required in CI, else SQLite when
-//! no PostgreSQL answers, with a note).
+//! `spade server` with pushed projects: `spade push`, `download`, `projects` and `start`
+//! against one server started for this test binary, on PostgreSQL (required in CI, else
+//! SQLite when no PostgreSQL answers, with a note), and `spade agent`s running the calls.
+//! The agents run as local processes of this host.
 
 mod support;
 
@@ -45,7 +46,8 @@ fn server() -> &'static Server {
         let state = tempfile::tempdir().unwrap();
         let location = state_location(state.path());
         let mut child = Command::new(env!("CARGO_BIN_EXE_spade"))
-            .args(["server", "--port", "0", "--max-archive-size", "1", "--state", &location])
+            // A short lease: a dead agent's calls run elsewhere within seconds.
+            .args(["server", "--port", "0", "--max-archive-size", "1", "--lease-seconds", "2", "--state", &location])
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -275,4 +277,180 @@ fn client_errors_are_clear() {
     let out = spade_env(dir.path(), &["server", "--bind", "0.0.0.0", "--state", "x.db"], &[]);
     let (_, err) = text(&out);
     assert!(!out.status.success() && err.contains("loopback"), "{err}");
+}
+
+/// A `spade agent` of the shared server, killed when dropped.
+struct AgentProcess {
+    child: Child,
+    work: tempfile::TempDir,
+}
+
+impl AgentProcess {
+    fn start(name: &str, tags: &[&str]) -> AgentProcess {
+        let work = tempfile::tempdir().unwrap();
+        let mut args = vec!["agent", "--name", name, "--slots", "2", "--work-dir"];
+        let work_path = work.path().display().to_string();
+        args.push(&work_path);
+        let tag_list = tags.join(",");
+        if !tags.is_empty() {
+            args.extend(["--tags", &tag_list]);
+        }
+        let child = Command::new(env!("CARGO_BIN_EXE_spade"))
+            .args(&args)
+            .env("SPADE_ENDPOINT", &server().base)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        AgentProcess { child, work }
+    }
+
+    /// Whether a call is running here now (its workspace exists).
+    fn has_call(&self) -> bool {
+        std::fs::read_dir(self.work.path().join("workspaces")).is_ok_and(|mut d| d.next().is_some())
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get_json(path: &str) -> serde_json::Value {
+    let (status, body) = get(path);
+    assert_eq!(status, 200, "{path}: {}", String::from_utf8_lossy(&body));
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Polls until `f` gives a value; a bound on polls, not a timed expectation.
+fn eventually<T>(what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    for _ in 0..1200 {
+        if let Some(v) = f() {
+            return v;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    panic!("gave up waiting for {what}");
+}
+
+fn attempt_id(start_stdout: &str) -> String {
+    start_stdout
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("attempt id: "))
+        .expect("start prints the attempt id")
+        .to_string()
+}
+
+fn finished(id: &str) -> serde_json::Value {
+    eventually(&format!("attempt {id} to finish"), || {
+        let a = get_json(&format!("/api/attempts/{id}"));
+        (a["done"] == true).then_some(a)
+    })
+}
+
+fn log_messages(id: &str) -> Vec<(String, String)> {
+    let logs = get_json(&format!("/api/attempts/{id}/logs"));
+    logs["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| (l["taskName"].as_str().unwrap().to_string(), l["message"].as_str().unwrap().to_string()))
+        .collect()
+}
+
+#[test]
+fn agents_run_a_pushed_project_and_a_dead_agents_call_runs_elsewhere() {
+    let src = tempfile::tempdir().unwrap();
+    let p = src.path();
+    write(
+        p,
+        "chaos.dig",
+        "timezone: UTC\n\
+         _export:\n  agent_tag: chaos\n\
+         +first:\n  sh>: echo first-ran; cat input.txt\n\
+         +slow:\n  sh>: echo slow-start; sleep 4; echo slow-end\n\
+         +fan:\n  _parallel: true\n  +x:\n    echo>: x ${session_date}\n  +y:\n    echo>: y\n\
+         +last:\n  sh>: echo last-ran\n",
+    );
+    write(p, "input.txt", "from the revision");
+    let (ok, out, err) = client(p, &["push", "chaos", "-r", "v1"]);
+    assert!(ok, "{out}{err}");
+
+    // One agent first, so that it is the one holding the slow call when it dies.
+    // Tagged, so that the agents of other tests of this binary leave these calls alone.
+    let victim = AgentProcess::start("victim", &["chaos"]);
+    let (ok, out, err) = client(p, &["start", "chaos", "chaos", "--session", "2024-05-01"]);
+    assert!(ok, "{out}{err}");
+    let id = attempt_id(&out);
+    eventually("the first task to succeed", || {
+        let tasks = get_json(&format!("/api/attempts/{id}/tasks"));
+        tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["fullName"] == "+chaos+first" && t["state"] == "success")
+            .then_some(())
+    });
+    // The slow script runs on the victim between polls of its task (the agent holds the
+    // script, not a call): kill -9 the agent then.
+    eventually("the slow task to poll its script", || {
+        let tasks = get_json(&format!("/api/attempts/{id}/tasks"));
+        tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["fullName"] == "+chaos+slow" && t["state"] == "polling")
+            .then_some(())
+    });
+    assert!(victim.has_call(), "the victim keeps the polling task's workspace");
+    drop(victim);
+
+    let _survivor = AgentProcess::start("survivor", &["chaos"]);
+    let attempt = finished(&id);
+    assert_eq!(attempt["status"], "success", "{attempt}");
+    let logs = log_messages(&id);
+    let count = |m: &str| logs.iter().filter(|(_, msg)| msg == m).count();
+    assert_eq!(count("first-ran"), 1, "a succeeded task never runs twice: {logs:?}");
+    assert_eq!(count("from the revision"), 1, "each call runs in a copy of the revision: {logs:?}");
+    assert_eq!(count("slow-end"), 1, "only the call that finished reported: {logs:?}");
+    assert!(
+        logs.iter().any(|(task, msg)| task == "+chaos+slow" && msg.contains("stopped answering")),
+        "the log says why the task started over: {logs:?}"
+    );
+    assert_eq!(count("last-ran"), 1, "{logs:?}");
+    assert_eq!(count("x 2024-05-01"), 1, "echo> output is the task's log: {logs:?}");
+}
+
+#[test]
+fn tagged_tasks_wait_for_an_agent_with_the_tag() {
+    let src = tempfile::tempdir().unwrap();
+    write(
+        src.path(),
+        "tagged.dig",
+        "+plain:\n  echo>: plain\n+gpu:\n  _export:\n    agent_tag: gpu\n  echo>: on-gpu\n",
+    );
+    let (ok, out, err) = client(src.path(), &["push", "tagged"]);
+    assert!(ok, "{out}{err}");
+    let _plain = AgentProcess::start("plain", &["eu"]);
+    let (ok, out, err) = client(src.path(), &["start", "tagged", "tagged", "--session", "2024-05-01"]);
+    assert!(ok, "{out}{err}");
+    let id = attempt_id(&out);
+    eventually("the untagged task to succeed", || {
+        let tasks = get_json(&format!("/api/attempts/{id}/tasks"));
+        tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["fullName"] == "+tagged+plain" && t["state"] == "success")
+            .then_some(())
+    });
+    // The gpu task waits: no agent has the tag.
+    let a = get_json(&format!("/api/attempts/{id}"));
+    assert_eq!(a["done"], false, "{a}");
+    let _gpu = AgentProcess::start("gpu", &["gpu"]);
+    let attempt = finished(&id);
+    assert_eq!(attempt["status"], "success", "{attempt}");
+    assert!(log_messages(&id).contains(&("+tagged+gpu".into(), "on-gpu".into())));
 }

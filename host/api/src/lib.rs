@@ -155,7 +155,7 @@ impl Usage {
 }
 
 /// Resource limits of one task invocation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Limits {
     /// Wall-clock budget of one call (enforced by epoch interruption).
     pub cpu_time: Duration,
@@ -305,6 +305,49 @@ pub trait TaskServices: Send + Sync {
     /// Resources the task used: called after each operator call (the wasm side) and when a
     /// command of the task finishes. Added up per task.
     fn record_usage(&self, _usage: Usage) {}
+    /// Directory (relative to the project) of the workflow file the task came from, where
+    /// `call>` resolves relative paths.
+    fn workdir(&self) -> Option<String> {
+        None
+    }
+}
+
+/// What travels between the server's executor and an agent through the task queue: the
+/// call to make and what came of it.
+pub mod remote {
+    use serde::{Deserialize, Serialize};
+
+    use crate::{Limits, LogLevel, Outcome, TaskRequest, Usage};
+
+    /// One operator call for an agent.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct QueuedCall {
+        pub request: TaskRequest,
+        /// See [`crate::TaskServices::workdir`].
+        pub workdir: Option<String>,
+        pub limits: Limits,
+        /// Bytes the call may add to its workspace.
+        pub disk_quota: u64,
+        /// The agent where commands of the task's previous call still run: this call polls
+        /// them. Another agent taking it means that agent was lost, and the task starts over.
+        #[serde(default)]
+        pub runs_on: Option<String>,
+    }
+
+    /// What an agent reports for a call.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct CallResult {
+        /// The outcome, or why the call produced none (the task fails with it).
+        pub outcome: Result<Outcome, String>,
+        /// Log lines and command output of the call, in order.
+        pub logs: Vec<(LogLevel, String)>,
+        /// `echo>`-style output.
+        pub prints: Vec<String>,
+        pub usage: Usage,
+        /// The call polls and left commands running on its agent.
+        #[serde(default)]
+        pub holds_commands: bool,
+    }
 }
 
 /// One call of an operator.
@@ -336,4 +379,9 @@ pub trait OperatorHost: Send + Sync {
     fn has_operator(&self, operator: &str) -> bool;
     /// Run one call. Plugin faults (trap, limit, malformed outcome) are `Err`, never panics.
     fn invoke(&self, inv: Invocation<'_>) -> Result<Outcome, InvokeError>;
+    /// Whether commands a call of this task started are still running here (its next poll
+    /// must come back to this host).
+    fn commands_running(&self, _attempt_id: i64, _task_name: &str) -> bool {
+        false
+    }
 }

@@ -130,3 +130,48 @@ pub fn projects(args: ProjectsArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(clap::Args)]
+pub struct StartArgs {
+    /// The project's name on the server.
+    pub project: String,
+    /// The workflow to start.
+    pub workflow: String,
+    /// The session time: yyyy-MM-dd, "yyyy-MM-dd HH:mm:ss" in the workflow's zone, ISO 8601,
+    /// `daily` or `hourly`.
+    #[arg(long)]
+    pub session: String,
+    /// A param (KEY=VALUE), repeatable.
+    #[arg(short = 'p', long = "param")]
+    pub params: Vec<String>,
+    /// Name of the attempt, when the session has one already (Digdag's --retry).
+    #[arg(long)]
+    pub retry: Option<String>,
+    #[command(flatten)]
+    pub endpoint: EndpointArgs,
+}
+
+pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
+    let client = Client::new(&args.endpoint.endpoint);
+    let project = client.project(&args.project)?;
+    let params = crate::run::parse_params(&args.params)?;
+    let attempt = client.start(&spade_client::rest::RestAttemptRequest {
+        project_id: Some(project.id.clone()),
+        workflow_name: Some(args.workflow.clone()),
+        workflow_id: None,
+        session_time: Some(args.session),
+        params,
+        retry_attempt_name: args.retry,
+    })?;
+    let field = |k: &str| attempt[k].as_str().unwrap_or("").to_string();
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "Started a session attempt:")?;
+    writeln!(out, "  session id: {}", field("sessionId"))?;
+    writeln!(out, "  attempt id: {}", field("id"))?;
+    writeln!(out, "  uuid: {}", field("sessionUuid"))?;
+    writeln!(out, "  project: {}", project.name)?;
+    writeln!(out, "  workflow: {}", args.workflow)?;
+    writeln!(out, "  session time: {}", field("sessionTime"))?;
+    writeln!(out, "  revision: {}", project.revision)?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -5,6 +5,7 @@
 //! (plugins), spade-registry (installing plugins) and spade-server (REST API and web UI).
 //! `echo>` output goes to stdout; everything else spade says goes to stderr.
 
+mod agent;
 mod attempts;
 mod bench;
 mod check;
@@ -89,6 +90,10 @@ enum Command {
     Download(client::DownloadArgs),
     /// List a server's projects, or one project's revisions (like `digdag projects`).
     Projects(client::ProjectsArgs),
+    /// Start an attempt of a pushed project's workflow on a server (like `digdag start`).
+    Start(client::StartArgs),
+    /// Run operator calls for a server, talking to it over HTTP only (a remote agent).
+    Agent(agent::AgentArgs),
 }
 
 /// The state database: `--state` (a file or a `postgres://` URL), else the project's
@@ -136,6 +141,8 @@ fn main() -> ExitCode {
         Command::Push(args) => client::push(args),
         Command::Download(args) => client::download(args),
         Command::Projects(args) => client::projects(args),
+        Command::Start(args) => client::start(args),
+        Command::Agent(args) => agent::agent(args),
     };
     match result {
         Ok(code) => code,

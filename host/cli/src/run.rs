@@ -246,17 +246,7 @@ fn record_revision(opened: &mut Opened) -> anyhow::Result<i64> {
     Ok(opened.store.put_revision(&opened.name, &name, &definitions)?)
 }
 
-/// Like Digdag's AttemptBuilder: the schedule slots around the session, as attempt params.
-pub fn schedule_params(workflow: &spade_dig::WorkflowDef, session_time: DateTime<Zone>, params: &mut Object) {
-    if let Some(schedule) = &workflow.schedule {
-        if let Some(last) = schedule.last_session_time(session_time) {
-            spade_engine::params::time_vars("last_session", &last, params);
-        }
-        if let Some(next) = schedule.next_session_time(session_time) {
-            spade_engine::params::time_vars("next_session", &next, params);
-        }
-    }
-}
+pub use spade_engine::params::schedule_params;
 
 /// Run a begun attempt to its end and report it; the exit code says whether it succeeded.
 #[allow(clippy::too_many_arguments)]

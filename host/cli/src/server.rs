@@ -1,9 +1,9 @@
 //! `spade server`: the REST API and web UI over a state database that holds pushed
 //! projects (`spade push`), like `digdag server`.
 //!
-//! What is served so far: projects, revisions, their workflows and archives, and the
-//! sessions, attempts, tasks and logs recorded in the database. Running pushed projects
-//! (the executor loop, the task queue and agents) is not part of the server yet.
+//! It serves projects, revisions, their workflows and archives, and the sessions, attempts,
+//! tasks and logs recorded in the database; it runs attempts of pushed projects
+//! (spade-executor) whose operator calls go through the task queue to `spade agent`s.
 
 use std::process::ExitCode;
 
@@ -27,6 +27,19 @@ pub struct ServerArgs {
     /// Largest a project archive may be once unpacked, in MiB.
     #[arg(long, default_value_t = 128, value_name = "MIB")]
     pub max_unpacked_size: u64,
+    /// Where revisions are unpacked for the executor [default: beside a SQLite state file,
+    /// else a temporary directory].
+    #[arg(long)]
+    pub data_dir: Option<std::path::PathBuf>,
+    /// Seconds an agent keeps a call without a heartbeat; then the call runs elsewhere.
+    #[arg(long, default_value_t = 30)]
+    pub lease_seconds: u64,
+    /// Times a call may lose its agent before it fails instead of running again.
+    #[arg(long, default_value_t = 3)]
+    pub max_task_restarts: i64,
+    /// Operator calls of one attempt waiting on agents at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_calls_per_attempt: usize,
     /// Open connections to the state database, at most.
     #[arg(long, default_value_t = 8)]
     pub max_connections: u32,
@@ -50,8 +63,20 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
     // Opened once now, so that a wrong URL or a newer schema stops the server at start.
     drop(location.open().with_context(|| format!("opening the state database {}", args.state))?);
     let defaults = spade_archive::Limits::default();
+    let stores = spade_store::StorePool::new(location.clone(), args.max_connections);
+    let executor = spade_executor::Executor::new(
+        stores.clone(),
+        spade_executor::ExecutorConfig {
+            data_dir: args.data_dir.clone().unwrap_or_else(|| spade_executor::default_data_dir(&location)),
+            engine: spade_engine::EngineOptions { workers: args.max_calls_per_attempt.max(1), ..Default::default() },
+            lease: std::time::Duration::from_secs(args.lease_seconds.max(1)),
+            max_claims: args.max_task_restarts.max(1),
+        },
+    );
+    executor.spawn_reaper();
     let config = spade_server::ApiConfig {
-        stores: spade_store::StorePool::new(location, args.max_connections),
+        executor: Some(executor),
+        stores,
         local: None,
         archive_limits: spade_archive::Limits {
             max_archive_bytes: args.max_archive_size << 20,

@@ -128,6 +128,54 @@ impl Client {
         self.json(&bytes)
     }
 
+    fn post<T: serde::Serialize, R: serde::de::DeserializeOwned>(&self, path: &str, body: &T) -> Result<R> {
+        let body = serde_json::to_vec(body).expect("API types serialize");
+        let response = self
+            .agent
+            .post(format!("{}{path}", self.endpoint))
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|e| self.transport(e))?;
+        let bytes = self.body(response)?;
+        self.json(&bytes)
+    }
+
+    /// `PUT /api/attempts`: start an attempt; the attempt as the server answers it.
+    pub fn start(&self, request: &rest::RestAttemptRequest) -> Result<serde_json::Value> {
+        let body = serde_json::to_vec(request).expect("API types serialize");
+        let response = self
+            .agent
+            .put(format!("{}/api/attempts", self.endpoint))
+            .header("Content-Type", "application/json")
+            .send(&body[..])
+            .map_err(|e| self.transport(e))?;
+        let bytes = self.body(response)?;
+        self.json(&bytes)
+    }
+
+    /// `GET /api/attempts/{id}`.
+    pub fn attempt(&self, id: &str) -> Result<serde_json::Value> {
+        let bytes = self.get(&format!("/api/attempts/{}", enc(id)))?;
+        self.json(&bytes)
+    }
+
+    pub fn claim(&self, request: &rest::agent::ClaimRequest) -> Result<rest::agent::ClaimResponse> {
+        self.post("/api/agent/claim", request)
+    }
+
+    pub fn heartbeat(&self, request: &rest::agent::HeartbeatRequest) -> Result<rest::agent::HeartbeatResponse> {
+        self.post("/api/agent/heartbeat", request)
+    }
+
+    pub fn complete(&self, request: &rest::agent::CompleteRequest) -> Result<rest::agent::CompleteResponse> {
+        self.post("/api/agent/complete", request)
+    }
+
+    /// `GET /api/archives/{digest}`: an archive by content address.
+    pub fn archive_by_digest(&self, digest: &str) -> Result<Vec<u8>> {
+        self.get(&format!("/api/archives/{}", enc(digest)))
+    }
+
     /// `GET /api/projects/{id}/archive[?revision=]`: a revision's archive (the latest one
     /// by default), byte for byte as pushed.
     pub fn archive(&self, project_id: &str, revision: Option<&str>) -> Result<Vec<u8>> {

@@ -79,3 +79,102 @@ pub struct RestError {
     #[serde(default)]
     pub status: u16,
 }
+
+/// Starting an attempt of a pushed project (`PUT /api/attempts` with `projectId`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestAttemptRequest {
+    pub project_id: Option<String>,
+    pub workflow_name: Option<String>,
+    /// Digdag's field; here a workflow's id is its name.
+    pub workflow_id: Option<String>,
+    /// ISO 8601, or a date; none: now.
+    pub session_time: Option<String>,
+    #[serde(default)]
+    pub params: Map<String, Value>,
+    /// Digdag's retry name (`retryAttemptName`).
+    #[serde(default)]
+    pub retry_attempt_name: Option<String>,
+}
+
+/// The agent protocol (`/api/agent/...`): a remote agent speaks only this, never to the
+/// database.
+pub mod agent {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Serialize};
+    use spade_api::remote::{CallResult, QueuedCall};
+
+    /// `POST /api/agent/claim`: up to `slots` calls for an agent with `tags`.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct ClaimRequest {
+        pub agent: String,
+        #[serde(default)]
+        pub tags: Vec<String>,
+        pub slots: usize,
+    }
+
+    /// A claimed call: give `id` and `token` back with heartbeats and the result.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct ClaimedCall {
+        pub id: i64,
+        pub token: i64,
+        pub attempt_id: i64,
+        pub task_name: String,
+        /// The revision archive its workspace is extracted from (`GET /api/archives/{digest}`).
+        pub archive_digest: Option<String>,
+        pub call: QueuedCall,
+        /// Only the secrets this call may read.
+        #[serde(default)]
+        pub secrets: BTreeMap<String, String>,
+        /// How often to send heartbeats, in milliseconds (a third of the lease).
+        pub heartbeat_ms: u64,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct ClaimResponse {
+        pub calls: Vec<ClaimedCall>,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HeldCall {
+        pub id: i64,
+        pub token: i64,
+    }
+
+    /// `POST /api/agent/heartbeat`: extend the leases of the calls held.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct HeartbeatRequest {
+        pub agent: String,
+        pub held: Vec<HeldCall>,
+    }
+
+    #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+    pub struct HeldState {
+        pub id: i64,
+        /// The lease ran out and the call went elsewhere: stop it, its result will be refused.
+        pub lost: bool,
+        /// The attempt was killed: stop the call.
+        pub cancel: bool,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct HeartbeatResponse {
+        pub held: Vec<HeldState>,
+    }
+
+    /// `POST /api/agent/complete`: the result of a held call.
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct CompleteRequest {
+        pub agent: String,
+        pub id: i64,
+        pub token: i64,
+        pub result: CallResult,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+    pub struct CompleteResponse {
+        /// False: the claim was no longer this agent's (lease lost), the result is dropped.
+        pub accepted: bool,
+    }
+}

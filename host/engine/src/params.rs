@@ -103,6 +103,18 @@ pub fn local_config(config: &Object, operator: Option<&str>) -> (Object, Object)
     (local, raw)
 }
 
+/// Like Digdag's AttemptBuilder: the schedule slots around the session, as attempt params.
+pub fn schedule_params(workflow: &spade_dig::WorkflowDef, session_time: DateTime<Zone>, params: &mut Object) {
+    if let Some(schedule) = &workflow.schedule {
+        if let Some(last) = schedule.last_session_time(session_time) {
+            time_vars("last_session", &last, params);
+        }
+        if let Some(next) = schedule.next_session_time(session_time) {
+            time_vars("next_session", &next, params);
+        }
+    }
+}
+
 /// Format a session-like time the way Digdag's RuntimeParams does, under `prefix`
 /// (`session`, `last_session`, `next_session`).
 pub fn time_vars(prefix: &str, t: &DateTime<Zone>, out: &mut Object) {

@@ -117,6 +117,10 @@ impl TaskServices for TaskCtx {
         })
     }
 
+    fn workdir(&self) -> Option<String> {
+        self.workdir.clone()
+    }
+
     fn start_or_find(&self, req: &StartRequest) -> Result<AttemptRef, String> {
         match &self.launcher {
             Some(l) => l.start_or_find(req),

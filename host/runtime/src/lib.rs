@@ -1032,6 +1032,11 @@ fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
 }
 
 impl OperatorHost for Runtime {
+    fn commands_running(&self, attempt_id: i64, task_name: &str) -> bool {
+        self.commands.running_of(&crate::capability::command::Owner { attempt_id, task_name: task_name.to_string() })
+            > 0
+    }
+
     fn has_operator(&self, operator: &str) -> bool {
         self.registry.read().unwrap_or_else(|e| e.into_inner()).operators.contains_key(operator)
     }

@@ -36,6 +36,7 @@ use axum::{Json, Router};
 use chrono::{TimeZone, Utc};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
+mod agents;
 mod projects;
 
 use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, Store, StoreError, StorePool, TaskRecord};
@@ -98,6 +99,8 @@ pub struct ApiConfig {
     pub local: Option<Local>,
     /// What `PUT /api/projects` accepts.
     pub archive_limits: spade_archive::Limits,
+    /// Runs attempts of pushed projects; its agents use `/api/agent/...`.
+    pub executor: Option<Arc<spade_executor::Executor>>,
 }
 
 /// A local project directory served with its scheduler.
@@ -131,6 +134,10 @@ pub fn router(config: ApiConfig) -> Router {
         .route("/api/projects/{id}/revisions", get(projects::revisions))
         .route("/api/projects/{id}/workflows", get(projects::workflows))
         .route("/api/projects/{id}/archive", get(projects::archive))
+        .route("/api/archives/{digest}", get(agents::archive))
+        .route("/api/agent/claim", post(agents::claim))
+        .route("/api/agent/heartbeat", post(agents::heartbeat))
+        .route("/api/agent/complete", post(agents::complete))
         .route("/api/workflows", get(workflows))
         .route("/api/schedules", get(schedules))
         .route("/api/schedules/{id}/enable", post(enable_schedule))
@@ -478,6 +485,9 @@ async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 struct StartBody {
+    /// A pushed project: the attempt runs its latest revision through the task queue.
+    project_id: Option<String>,
+    retry_attempt_name: Option<String>,
     workflow_name: Option<String>,
     /// Digdag's field; here a workflow's id is its name.
     workflow_id: Option<String>,
@@ -500,6 +510,20 @@ async fn start_attempt(
     let Some(workflow) = body.workflow_name.or(body.workflow_id) else {
         return ApiError(StatusCode::BAD_REQUEST, "give workflowName (the workflow to start)".into()).into_response();
     };
+    if let Some(project) = &body.project_id {
+        let project_id = match parse_id(project, "project") {
+            Ok(id) => id,
+            Err(e) => return e.into_response(),
+        };
+        let start = spade_executor::StartAttempt {
+            project_id,
+            workflow,
+            session_time: body.session_time,
+            params: body.params,
+            retry_attempt_name: body.retry_attempt_name,
+        };
+        return agents::start_pushed(&c, start).await;
+    }
     let Local { project, control } = match c.local() {
         Ok(local) => local.clone(),
         Err(e) => return e.into_response(),

@@ -788,7 +788,15 @@ impl Queue for PgStore {
             .client
             .query_one(
                 queue::ENQUEUE,
-                &[&call.attempt_id, &call.task_name, &call.archive_digest, &call.tag, &call.request, &now_ms()],
+                &[
+                    &call.attempt_id,
+                    &call.task_name,
+                    &call.archive_digest,
+                    &call.tag,
+                    &call.affinity,
+                    &call.request,
+                    &now_ms(),
+                ],
             )?
             .get(0))
     }
@@ -797,9 +805,11 @@ impl Queue for PgStore {
         let mut tx = self.client.transaction()?;
         // Rows another claimer holds are skipped, not waited for: claimers never queue up
         // behind each other.
+        let own = format!("{} FOR UPDATE SKIP LOCKED", queue::CLAIMABLE_OWN);
+        let mut ids: Vec<i64> = tx.query(&own, &[&agent])?.iter().map(|r| r.get(0)).collect();
         let claimable = format!("{} FOR UPDATE SKIP LOCKED", queue::CLAIMABLE);
-        let ids: Vec<i64> =
-            tx.query(&claimable, &[&queue::tag_list(tags), &(max as i64)])?.iter().map(|r| r.get(0)).collect();
+        let others = tx.query(&claimable, &[&queue::tag_list(tags), &queue::lease_ago(lease), &(max as i64)])?;
+        ids.extend(others.iter().map(|r| r.get::<_, i64>(0)));
         let until = queue::lease_end(lease);
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {

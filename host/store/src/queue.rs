@@ -25,6 +25,10 @@ pub struct NewQueuedCall<'a> {
     pub archive_digest: Option<&'a str>,
     /// Only agents with this tag may claim it.
     pub tag: Option<&'a str>,
+    /// The agent that should take it: the one that ran the task's previous call, where
+    /// the task's commands still run and its workspace is. Another agent may take it once it
+    /// has waited a lease (that agent is gone).
+    pub affinity: Option<&'a str>,
     /// The frozen request (JSON).
     pub request: &'a str,
 }
@@ -57,9 +61,11 @@ pub enum CallState {
     Claimed {
         agent: String,
     },
-    /// The outcome (JSON) the holder reported, or the queue's own (given up).
+    /// The outcome (JSON) the holder reported, or the queue's own (given up), and the
+    /// agent that held it last.
     Done {
         outcome: String,
+        agent: Option<String>,
     },
 }
 
@@ -72,14 +78,22 @@ pub struct GivenUp {
 }
 
 pub(crate) const ENQUEUE: &str =
-    "INSERT INTO task_queue (attempt_id, task_name, archive_digest, tag, request, state, created_at)
-     VALUES ($1, $2, $3, $4, $5, 'queued', $6) RETURNING id";
+    "INSERT INTO task_queue (attempt_id, task_name, archive_digest, tag, affinity, request,
+        state, created_at)
+     VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7) RETURNING id";
 
-/// The rows a claim takes: queued, of a tag the agent has (or none), oldest first. `$1` is
-/// the agent's tags as `,a,b,` (tags never contain `,`, `%` or `_`), `$2` how many.
+/// Calls that should go to this agent (`$1`): the next polls of its tasks. An agent takes
+/// them whatever its free slots, as each continues work that already holds a slot there.
+pub(crate) const CLAIMABLE_OWN: &str = "SELECT id FROM task_queue WHERE state = 'queued' AND affinity = $1 ORDER BY id";
+
+/// The other rows a claim takes: queued, of a tag the agent has (or none), oldest first,
+/// not meant for another agent unless they waited longer than a lease. `$1` is the agent's
+/// tags as `,a,b,` (tags never contain `,`, `%` or `_`), `$2` when a lease ago was, `$3`
+/// how many.
 pub(crate) const CLAIMABLE: &str = "SELECT id FROM task_queue
      WHERE state = 'queued' AND (tag IS NULL OR $1 LIKE '%,' || tag || ',%')
-     ORDER BY id LIMIT $2";
+       AND (affinity IS NULL OR created_at < $2)
+     ORDER BY id LIMIT $3";
 
 pub(crate) const CLAIM: &str =
     "UPDATE task_queue SET state = 'claimed', agent = $1, token = token + 1, lease_until = $2,
@@ -126,6 +140,7 @@ macro_rules! migration_4 {
                 task_name TEXT NOT NULL,
                 archive_digest TEXT,
                 tag TEXT,
+                affinity TEXT,
                 request TEXT NOT NULL,
                 -- queued, claimed or done
                 state TEXT NOT NULL,
@@ -182,6 +197,12 @@ pub fn valid_tag(tag: &str) -> bool {
     !tag.is_empty() && tag.len() <= 64 && tag.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
+/// When a lease of `lease` that started now would have begun to run out: affine calls
+/// older than this are anyone's.
+pub(crate) fn lease_ago(lease: Duration) -> i64 {
+    now_ms() - i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
+}
+
 pub(crate) fn lease_end(lease: Duration) -> i64 {
     now_ms() + i64::try_from(lease.as_millis()).unwrap_or(i64::MAX / 2)
 }
@@ -190,6 +211,6 @@ pub(crate) fn call_state(state: &str, agent: Option<String>, outcome: Option<Str
     match state {
         "queued" => CallState::Queued,
         "claimed" => CallState::Claimed { agent: agent.unwrap_or_default() },
-        _ => CallState::Done { outcome: outcome.unwrap_or_default() },
+        _ => CallState::Done { outcome: outcome.unwrap_or_default(), agent },
     }
 }

@@ -750,7 +750,15 @@ impl Queue for SqliteStore {
     fn enqueue(&mut self, call: &NewQueuedCall<'_>) -> Result<i64> {
         Ok(self.conn.query_row(
             queue::ENQUEUE,
-            params![call.attempt_id, call.task_name, call.archive_digest, call.tag, call.request, now_ms()],
+            params![
+                call.attempt_id,
+                call.task_name,
+                call.archive_digest,
+                call.tag,
+                call.affinity,
+                call.request,
+                now_ms()
+            ],
             |r| r.get(0),
         )?)
     }
@@ -758,11 +766,18 @@ impl Queue for SqliteStore {
     fn claim(&mut self, agent: &str, tags: &[String], max: usize, lease: Duration) -> Result<Vec<ClaimedCall>> {
         // IMMEDIATE: one claimer at a time (SQLite's stand-in for SKIP LOCKED).
         let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let ids: Vec<i64> = {
-            let mut stmt = tx.prepare_cached(queue::CLAIMABLE)?;
-            stmt.query_map(params![queue::tag_list(tags), max as i64], |r| r.get(0))?
-                .collect::<rusqlite::Result<_>>()?
+        let mut ids: Vec<i64> = {
+            let mut stmt = tx.prepare_cached(queue::CLAIMABLE_OWN)?;
+            stmt.query_map([agent], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?
         };
+        {
+            let mut stmt = tx.prepare_cached(queue::CLAIMABLE)?;
+            let others =
+                stmt.query_map(params![queue::tag_list(tags), queue::lease_ago(lease), max as i64], |r| r.get(0))?;
+            for id in others {
+                ids.push(id?);
+            }
+        }
         let until = queue::lease_end(lease);
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {

@@ -516,7 +516,14 @@ fn one_batch_may_change_a_task_twice() {
 }
 
 fn call<'a>(task: &'a str, tag: Option<&'a str>) -> NewQueuedCall<'a> {
-    NewQueuedCall { attempt_id: 1, task_name: task, archive_digest: Some("d"), tag, request: "{\"r\":1}" }
+    NewQueuedCall {
+        attempt_id: 1,
+        task_name: task,
+        archive_digest: Some("d"),
+        tag,
+        affinity: None,
+        request: "{\"r\":1}",
+    }
 }
 
 #[test]
@@ -557,7 +564,7 @@ fn only_the_current_holder_completes_and_expired_leases_go_back() {
             [Held::Kept { cancel_requested: false }]
         );
         assert!(s.complete(id, live.token, "\"ok\"").unwrap());
-        assert_eq!(s.call_state(id).unwrap(), CallState::Done { outcome: "\"ok\"".into() });
+        assert_eq!(s.call_state(id).unwrap(), CallState::Done { outcome: "\"ok\"".into(), agent: Some("live".into()) });
         assert!(!s.complete(id, live.token, "\"twice\"").unwrap(), "a result is recorded once");
         assert!(matches!(s.call_state(9999), Err(StoreError::NoSuchCall(9999))));
     });
@@ -575,7 +582,10 @@ fn a_call_that_keeps_losing_its_agent_is_given_up() {
             let given_up = s.requeue_expired(3, &give_up).unwrap();
             assert_eq!(given_up.len(), usize::from(round == 3), "round {round}");
         }
-        assert_eq!(s.call_state(id).unwrap(), CallState::Done { outcome: "lost its agent 3 times".into() });
+        assert_eq!(
+            s.call_state(id).unwrap(),
+            CallState::Done { outcome: "lost its agent 3 times".into(), agent: Some("a".into()) }
+        );
         assert!(s.claim("a", &[], 1, Duration::from_secs(1)).unwrap().is_empty());
     });
 }
@@ -588,12 +598,33 @@ fn cancelling_ends_a_queued_call_and_tells_a_holder() {
         let claim = s.claim("a", &[], 1, Duration::from_secs(30)).unwrap().remove(0);
         assert_eq!(claim.id, held);
         s.cancel_call(queued, "\"cancelled\"").unwrap();
-        assert_eq!(s.call_state(queued).unwrap(), CallState::Done { outcome: "\"cancelled\"".into() });
+        assert_eq!(s.call_state(queued).unwrap(), CallState::Done { outcome: "\"cancelled\"".into(), agent: None });
         s.cancel_call(held, "\"cancelled\"").unwrap();
         assert_eq!(s.call_state(held).unwrap(), CallState::Claimed { agent: "a".into() }, "the holder stops it");
         assert_eq!(
             s.heartbeat("a", &[(held, claim.token)], Duration::from_secs(30)).unwrap(),
             [Held::Kept { cancel_requested: true }]
         );
+    });
+}
+
+#[test]
+fn a_tasks_next_poll_goes_to_the_agent_that_runs_its_commands() {
+    each_store(|s| {
+        let mine = s.enqueue(&NewQueuedCall { affinity: Some("a1"), ..call("+sh", None) }).unwrap();
+        let other = s.enqueue(&call("+other", None)).unwrap();
+        let lease = Duration::from_secs(30);
+        let a2 = s.claim("a2", &[], 5, lease).unwrap();
+        assert_eq!(a2.iter().map(|c| c.id).collect::<Vec<_>>(), [other], "a1's poll waits for a1");
+        // a1 takes its own poll even with no free slot: the task already holds one there.
+        let a1 = s.claim("a1", &[], 0, lease).unwrap();
+        assert_eq!(a1.iter().map(|c| c.id).collect::<Vec<_>>(), [mine]);
+
+        // When the agent is gone, the poll is anyone's once it has waited a lease.
+        let orphan = s.enqueue(&NewQueuedCall { affinity: Some("dead"), ..call("+sh2", None) }).unwrap();
+        assert!(s.claim("a2", &[], 5, lease).unwrap().is_empty());
+        std::thread::sleep(Duration::from_millis(5));
+        let taken = s.claim("a2", &[], 5, Duration::from_millis(1)).unwrap();
+        assert_eq!(taken.iter().map(|c| c.id).collect::<Vec<_>>(), [orphan]);
     });
 }

@@ -221,6 +221,7 @@ pub(super) fn start_api(shared: Arc<Shared>, bind: &str, port: u16) -> anyhow::R
         stores: spade_store::StorePool::new(shared.location.clone(), 4),
         local: Some(spade_server::Local { project: shared.project_name.clone(), control: shared.clone() }),
         archive_limits: spade_archive::Limits::default(),
+        executor: None,
     };
     std::thread::Builder::new().name("api".into()).spawn(move || {
         let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {

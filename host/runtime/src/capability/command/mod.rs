@@ -22,11 +22,10 @@ use std::time::{Duration, Instant};
 use spade_api::{CancelToken, DiskQuota, Usage};
 
 pub use executor::ExecutorKind;
-pub(crate) use hub::Hub;
+pub(crate) use hub::{Hub, Owner};
 
 use crate::host::{HostState, wit_command};
 use executor::{Launch, Spec};
-use hub::Owner;
 
 /// What a plugin granted `command` may run, and with how much.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,168 @@
+//! [`QueuedHost`]: the engine's operator host on a server. A call becomes a row of the task
+//! queue that an agent claims; the engine's worker waits for its outcome and replays the
+//! call's logs, output and resource figures into the engine's task services, so the attempt
+//! is recorded exactly as a local run would record it.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use spade_api::remote::{CallResult, QueuedCall};
+use spade_api::{Invocation, InvokeError, LogLevel, OperatorHost, Outcome, Usage};
+use spade_store::{CallState, NewQueuedCall, StorePool};
+
+/// The task param that asks for an agent with a tag (a spade extension, e.g.
+/// `_export: {agent_tag: gpu}`).
+pub const AGENT_TAG_PARAM: &str = "agent_tag";
+
+/// Wakes the workers waiting on queued calls when a result is accepted (by this process's
+/// API); each also looks at the database every [`CHECK_EVERY`], for results that another
+/// server process accepted.
+#[derive(Default)]
+pub struct Completions {
+    generation: Mutex<u64>,
+    changed: Condvar,
+}
+
+/// How often a waiting worker looks at its call's row without a wake-up.
+pub const CHECK_EVERY: Duration = Duration::from_millis(500);
+
+impl Completions {
+    pub fn notify(&self) {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+        self.changed.notify_all();
+    }
+
+    fn current(&self) -> u64 {
+        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wait until a notification after `seen`, or `timeout`.
+    fn wait(&self, seen: u64, timeout: Duration) {
+        let guard = self.generation.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = self.changed.wait_timeout_while(guard, timeout, |g| *g == seen);
+    }
+}
+
+/// The operator host of one attempt: its calls run on agents, in workspaces extracted from
+/// the attempt's revision archive.
+pub struct QueuedHost {
+    pub(crate) stores: StorePool,
+    pub(crate) completions: Arc<Completions>,
+    pub(crate) archive_digest: String,
+    pub(crate) disk_quota: u64,
+    /// The agent each polling task last ran on (its commands and workspace are there).
+    pub(crate) polling_on: Mutex<HashMap<String, String>>,
+}
+
+/// The outcome a killed call is closed with when no agent holds it yet.
+pub(crate) fn killed_result() -> String {
+    result_json(&CallResult {
+        outcome: Err("task was killed".into()),
+        logs: Vec::new(),
+        prints: Vec::new(),
+        usage: Usage::default(),
+        holds_commands: false,
+    })
+}
+
+pub(crate) fn result_json(result: &CallResult) -> String {
+    serde_json::to_string(result).expect("plain data serializes")
+}
+
+fn store_error(e: spade_store::StoreError) -> InvokeError {
+    InvokeError::Plugin { plugin: "task queue".into(), message: e.to_string() }
+}
+
+impl OperatorHost for QueuedHost {
+    fn has_operator(&self, _operator: &str) -> bool {
+        // Agents know their plugins; an unknown operator fails the call there, by name.
+        true
+    }
+
+    fn invoke(&self, inv: Invocation<'_>) -> Result<Outcome, InvokeError> {
+        let request = inv.request;
+        let tag = match request.params.get(AGENT_TAG_PARAM) {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(t)) if spade_store::queue::valid_tag(t) => Some(t.clone()),
+            Some(other) => {
+                return Ok(Outcome::error(format!(
+                    "{AGENT_TAG_PARAM}: {other} is not an agent tag (letters, digits, '-' and '.')"
+                )));
+            }
+        };
+        // A poll of commands goes back to the agent where they run.
+        let affinity = match request.state {
+            Some(_) => self.polling_on.lock().unwrap_or_else(|e| e.into_inner()).get(&request.task_name).cloned(),
+            None => None,
+        };
+        let call = QueuedCall {
+            request: request.clone(),
+            workdir: inv.services.workdir(),
+            limits: inv.limits,
+            disk_quota: self.disk_quota,
+            runs_on: affinity.clone(),
+        };
+        let call_json = serde_json::to_string(&call).expect("plain data serializes");
+        let id = self
+            .stores
+            .get()
+            .and_then(|mut s| {
+                s.enqueue(&NewQueuedCall {
+                    attempt_id: request.attempt_id,
+                    task_name: &request.task_name,
+                    archive_digest: Some(&self.archive_digest),
+                    tag: tag.as_deref(),
+                    affinity: affinity.as_deref(),
+                    request: &call_json,
+                })
+            })
+            .map_err(store_error)?;
+        let mut cancel_sent = false;
+        let (outcome, agent) = loop {
+            let seen = self.completions.current();
+            if inv.cancel.is_cancelled() && !cancel_sent {
+                self.stores.get().and_then(|mut s| s.cancel_call(id, &killed_result())).map_err(store_error)?;
+                cancel_sent = true;
+            }
+            match self.stores.get().and_then(|mut s| s.call_state(id)).map_err(store_error)? {
+                CallState::Done { outcome, agent } => break (outcome, agent),
+                CallState::Queued | CallState::Claimed { .. } => {
+                    // A kill is noticed within a tenth of a second, a result at once.
+                    let wait = if cancel_sent { CHECK_EVERY } else { CHECK_EVERY.min(Duration::from_millis(100)) };
+                    self.completions.wait(seen, wait);
+                }
+            }
+        };
+        let result: CallResult = match serde_json::from_str(&outcome) {
+            Ok(r) => r,
+            // The queue's own outcome when it gave up on the call (not a CallResult).
+            Err(_) => {
+                return Err(InvokeError::Plugin { plugin: "task queue".into(), message: outcome });
+            }
+        };
+        for line in &result.prints {
+            inv.services.print(line);
+            inv.services.log(LogLevel::Info, line);
+        }
+        for (level, message) in &result.logs {
+            inv.services.log(*level, message);
+        }
+        inv.services.record_usage(result.usage);
+        let mut polling_on = self.polling_on.lock().unwrap_or_else(|e| e.into_inner());
+        match (&result.outcome, agent) {
+            (Ok(Outcome::Poll { .. }), Some(agent)) if result.holds_commands => {
+                polling_on.insert(request.task_name.clone(), agent);
+            }
+            _ => {
+                polling_on.remove(&request.task_name);
+            }
+        }
+        drop(polling_on);
+        match result.outcome {
+            Ok(outcome) => Ok(outcome),
+            Err(_) if inv.cancel.is_cancelled() => Err(InvokeError::Cancelled),
+            Err(message) => Err(InvokeError::Plugin { plugin: "agent".into(), message }),
+        }
+    }
+}
