@@ -275,9 +275,16 @@ impl Agent {
     /// Keep the leases of the calls in progress; cancel those the server says are lost or
     /// killed.
     fn heartbeats(&self) {
+        let mut last = Instant::now();
         loop {
+            // The interval comes with the claims (a third of the server's lease): look at it
+            // often, so that the first heartbeat never waits for a longer default.
+            std::thread::sleep(Duration::from_millis(100));
             let every = *self.heartbeat_every.lock().unwrap_or_else(|e| e.into_inner());
-            std::thread::sleep(every);
+            if last.elapsed() < every {
+                continue;
+            }
+            last = Instant::now();
             let held: Vec<HeldCall> =
                 self.running().iter().map(|(id, r)| HeldCall { id: *id, token: r.token }).collect();
             if held.is_empty() {
