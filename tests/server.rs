@@ -45,13 +45,12 @@ fn server() -> &'static Server {
     SERVER.get_or_init(|| {
         let state = tempfile::tempdir().unwrap();
         let location = state_location(state.path());
-        let mut child = Command::new(env!("CARGO_BIN_EXE_spade"))
-            // A short lease: a dead agent's calls run elsewhere within seconds.
-            .args(["server", "--port", "0", "--max-archive-size", "1", "--lease-seconds", "2", "--state", &location])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_spade"));
+        // A short lease: a dead agent's calls run elsewhere within seconds.
+        cmd.args(["server", "--port", "0", "--max-archive-size", "1", "--lease-seconds", "2", "--state", &location])
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+            .stderr(Stdio::piped());
+        let mut child = support::spawn_for_process_life(cmd);
         let stderr = child.stderr.take().unwrap();
         let mut lines = std::io::BufReader::new(stderr).lines();
         let base = loop {

@@ -41,3 +41,26 @@ pub fn text(out: &Output) -> (String, String) {
 pub fn hostile_plugin() -> &'static str {
     spade_bundled::test_plugin_path("spade-test-hostile").expect("built by spade-bundled")
 }
+
+/// Spawns `cmd` so that it dies with this test process (a server shared by the tests of
+/// one binary has no owner to kill it). `PR_SET_PDEATHSIG` fires when the thread that
+/// forked the child ends, so the fork happens on a thread that lives as long as the
+/// process.
+pub fn spawn_for_process_life(mut cmd: std::process::Command) -> std::process::Child {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: only prctl, async-signal-safe, between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong);
+            Ok(())
+        });
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        tx.send(cmd.spawn()).unwrap();
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().unwrap().expect("the command starts")
+}

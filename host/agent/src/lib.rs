@@ -42,6 +42,9 @@ pub struct AgentConfig {
     pub idle_wait: Duration,
 }
 
+/// How long a claim waits on the server for work when there is none.
+const LONG_POLL: Duration = Duration::from_secs(5);
+
 /// One call in progress.
 struct Running {
     token: i64,
@@ -90,9 +93,14 @@ impl Agent {
                 std::thread::sleep(self.config.idle_wait);
                 continue;
             }
-            let request = ClaimRequest { agent: self.config.name.clone(), tags: self.config.tags.clone(), slots: free };
+            let request = ClaimRequest {
+                agent: self.config.name.clone(),
+                tags: self.config.tags.clone(),
+                slots: free,
+                wait_ms: LONG_POLL.as_millis() as u64,
+            };
             match self.client.claim(&request) {
-                Ok(response) if response.calls.is_empty() => std::thread::sleep(self.config.idle_wait),
+                Ok(response) if response.calls.is_empty() => {}
                 Ok(response) => {
                     backoff = self.config.idle_wait;
                     for call in response.calls {

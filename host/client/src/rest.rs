@@ -112,6 +112,10 @@ pub mod agent {
         #[serde(default)]
         pub tags: Vec<String>,
         pub slots: usize,
+        /// When nothing is queued, wait up to this long for a call before answering (a long
+        /// poll: the agent hears of new work at once without asking again and again).
+        #[serde(default)]
+        pub wait_ms: u64,
     }
 
     /// A claimed call: give `id` and `token` back with heartbeats and the result.

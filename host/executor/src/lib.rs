@@ -73,17 +73,31 @@ pub struct Executor {
     stores: StorePool,
     config: ExecutorConfig,
     completions: Arc<Completions>,
+    /// Notified whenever a call is queued (agents waiting in a claim wake up).
+    enqueued: Arc<tokio::sync::Notify>,
     /// Unpacked revisions by archive digest.
     revisions: Mutex<HashMap<String, Arc<Project>>>,
 }
 
 impl Executor {
     pub fn new(stores: StorePool, config: ExecutorConfig) -> Arc<Executor> {
-        Arc::new(Executor { stores, config, completions: Arc::default(), revisions: Mutex::default() })
+        Arc::new(Executor {
+            stores,
+            config,
+            completions: Arc::default(),
+            enqueued: Arc::default(),
+            revisions: Mutex::default(),
+        })
     }
 
     pub fn config(&self) -> &ExecutorConfig {
         &self.config
+    }
+
+    /// Notified when this process queues a call: a claim that found nothing waits on it
+    /// (calls queued by another server process are found when the wait times out).
+    pub fn enqueued(&self) -> &Arc<tokio::sync::Notify> {
+        &self.enqueued
     }
 
     /// A result was accepted: wake the workers waiting on their calls.
@@ -130,6 +144,7 @@ impl Executor {
         let host = Arc::new(QueuedHost {
             stores: self.stores.clone(),
             completions: self.completions.clone(),
+            enqueued: self.enqueued.clone(),
             archive_digest: digest,
             disk_quota: self.config.engine.disk_quota,
             polling_on: Mutex::default(),

@@ -49,6 +49,7 @@ impl Completions {
 pub struct QueuedHost {
     pub(crate) stores: StorePool,
     pub(crate) completions: Arc<Completions>,
+    pub(crate) enqueued: Arc<tokio::sync::Notify>,
     pub(crate) archive_digest: String,
     pub(crate) disk_quota: u64,
     /// The agent each polling task last ran on (its commands and workspace are there).
@@ -118,6 +119,7 @@ impl OperatorHost for QueuedHost {
                 })
             })
             .map_err(store_error)?;
+        self.enqueued.notify_waiters();
         let mut cancel_sent = false;
         let (outcome, agent) = loop {
             let seen = self.completions.current();

@@ -24,6 +24,9 @@ use crate::{ApiError, Shared, attempt_json, with_store};
 /// Most calls one claim may take.
 const MAX_SLOTS: usize = 256;
 
+/// Longest a claim waits for work.
+const MAX_WAIT_MS: u64 = 30_000;
+
 fn executor(c: &crate::ApiConfig) -> Result<Arc<Executor>, ApiError> {
     c.executor.clone().ok_or_else(|| {
         ApiError(StatusCode::NOT_IMPLEMENTED, "this server runs no executor (it serves a local project)".into())
@@ -46,9 +49,24 @@ pub(crate) async fn claim(State(c): Shared, Json(req): Json<ClaimRequest>) -> Re
     if let Some(t) = req.tags.iter().find(|t| !valid_tag(t)) {
         return Err(bad(format!("tag {t:?}: tags are letters, digits, '-' and '.'")));
     }
-    let lease = executor(&c)?.config().lease;
+    let executor = executor(&c)?;
+    let lease = executor.config().lease;
     let slots = req.slots.min(MAX_SLOTS);
-    let claimed = with_store(&c, move |s| Ok(s.claim(&req.agent, &req.tags, slots, lease)?)).await?;
+    let wait = std::time::Duration::from_millis(req.wait_ms.min(MAX_WAIT_MS));
+    let deadline = tokio::time::Instant::now() + wait;
+    let claimed = loop {
+        // Listening before looking: a call queued between the two is not missed.
+        let queued = executor.enqueued().notified();
+        tokio::pin!(queued);
+        queued.as_mut().enable();
+        let (agent, tags) = (req.agent.clone(), req.tags.clone());
+        let claimed = with_store(&c, move |s| Ok(s.claim(&agent, &tags, slots, lease)?)).await?;
+        if !claimed.is_empty() || tokio::time::Instant::now() >= deadline {
+            break claimed;
+        }
+        // Calls queued by another server process are found when the wait runs out.
+        let _ = tokio::time::timeout_at(deadline, queued).await;
+    };
     let heartbeat_ms = (lease.as_millis() / 3).max(100) as u64;
     let mut calls = Vec::with_capacity(claimed.len());
     for row in claimed {
