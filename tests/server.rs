@@ -453,3 +453,40 @@ fn tagged_tasks_wait_for_an_agent_with_the_tag() {
     assert_eq!(attempt["status"], "success", "{attempt}");
     assert!(log_messages(&id).contains(&("+tagged+gpu".into(), "on-gpu".into())));
 }
+
+#[test]
+fn killing_an_attempt_stops_its_script_on_the_agent() {
+    let src = tempfile::tempdir().unwrap();
+    write(
+        src.path(),
+        "kill.dig",
+        "_export:\n  agent_tag: kill\n+long:\n  sh>: echo started; sleep 3017\n+never:\n  echo>: never\n",
+    );
+    let (ok, out, err) = client(src.path(), &["push", "kill"]);
+    assert!(ok, "{out}{err}");
+    let agent = AgentProcess::start("killer", &["kill"]);
+    let (ok, out, err) = client(src.path(), &["start", "kill", "kill", "--session", "2024-05-01"]);
+    assert!(ok, "{out}{err}");
+    let id = attempt_id(&out);
+    eventually("the script to run between polls", || {
+        let tasks = get_json(&format!("/api/attempts/{id}/tasks"));
+        tasks["tasks"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|t| t["fullName"] == "+kill+long" && t["state"] == "polling")
+            .then_some(())
+    });
+    let sleeping =
+        || Command::new("pgrep").args(["-f", "sleep 3017"]).output().map(|o| !o.stdout.is_empty()).unwrap_or(false);
+    assert!(sleeping(), "the script runs on the agent");
+
+    let mut resp = http().post(format!("{}/api/attempts/{id}/kill", server().base)).send_empty().unwrap();
+    assert_eq!(resp.status().as_u16(), 200, "{}", resp.body_mut().read_to_string().unwrap());
+    let attempt = finished(&id);
+    assert_eq!(attempt["status"], "killed", "{attempt}");
+    // The agent heard of it: the script is stopped and the task's workspace is gone.
+    eventually("the script to stop", || (!sleeping()).then_some(()));
+    eventually("the task's workspace to go", || (!agent.has_call()).then_some(()));
+    assert!(!log_messages(&id).iter().any(|(_, m)| m == "never"));
+}

@@ -157,6 +157,21 @@ impl Agent {
             Ok(r) => r,
             Err(e) => return failed(format!("agent {}: {e}", self.config.name)),
         };
+        if call.call.abandon {
+            let request = &call.call.request;
+            host.end_task(request.attempt_id, &request.task_name);
+            self.polling
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&(request.attempt_id, request.task_name.clone()));
+            return CallResult {
+                outcome: Err("the task ended; its commands were stopped".into()),
+                logs: Vec::new(),
+                prints: Vec::new(),
+                usage: Usage::default(),
+                holds_commands: false,
+            };
+        }
         let mut restarted = None;
         let request = match &call.call.runs_on {
             // The commands this poll was for ran on an agent that is gone: the task starts

@@ -332,6 +332,10 @@ pub mod remote {
         /// them. Another agent taking it means that agent was lost, and the task starts over.
         #[serde(default)]
         pub runs_on: Option<String>,
+        /// Not a call: the task ended (its attempt was killed) and the agent in `runs_on`
+        /// stops its commands and drops its workspace.
+        #[serde(default)]
+        pub abandon: bool,
     }
 
     /// What an agent reports for a call.
@@ -384,4 +388,7 @@ pub trait OperatorHost: Send + Sync {
     fn commands_running(&self, _attempt_id: i64, _task_name: &str) -> bool {
         false
     }
+    /// The task ended elsewhere (its attempt was killed) while commands it started still
+    /// run here: stop them.
+    fn end_task(&self, _attempt_id: i64, _task_name: &str) {}
 }

@@ -32,7 +32,7 @@ pub struct ServerArgs {
     #[arg(long)]
     pub data_dir: Option<std::path::PathBuf>,
     /// Seconds an agent keeps a call without a heartbeat; then the call runs elsewhere.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, default_value_t = 20)]
     pub lease_seconds: u64,
     /// Times a call may lose its agent before it fails instead of running again.
     #[arg(long, default_value_t = 3)]
@@ -68,12 +68,16 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
         stores.clone(),
         spade_executor::ExecutorConfig {
             data_dir: args.data_dir.clone().unwrap_or_else(|| spade_executor::default_data_dir(&location)),
-            engine: spade_engine::EngineOptions { workers: args.max_calls_per_attempt.max(1), ..Default::default() },
+            engine: spade_engine::EngineOptions {
+                workers: args.max_calls_per_attempt.max(1),
+                commit_before_calls: true,
+                ..Default::default()
+            },
             lease: std::time::Duration::from_secs(args.lease_seconds.max(1)),
             max_claims: args.max_task_restarts.max(1),
         },
     );
-    executor.spawn_reaper();
+    executor.spawn_background();
     let config = spade_server::ApiConfig {
         executor: Some(executor),
         stores,

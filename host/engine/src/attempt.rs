@@ -82,6 +82,10 @@ pub struct EngineOptions {
     pub min_poll_interval: Duration,
     /// Bytes the tasks of one attempt may add to the workspace.
     pub disk_quota: u64,
+    /// Commit every change before operator calls start, instead of grouping commits over a
+    /// few milliseconds: for hosts whose calls may wait long (a queue of remote agents),
+    /// where uncommitted progress would stay invisible, and be lost by a crash, meanwhile.
+    pub commit_before_calls: bool,
 }
 
 /// The default of [`EngineOptions::disk_quota`]: 1 GiB.
@@ -97,6 +101,7 @@ impl Default for EngineOptions {
             secrets: Arc::default(),
             min_poll_interval: Duration::from_secs(1),
             disk_quota: DEFAULT_DISK_QUOTA,
+            commit_before_calls: false,
         }
     }
 }
@@ -331,6 +336,7 @@ impl<'a> Run<'a> {
             let idle = self.jobs.is_empty() && self.ready.is_empty();
             if self.must_commit
                 || idle
+                || (self.opts.commit_before_calls && !self.jobs.is_empty() && !self.changes.is_empty())
                 || self.finished
                 || self.changes.len() >= COMMIT_BATCH
                 || self.last_commit.elapsed() >= COMMIT_INTERVAL

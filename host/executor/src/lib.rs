@@ -27,7 +27,9 @@ use spade_api::remote::CallResult;
 use spade_api::{CancelToken, LogLevel, Usage};
 use spade_dig::{Project, Zone};
 use spade_engine::{AttemptInput, Console, EngineOptions, run_attempt};
-use spade_store::{AttemptRecord, AttemptStatus, NewAttempt, StoreError, StoreLocation, StorePool};
+use spade_store::{
+    AttemptRecord, AttemptStatus, NewAttempt, PooledHandle, Store, StoreError, StoreLocation, StorePool,
+};
 
 pub use queued::{AGENT_TAG_PARAM, CHECK_EVERY, Completions, QueuedHost};
 
@@ -77,6 +79,8 @@ pub struct Executor {
     enqueued: Arc<tokio::sync::Notify>,
     /// Unpacked revisions by archive digest.
     revisions: Mutex<HashMap<String, Arc<Project>>>,
+    /// The attempts this process drives, to cancel when someone kills one.
+    running: Mutex<HashMap<i64, CancelToken>>,
 }
 
 impl Executor {
@@ -87,6 +91,7 @@ impl Executor {
             completions: Arc::default(),
             enqueued: Arc::default(),
             revisions: Mutex::default(),
+            running: Mutex::default(),
         })
     }
 
@@ -235,9 +240,25 @@ impl Executor {
         Ok(given_up.len())
     }
 
-    /// Run [`Executor::reap`] every third of a lease, on a thread of its own, for the
-    /// process's life.
-    pub fn spawn_reaper(self: &Arc<Self>) {
+    /// Cancel the attempts driven here that someone asked to kill (from any server
+    /// process): one query for all of them.
+    pub fn notice_kills(&self) -> Result<(), StoreError> {
+        if self.running.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+            return Ok(());
+        }
+        let killed = self.stores.get()?.cancel_requests()?;
+        let running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        for id in killed {
+            if let Some(cancel) = running.get(&id) {
+                cancel.cancel();
+            }
+        }
+        Ok(())
+    }
+
+    /// For the process's life, on threads of their own: [`Executor::reap`] every third of a
+    /// lease, and [`Executor::notice_kills`] four times a second.
+    pub fn spawn_background(self: &Arc<Self>) {
         let executor = Arc::clone(self);
         let every = (self.config.lease / 3).max(Duration::from_millis(200));
         let _ = std::thread::Builder::new().name("reaper".into()).spawn(move || {
@@ -245,6 +266,15 @@ impl Executor {
                 std::thread::sleep(every);
                 if let Err(e) = executor.reap() {
                     tracing::warn!("re-queueing calls of lost agents: {e}");
+                }
+            }
+        });
+        let executor = Arc::clone(self);
+        let _ = std::thread::Builder::new().name("kills".into()).spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(250));
+                if let Err(e) = executor.notice_kills() {
+                    tracing::warn!("looking for killed attempts: {e}");
                 }
             }
         });
@@ -269,14 +299,11 @@ struct AttemptRun {
 impl AttemptRun {
     fn run(self) {
         let id = self.attempt.attempt_id;
-        // The engine holds its store for the attempt's life: a connection of its own.
-        let location: StoreLocation = self.executor.stores.location().clone();
-        let mut store = match location.open() {
-            Ok(s) => s,
-            Err(e) => return tracing::error!(attempt = id, "cannot open the state database: {e}"),
-        };
+        // The engine holds its store for the attempt's life: a handle that borrows a pooled
+        // connection per write, not a connection of its own.
+        let mut store = PooledHandle(self.executor.stores.clone());
         let cancel = CancelToken::new();
-        let watcher = watch_kill(location, id, cancel.clone());
+        self.executor.running.lock().unwrap_or_else(|e| e.into_inner()).insert(id, cancel.clone());
         let input = AttemptInput {
             project_name: self.project_name,
             project_id: self.project_id,
@@ -294,8 +321,12 @@ impl AttemptRun {
             run_time: None,
         };
         let console: Arc<dyn Console> = Arc::new(TracingConsole);
-        let result = run_attempt(input, self.host, store.as_mut(), console, None, &self.executor.config.engine);
-        drop(watcher);
+        let result = run_attempt(input, self.host.clone(), &mut store, console, None, &self.executor.config.engine);
+        self.executor.running.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+        // Commands of tasks that were between polls when the attempt ended stop too.
+        let tasks = store.tasks(id).unwrap_or_default();
+        self.host
+            .abandon_polling(id, |name| tasks.iter().rev().find(|t| t.name == name).and_then(|t| t.request.clone()));
         match result {
             Ok(summary) => tracing::info!(attempt = id, success = summary.success, "attempt finished"),
             Err(e) => {
@@ -304,22 +335,6 @@ impl AttemptRun {
             }
         }
     }
-}
-
-/// Cancels `cancel` when someone asks to kill the attempt (`POST /api/attempts/{id}/kill`,
-/// from any server process); stops when dropped.
-fn watch_kill(location: StoreLocation, attempt_id: i64, cancel: CancelToken) -> std::sync::mpsc::Sender<()> {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let _ = std::thread::Builder::new().name(format!("kill-{attempt_id}")).spawn(move || {
-        let Ok(mut store) = location.open() else { return };
-        while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(Duration::from_millis(250)) {
-            if store.cancel_requested(attempt_id).unwrap_or(false) {
-                cancel.cancel();
-                return;
-            }
-        }
-    });
-    stop
 }
 
 /// Server attempts have no terminal: what the engine shows goes to the server's log (the

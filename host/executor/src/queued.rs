@@ -75,6 +75,40 @@ fn store_error(e: spade_store::StoreError) -> InvokeError {
     InvokeError::Plugin { plugin: "task queue".into(), message: e.to_string() }
 }
 
+impl QueuedHost {
+    /// The attempt is over: tasks that still have commands on an agent (a kill between
+    /// polls) get a call that stops them there. Nobody waits for its result.
+    pub(crate) fn abandon_polling(&self, attempt_id: i64, request_of: impl Fn(&str) -> Option<spade_api::TaskRequest>) {
+        let left: Vec<(String, String)> = self.polling_on.lock().unwrap_or_else(|e| e.into_inner()).drain().collect();
+        for (task, agent) in left {
+            let Some(request) = request_of(&task) else { continue };
+            let call = QueuedCall {
+                request,
+                workdir: None,
+                limits: Default::default(),
+                disk_quota: 0,
+                runs_on: Some(agent.clone()),
+                abandon: true,
+            };
+            let call_json = serde_json::to_string(&call).expect("plain data serializes");
+            let queued = self.stores.get().and_then(|mut s| {
+                s.enqueue(&NewQueuedCall {
+                    attempt_id,
+                    task_name: &task,
+                    archive_digest: Some(&self.archive_digest),
+                    tag: None,
+                    affinity: Some(&agent),
+                    request: &call_json,
+                })
+            });
+            if let Err(e) = queued {
+                tracing::warn!(task, agent, "could not ask the agent to stop the task's commands: {e}");
+            }
+        }
+        self.enqueued.notify_waiters();
+    }
+}
+
 impl OperatorHost for QueuedHost {
     fn has_operator(&self, _operator: &str) -> bool {
         // Agents know their plugins; an unknown operator fails the call there, by name.
@@ -103,6 +137,7 @@ impl OperatorHost for QueuedHost {
             limits: inv.limits,
             disk_quota: self.disk_quota,
             runs_on: affinity.clone(),
+            abandon: false,
         };
         let call_json = serde_json::to_string(&call).expect("plain data serializes");
         let id = self

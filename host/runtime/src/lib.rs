@@ -1032,6 +1032,11 @@ fn validate_info(label: &str, info: &PluginInfo) -> Result<(), RuntimeError> {
 }
 
 impl OperatorHost for Runtime {
+    fn end_task(&self, attempt_id: i64, task_name: &str) {
+        self.commands
+            .cancel_all_of(&crate::capability::command::Owner { attempt_id, task_name: task_name.to_string() });
+    }
+
     fn commands_running(&self, attempt_id: i64, task_name: &str) -> bool {
         self.commands.running_of(&crate::capability::command::Owner { attempt_id, task_name: task_name.to_string() })
             > 0

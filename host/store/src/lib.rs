@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use spade_api::{Done, Object, TaskRequest, Usage};
 
 pub use location::StoreLocation;
-pub use pool::{PooledStore, StorePool};
+pub use pool::{PooledHandle, PooledStore, StorePool};
 pub use postgres::PgStore;
 pub use projects::{NewRevision, ProjectRecord, Pushed, RevisionRecord};
 pub use queue::{CallState, ClaimedCall, GivenUp, Held, NewQueuedCall, Queue};
@@ -330,6 +330,8 @@ pub trait Store: Queue + Send {
     fn request_cancel(&mut self, attempt_id: i64) -> Result<()>;
     /// Whether someone asked to stop the attempt.
     fn cancel_requested(&mut self, attempt_id: i64) -> Result<bool>;
+    /// Attempts still running that someone asked to stop (one query for a whole server).
+    fn cancel_requests(&mut self) -> Result<Vec<i64>>;
     /// Small values of a project (e.g. the last session time of `spade run`).
     fn get_value(&mut self, project: &str, key: &str) -> Result<Option<String>>;
     fn set_value(&mut self, project: &str, key: &str, value: &str) -> Result<()>;

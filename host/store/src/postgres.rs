@@ -661,6 +661,13 @@ impl Store for PgStore {
             .is_some_and(|r| r.get::<_, bool>(0)))
     }
 
+    fn cancel_requests(&mut self) -> Result<Vec<i64>> {
+        let rows = self
+            .client
+            .query("SELECT id FROM attempts WHERE cancel_requested AND status = 'running' ORDER BY id", &[])?;
+        Ok(rows.iter().map(|r| r.get(0)).collect())
+    }
+
     fn get_value(&mut self, project: &str, key: &str) -> Result<Option<String>> {
         Ok(self.client.query_opt(projects::GET_VALUE, &[&project, &key])?.map(|r| r.get(0)))
     }

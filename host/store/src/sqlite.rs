@@ -624,6 +624,14 @@ impl Store for SqliteStore {
             != 0)
     }
 
+    fn cancel_requests(&mut self) -> Result<Vec<i64>> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id FROM attempts WHERE cancel_requested <> 0 AND status = 'running' ORDER BY id")?;
+        let ids = stmt.query_map([], |r| r.get(0))?.collect::<rusqlite::Result<_>>()?;
+        Ok(ids)
+    }
+
     fn get_value(&mut self, project: &str, key: &str) -> Result<Option<String>> {
         Ok(self.conn.query_row(projects::GET_VALUE, params![project, key], |r| r.get(0)).optional()?)
     }
