@@ -58,6 +58,8 @@ pub struct Agent {
     config: AgentConfig,
     factory: Arc<dyn HostFactory>,
     running: Mutex<HashMap<i64, Running>>,
+    /// Signalled when a call ends, so a full agent claims again at once.
+    slot_freed: std::sync::Condvar,
     hosts: Mutex<HashMap<String, Arc<dyn OperatorHost>>>,
     heartbeat_every: Mutex<Duration>,
     /// Workspaces of tasks that poll, by (attempt, task): the server sends their next call
@@ -72,6 +74,7 @@ impl Agent {
             config,
             factory,
             running: Mutex::default(),
+            slot_freed: std::sync::Condvar::new(),
             hosts: Mutex::default(),
             heartbeat_every: Mutex::new(Duration::from_secs(10)),
             polling: Mutex::default(),
@@ -88,11 +91,16 @@ impl Agent {
         let _ = std::thread::Builder::new().name("heartbeat".into()).spawn(move || me.heartbeats());
         let mut backoff = self.config.idle_wait;
         while !stop.load(Ordering::Relaxed) {
-            let free = self.config.slots.saturating_sub(self.running().len());
-            if free == 0 {
-                std::thread::sleep(self.config.idle_wait);
-                continue;
-            }
+            let free = {
+                let running = self.running();
+                let free = self.config.slots.saturating_sub(running.len());
+                if free == 0 {
+                    // Every slot is busy: wait for a call to end.
+                    let _ = self.slot_freed.wait_timeout(running, Duration::from_secs(1));
+                    continue;
+                }
+                free
+            };
             let request = ClaimRequest {
                 agent: self.config.name.clone(),
                 tags: self.config.tags.clone(),
@@ -133,6 +141,7 @@ impl Agent {
                     me.report(id, token, result);
                 }
                 me.running().remove(&id);
+                me.slot_freed.notify_one();
             }
         });
         if let Err(e) = spawned {

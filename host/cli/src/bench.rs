@@ -32,6 +32,12 @@ pub struct BenchArgs {
     /// Only the scripting measurements.
     #[arg(long)]
     pub only_scripts: bool,
+    /// Only the server-mode figures (a server and two agents on PostgreSQL).
+    #[arg(long)]
+    pub server: bool,
+    /// The PostgreSQL of --server (the bench works in a schema of its own, dropped after).
+    #[arg(long, value_name = "URL", default_value = "postgres://postgres@127.0.0.1:5432/test")]
+    pub postgres: String,
     /// Also time the for_each workload on this state database, e.g. a PostgreSQL URL
     /// (it gains a bench project with one session).
     #[arg(long, value_name = "FILE|URL")]
@@ -304,6 +310,10 @@ pub fn bench(args: BenchArgs) -> anyhow::Result<ExitCode> {
     }
     if args.only_scripts {
         bench_scripts(args.runs)?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.server {
+        crate::bench_server::bench_server(&args.postgres)?;
         return Ok(ExitCode::SUCCESS);
     }
     if !args.skip_runtime {

@@ -8,6 +8,7 @@
 mod agent;
 mod attempts;
 mod bench;
+mod bench_server;
 mod check;
 mod client;
 mod config;

@@ -38,7 +38,7 @@ pub struct ServerArgs {
     #[arg(long, default_value_t = 3)]
     pub max_task_restarts: i64,
     /// Operator calls of one attempt waiting on agents at once.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     pub max_calls_per_attempt: usize,
     /// Open connections to the state database, at most.
     #[arg(long, default_value_t = 8)]

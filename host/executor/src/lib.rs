@@ -105,9 +105,9 @@ impl Executor {
         &self.enqueued
     }
 
-    /// A result was accepted: wake the workers waiting on their calls.
-    pub fn notify_completed(&self) {
-        self.completions.notify();
+    /// The result of call `id` was accepted: wake the worker waiting on it.
+    pub fn notify_completed(&self, id: i64) {
+        self.completions.notify(id);
     }
 
     /// Begin an attempt of the project's latest revision and run it on a thread of its own.
@@ -234,8 +234,8 @@ impl Executor {
                 "gave up on a call that keeps losing its agent"
             );
         }
-        if !given_up.is_empty() {
-            self.completions.notify();
+        for call in &given_up {
+            self.completions.notify(call.id);
         }
         Ok(given_up.len())
     }

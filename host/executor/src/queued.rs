@@ -15,12 +15,12 @@ use spade_store::{CallState, NewQueuedCall, StorePool};
 /// `_export: {agent_tag: gpu}`).
 pub const AGENT_TAG_PARAM: &str = "agent_tag";
 
-/// Wakes the workers waiting on queued calls when a result is accepted (by this process's
-/// API); each also looks at the database every [`CHECK_EVERY`], for results that another
-/// server process accepted.
+/// Wakes the worker waiting on a queued call when its result is accepted (by this
+/// process's API): only that worker reads the database, not every waiting one. Each also
+/// looks at the database every [`CHECK_EVERY`], for results another server process took.
 #[derive(Default)]
 pub struct Completions {
-    generation: Mutex<u64>,
+    done: Mutex<std::collections::HashSet<i64>>,
     changed: Condvar,
 }
 
@@ -28,19 +28,23 @@ pub struct Completions {
 pub const CHECK_EVERY: Duration = Duration::from_millis(500);
 
 impl Completions {
-    pub fn notify(&self) {
-        *self.generation.lock().unwrap_or_else(|e| e.into_inner()) += 1;
+    /// The call `id` has its result.
+    pub fn notify(&self, id: i64) {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
         self.changed.notify_all();
     }
 
-    fn current(&self) -> u64 {
-        *self.generation.lock().unwrap_or_else(|e| e.into_inner())
+    /// Wait until `id` has its result here, or `timeout`; forgets the notification.
+    fn wait(&self, id: i64, timeout: Duration) {
+        let guard = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut done, _) =
+            self.changed.wait_timeout_while(guard, timeout, |d| !d.contains(&id)).unwrap_or_else(|e| e.into_inner());
+        done.remove(&id);
     }
 
-    /// Wait until a notification after `seen`, or `timeout`.
-    fn wait(&self, seen: u64, timeout: Duration) {
-        let guard = self.generation.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = self.changed.wait_timeout_while(guard, timeout, |g| *g == seen);
+    /// Forget `id` (its waiter is gone).
+    fn forget(&self, id: i64) {
+        self.done.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
     }
 }
 
@@ -157,17 +161,19 @@ impl OperatorHost for QueuedHost {
         self.enqueued.notify_waiters();
         let mut cancel_sent = false;
         let (outcome, agent) = loop {
-            let seen = self.completions.current();
             if inv.cancel.is_cancelled() && !cancel_sent {
                 self.stores.get().and_then(|mut s| s.cancel_call(id, &killed_result())).map_err(store_error)?;
                 cancel_sent = true;
             }
             match self.stores.get().and_then(|mut s| s.call_state(id)).map_err(store_error)? {
-                CallState::Done { outcome, agent } => break (outcome, agent),
+                CallState::Done { outcome, agent } => {
+                    self.completions.forget(id);
+                    break (outcome, agent);
+                }
                 CallState::Queued | CallState::Claimed { .. } => {
                     // A kill is noticed within a tenth of a second, a result at once.
                     let wait = if cancel_sent { CHECK_EVERY } else { CHECK_EVERY.min(Duration::from_millis(100)) };
-                    self.completions.wait(seen, wait);
+                    self.completions.wait(id, wait);
                 }
             }
         };

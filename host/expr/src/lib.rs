@@ -171,15 +171,24 @@ impl Deadline {
 /// evaluation of one attempt. Create one per attempt: a tenant's change to a JS built-in
 /// lasts as long as the evaluator (new global variables do not: they are removed before
 /// each evaluation). `Send`, and `Sync` through an internal lock.
+///
+/// The JS runtime is made on the first evaluation that needs it: most configs are plain
+/// values or simple `${name}` templates, which never reach JS, and an attempt that needs
+/// none saves its half megabyte (a server driving a thousand attempts saves half a GiB).
 pub struct Evaluator {
-    // Field order is drop order: the context goes before its runtime.
-    context: Context,
-    runtime: Runtime,
+    js: std::sync::OnceLock<Js>,
     timezone: Zone,
     limits: ExprLimits,
     deadline: Arc<Deadline>,
     /// The parameters JS holds from the previous call, if it completed loading them.
     last_scope: Mutex<Option<Object>>,
+}
+
+/// The JS side of an [`Evaluator`].
+struct Js {
+    // Field order is drop order: the context goes before its runtime.
+    context: Context,
+    runtime: Runtime,
 }
 
 /// How the parameters reach JS for one call.
@@ -389,27 +398,38 @@ fn object_needs_eval(o: &Object) -> bool {
 }
 
 impl Evaluator {
-    /// A fresh context in `timezone` with moment.js loaded. Takes a few milliseconds.
+    /// An evaluator in `timezone`; its JS context (moment.js loaded, a few milliseconds)
+    /// is made when first needed.
     pub fn new(timezone: Zone, limits: ExprLimits) -> Result<Self, ExprError> {
-        let runtime = Runtime::new().map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
-        runtime.set_memory_limit(limits.memory_bytes);
-        runtime.set_max_stack_size(limits.stack_bytes);
         let deadline =
             Arc::new(Deadline { origin: Instant::now(), at: AtomicU64::new(u64::MAX), fired: AtomicBool::new(false) });
-        let handler_deadline = Arc::clone(&deadline);
+        Ok(Evaluator { js: std::sync::OnceLock::new(), timezone, limits, deadline, last_scope: Mutex::new(None) })
+    }
+
+    /// The JS runtime and context, made (and the libraries loaded) on first use.
+    fn js(&self) -> Result<&Js, ExprError> {
+        if let Some(js) = self.js.get() {
+            return Ok(js);
+        }
+        let runtime = Runtime::new().map_err(|e| ExprError::internal(format!("cannot create a JS runtime: {e}")))?;
+        runtime.set_memory_limit(self.limits.memory_bytes);
+        runtime.set_max_stack_size(self.limits.stack_bytes);
+        let handler_deadline = Arc::clone(&self.deadline);
         runtime.set_interrupt_handler(Some(Box::new(move || handler_deadline.check())));
         let context =
             Context::full(&runtime).map_err(|e| ExprError::internal(format!("cannot create a JS context: {e}")))?;
-        let evaluator = Evaluator { context, runtime, timezone, limits, deadline, last_scope: Mutex::new(None) };
-        evaluator.load_libraries()?;
-        Ok(evaluator)
+        let js = Js { context, runtime };
+        self.load_libraries(&js)?;
+        // Another thread may have made one meanwhile: either serves.
+        let _ = self.js.set(js);
+        Ok(self.js.get().expect("set just above"))
     }
 
-    fn load_libraries(&self) -> Result<(), ExprError> {
+    fn load_libraries(&self, js: &Js) -> Result<(), ExprError> {
         let bundle = bytecode::bundle().map_err(|e| ExprError::internal(format!("bundled JavaScript: {e}")))?;
         let tz = self.timezone;
         self.deadline.arm(Duration::from_secs(30));
-        let result = self.context.with(|ctx| -> rquickjs::Result<()> {
+        let result = js.context.with(|ctx| -> rquickjs::Result<()> {
             let globals = ctx.globals();
             let shim = Function::from_js(&ctx, bundle.date_shim.eval(&ctx)?)?;
             let offset = Function::new(ctx.clone(), move |t: f64| tz::offset_ms(tz, t))?;
@@ -425,7 +445,7 @@ impl Evaluator {
         self.deadline.disarm();
         result.map_err(|e| {
             let detail = match e {
-                rquickjs::Error::Exception => self.context.with(|ctx| exception_message(&ctx.catch())),
+                rquickjs::Error::Exception => js.context.with(|ctx| exception_message(&ctx.catch())),
                 other => other.to_string(),
             };
             ExprError::internal(format!(
@@ -444,9 +464,10 @@ impl Evaluator {
         self.limits
     }
 
-    /// Bytes the JS runtime has allocated (a fresh evaluator, moment.js included, about 0.5 MiB).
+    /// Bytes the JS runtime has allocated (moment.js loaded: about 0.5 MiB; none before the
+    /// first evaluation that needs JS).
     pub fn memory_used(&self) -> usize {
-        usize::try_from(self.runtime.memory_usage().malloc_size).unwrap_or(usize::MAX)
+        self.js.get().map_or(0, |js| usize::try_from(js.runtime.memory_usage().malloc_size).unwrap_or(usize::MAX))
     }
 
     fn with_session<R>(
@@ -473,7 +494,8 @@ impl Evaluator {
             }
             None => ParamsLoad::Full(serialize(scope)?),
         };
-        let result = self.context.with(|ctx| {
+        let js = self.js()?;
+        let result = js.context.with(|ctx| {
             let globals = ctx.globals();
             let (begin, update, run): (Function, Function, Function) = globals
                 .get("__spade_begin")
@@ -500,14 +522,15 @@ impl Evaluator {
         // Give back what a memory bomb took. Only here, outside `with`: the runtime is
         // locked inside it, and collecting from there would deadlock.
         if matches!(&result, Err(e) if e.kind == ExprErrorKind::Memory) {
-            self.runtime.run_gc();
+            js.runtime.run_gc();
         }
         result
     }
 
     /// Whether JS read the clock or a random number since the last call (and reset it).
     fn take_volatile(&self) -> bool {
-        self.context.with(|ctx| {
+        let Some(js) = self.js.get() else { return false };
+        js.context.with(|ctx| {
             ctx.globals()
                 .get::<_, Function>("__spade_take_volatile")
                 .and_then(|f| f.call::<_, bool>(()))

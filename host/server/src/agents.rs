@@ -121,7 +121,7 @@ pub(crate) async fn complete(
     let (id, token) = (req.id, req.token);
     let accepted = with_store(&c, move |s| Ok(s.complete(id, token, &result)?)).await?;
     if accepted {
-        executor.notify_completed();
+        executor.notify_completed(id);
     } else {
         tracing::info!(call = id, agent = req.agent, "refused a result from an agent that no longer holds the call");
     }
