@@ -209,3 +209,181 @@ impl OperatorHost for QueuedHost {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex as StdMutex;
+
+    use serde_json::Value;
+    use spade_api::{CancelToken, DiskQuota, Done, Limits, Object, TaskRequest, TaskServices};
+    use spade_store::StoreLocation;
+
+    use super::*;
+
+    fn request(state: Option<Value>) -> TaskRequest {
+        TaskRequest {
+            operator: "echo".into(),
+            task_name: "+wf+t".into(),
+            project_name: "p".into(),
+            workflow_name: "wf".into(),
+            attempt_id: 7,
+            session_id: 1,
+            session_uuid: "u".into(),
+            session_time: "2024-01-01T00:00:00+00:00".into(),
+            timezone: "UTC".into(),
+            retry_attempt_name: None,
+            command: Value::Null,
+            params: Object::new(),
+            local_params: Object::new(),
+            raw: Object::new(),
+            state,
+            retry_count: 0,
+        }
+    }
+
+    /// What the engine's task services would have been told.
+    #[derive(Default)]
+    struct Seen {
+        lines: StdMutex<Vec<String>>,
+        usage: StdMutex<Usage>,
+    }
+
+    impl TaskServices for Seen {
+        fn print(&self, line: &str) {
+            self.lines.lock().unwrap().push(format!("print {line}"));
+        }
+        fn log(&self, _level: LogLevel, message: &str) {
+            self.lines.lock().unwrap().push(format!("log {message}"));
+        }
+        fn secret(&self, _key: &str) -> Option<String> {
+            None
+        }
+        fn load_workflow(&self, _path: &str) -> Result<Object, String> {
+            Err("no".into())
+        }
+        fn render_template(&self, t: &str, _scope: &Object) -> Result<String, String> {
+            Ok(t.into())
+        }
+        fn start_or_find(&self, _req: &spade_api::StartRequest) -> Result<spade_api::AttemptRef, String> {
+            Err("no".into())
+        }
+        fn attempt_status(&self, _id: i64) -> Result<spade_api::AttemptRef, String> {
+            Err("no".into())
+        }
+        fn record_usage(&self, usage: Usage) {
+            self.usage.lock().unwrap().add(usage);
+        }
+        fn workdir(&self) -> Option<String> {
+            Some("sub".into())
+        }
+    }
+
+    fn host(dir: &std::path::Path) -> (Arc<QueuedHost>, StorePool) {
+        let stores = StorePool::new(StoreLocation::Sqlite(dir.join("s.db")), 4);
+        let host = Arc::new(QueuedHost {
+            stores: stores.clone(),
+            completions: Arc::default(),
+            enqueued: Arc::default(),
+            archive_digest: "d".into(),
+            disk_quota: 1 << 20,
+            polling_on: Mutex::default(),
+        });
+        (host, stores)
+    }
+
+    /// Plays one agent: claims the next call as `agent` and reports `result`.
+    fn agent_answers(stores: &StorePool, host: &QueuedHost, agent: &str, result: CallResult) -> QueuedCall {
+        loop {
+            let claimed = stores.get().unwrap().claim(agent, &[], 1, Duration::from_secs(30)).unwrap();
+            if let Some(c) = claimed.into_iter().next() {
+                assert!(stores.get().unwrap().complete(c.id, c.token, &result_json(&result)).unwrap());
+                host.completions.notify(c.id);
+                return serde_json::from_str(&c.request).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn invoke(host: &QueuedHost, req: &TaskRequest, seen: &Seen, cancel: &CancelToken) -> Result<Outcome, InvokeError> {
+        let disk = DiskQuota::unlimited();
+        host.invoke(Invocation {
+            request: req,
+            workspace: std::path::Path::new("/nonexistent"),
+            disk: &disk,
+            limits: Limits::default(),
+            services: seen,
+            cancel,
+        })
+    }
+
+    #[test]
+    fn a_call_goes_through_the_queue_and_its_logs_and_usage_come_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, stores) = host(dir.path());
+        let seen = Seen::default();
+        let answer = CallResult {
+            outcome: Ok(Outcome::Done(Done::default())),
+            logs: vec![(LogLevel::Info, "a log line".into())],
+            prints: vec!["printed".into()],
+            usage: Usage { cpu: Duration::from_millis(5), ..Usage::default() },
+            holds_commands: false,
+        };
+        let call = std::thread::scope(|s| {
+            let agent = s.spawn(|| agent_answers(&stores, &host, "a1", answer.clone()));
+            let outcome = invoke(&host, &request(None), &seen, &CancelToken::new()).unwrap();
+            assert_eq!(outcome, Outcome::Done(Done::default()));
+            agent.join().unwrap()
+        });
+        assert_eq!(call.workdir.as_deref(), Some("sub"), "the call carries the task's workflow directory");
+        assert_eq!(call.disk_quota, 1 << 20);
+        assert_eq!(*seen.lines.lock().unwrap(), ["print printed", "log printed", "log a log line"]);
+        assert_eq!(seen.usage.lock().unwrap().cpu, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn a_poll_of_running_commands_goes_back_to_their_agent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, stores) = host(dir.path());
+        let seen = Seen::default();
+        let polling = CallResult {
+            outcome: Ok(Outcome::Poll { after_seconds: 1, state: Value::from(1) }),
+            logs: Vec::new(),
+            prints: Vec::new(),
+            usage: Usage::default(),
+            holds_commands: true,
+        };
+        std::thread::scope(|s| {
+            let agent = s.spawn(|| agent_answers(&stores, &host, "a1", polling.clone()));
+            invoke(&host, &request(None), &seen, &CancelToken::new()).unwrap();
+            agent.join().unwrap();
+        });
+        // The next poll: another agent finds nothing for it; a1 gets it.
+        let done = CallResult { outcome: Ok(Outcome::Done(Done::default())), ..polling.clone() };
+        std::thread::scope(|s| {
+            let poll = s.spawn(|| invoke(&host, &request(Some(Value::from(1))), &seen, &CancelToken::new()));
+            let call = loop {
+                assert!(stores.get().unwrap().claim("a2", &[], 5, Duration::from_secs(30)).unwrap().is_empty());
+                let claimed = stores.get().unwrap().claim("a1", &[], 0, Duration::from_secs(30)).unwrap();
+                if let Some(c) = claimed.into_iter().next() {
+                    assert!(stores.get().unwrap().complete(c.id, c.token, &result_json(&done)).unwrap());
+                    host.completions.notify(c.id);
+                    break serde_json::from_str::<QueuedCall>(&c.request).unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            };
+            assert_eq!(call.runs_on.as_deref(), Some("a1"));
+            assert_eq!(poll.join().unwrap().unwrap(), Outcome::Done(Done::default()));
+        });
+        assert!(host.polling_on.lock().unwrap().is_empty(), "the task ended: nothing left to poll");
+    }
+
+    #[test]
+    fn a_killed_call_that_no_agent_took_ends_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (host, _stores) = host(dir.path());
+        let cancel = CancelToken::new();
+        cancel.cancel();
+        let err = invoke(&host, &request(None), &Seen::default(), &cancel).unwrap_err();
+        assert!(matches!(err, InvokeError::Cancelled), "{err}");
+    }
+}
