@@ -10,9 +10,9 @@ use chrono::{DateTime, Timelike, Utc};
 use spade_dig::Project;
 use spade_store::StoreLocation;
 
-use super::slots::{Skip, definition, fresh_state, session_text};
 use super::{ScheduleChange, change_schedule, load_state};
 use crate::run::ExecArgs;
+use spade_scheduler::{Skip, definition, fresh_state, session_text};
 
 /// A started attempt: the child `spade run`.
 pub(super) struct Running {

@@ -30,10 +30,12 @@ use spade_store::Store;
 use crate::run::{ExecArgs, ProjectArgs};
 
 mod children;
-mod slots;
 
 use children::{Shared, start_api};
-pub use slots::{Decision, Skip, SlotState, backfill_slots, definition, fresh_state, plan, session_text, skip_slots};
+use spade_scheduler::state_key;
+pub use spade_scheduler::{
+    Decision, Skip, SlotState, backfill_slots, definition, fresh_state, plan, session_text, skip_slots,
+};
 
 #[derive(clap::Args)]
 pub struct SchedulerArgs {
@@ -141,10 +143,6 @@ fn update_state(
         }
     }
     anyhow::bail!("the schedule state of {workflow} keeps changing under us; try again")
-}
-
-fn state_key(workflow: &str) -> String {
-    format!("schedule:{workflow}")
 }
 
 /// The workflow's state and its stored text (what [`save_state`] must find to replace it).
