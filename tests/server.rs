@@ -490,3 +490,37 @@ fn killing_an_attempt_stops_its_script_on_the_agent() {
     eventually("the task's workspace to go", || (!agent.has_call()).then_some(()));
     assert!(!log_messages(&id).iter().any(|(_, m)| m == "never"));
 }
+
+#[test]
+fn pushed_schedules_run_from_schedule_from() {
+    let src = tempfile::tempdir().unwrap();
+    write(
+        src.path(),
+        "nightly.dig",
+        "timezone: UTC\nschedule:\n  daily>: 00:00:00\n_export:\n  agent_tag: nightly\n+t:\n  echo>: ${session_date}\n",
+    );
+    // An unknown workflow to clear: refused, nothing stored.
+    let (ok, _, err) = client(src.path(), &["push", "nightly", "--clear-schedule", "nope"]);
+    assert!(!ok && err.contains("HTTP 400") && err.contains("nope"), "{err}");
+    assert_eq!(get("/api/project?name=nightly").0, 404);
+
+    // Two days back: the scheduler starts the missed sessions of those days.
+    let from = (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y-%m-%dT00:00:00Z").to_string();
+    let (ok, out, err) = client(src.path(), &["push", "nightly", "--schedule-from", &from]);
+    assert!(ok, "{out}{err}");
+    let expected = [
+        (chrono::Utc::now() - chrono::Duration::days(2)).format("%Y-%m-%d").to_string(),
+        (chrono::Utc::now() - chrono::Duration::days(1)).format("%Y-%m-%d").to_string(),
+    ];
+    let sessions = eventually("the missed sessions to start", || {
+        let s = get_json("/api/sessions?workflow=nightly");
+        let times: Vec<String> = s["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["sessionTime"].as_str().unwrap()[..10].to_string())
+            .collect();
+        expected.iter().all(|d| times.contains(d)).then_some(times)
+    });
+    assert!(sessions.iter().all(|t| t.as_str() >= expected[0].as_str()), "nothing before schedule_from: {sessions:?}");
+}

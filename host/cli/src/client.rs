@@ -32,6 +32,16 @@ pub struct PushArgs {
     /// refusing the link.
     #[arg(long)]
     pub copy_outgoing_symlinks: bool,
+    /// Start the schedules of workflows new to the project from this time (ISO 8601)
+    /// instead of now, so their past slots run.
+    #[arg(long, value_name = "TIME")]
+    pub schedule_from: Option<String>,
+    /// Start this workflow's schedule over (from --schedule-from, or now); repeatable.
+    #[arg(long, value_name = "WORKFLOW")]
+    pub clear_schedule: Vec<String>,
+    /// Start every workflow's schedule over.
+    #[arg(long)]
+    pub clear_schedule_all: bool,
     #[command(flatten)]
     pub endpoint: EndpointArgs,
 }
@@ -65,7 +75,14 @@ pub fn push(args: PushArgs) -> anyhow::Result<ExitCode> {
     let revision = args.revision.unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
     eprintln!("Creating an archive of {} ({} files, {} bytes)", dir.display(), packed.files.len(), packed.bytes.len());
     let client = Client::new(&args.endpoint.endpoint);
-    let project = client.push(&Push { project: &args.name, revision: &revision, archive: &packed.bytes })?;
+    let project = client.push(&Push {
+        project: &args.name,
+        revision: &revision,
+        archive: &packed.bytes,
+        schedule_from: args.schedule_from.as_deref(),
+        clear_schedule: &args.clear_schedule,
+        clear_schedule_all: args.clear_schedule_all,
+    })?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "Uploaded:")?;
     writeln!(out, "  id: {}", project.id)?;

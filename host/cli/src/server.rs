@@ -40,6 +40,9 @@ pub struct ServerArgs {
     /// Operator calls of one attempt waiting on agents at once.
     #[arg(long, default_value_t = 64)]
     pub max_calls_per_attempt: usize,
+    /// Start no scheduled sessions (another server sharing the database does).
+    #[arg(long)]
+    pub disable_scheduler: bool,
     /// Open connections to the state database, at most.
     #[arg(long, default_value_t = 8)]
     pub max_connections: u32,
@@ -77,7 +80,7 @@ pub fn server(args: ServerArgs) -> anyhow::Result<ExitCode> {
             max_claims: args.max_task_restarts.max(1),
         },
     );
-    executor.spawn_background();
+    executor.spawn_background(!args.disable_scheduler);
     let config = spade_server::ApiConfig {
         executor: Some(executor),
         stores,

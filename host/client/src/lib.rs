@@ -31,6 +31,11 @@ pub struct Push<'a> {
     pub revision: &'a str,
     /// The project archive (tar.gz).
     pub archive: &'a [u8],
+    /// Schedules of workflows new to the project start from this time (ISO 8601).
+    pub schedule_from: Option<&'a str>,
+    /// Workflows whose schedules start over.
+    pub clear_schedule: &'a [String],
+    pub clear_schedule_all: bool,
 }
 
 /// A client of one server.
@@ -91,8 +96,17 @@ impl Client {
 
     /// `PUT /api/projects?project=&revision=`: upload a revision.
     pub fn push(&self, push: &Push<'_>) -> Result<RestProject> {
-        let url =
+        let mut url =
             format!("{}/api/projects?project={}&revision={}", self.endpoint, enc(push.project), enc(push.revision));
+        if let Some(from) = push.schedule_from {
+            url.push_str(&format!("&schedule_from={}", enc(from)));
+        }
+        for wf in push.clear_schedule {
+            url.push_str(&format!("&clear_schedule={}", enc(wf)));
+        }
+        if push.clear_schedule_all {
+            url.push_str("&clear_schedule_all=true");
+        }
         let response = self
             .agent
             .put(url)

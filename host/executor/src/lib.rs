@@ -15,6 +15,7 @@
 //! that dies leaves its attempts to be retried, not taken over by another server).
 
 mod queued;
+mod schedules;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -32,6 +33,7 @@ use spade_store::{
 };
 
 pub use queued::{AGENT_TAG_PARAM, CHECK_EVERY, Completions, QueuedHost};
+pub use schedules::apply_push_schedules;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExecutorError {
@@ -257,8 +259,20 @@ impl Executor {
     }
 
     /// For the process's life, on threads of their own: [`Executor::reap`] every third of a
-    /// lease, and [`Executor::notice_kills`] four times a second.
-    pub fn spawn_background(self: &Arc<Self>) {
+    /// lease, [`Executor::notice_kills`] four times a second and, unless `schedules` is
+    /// false, [`Executor::schedule_tick`] every second.
+    pub fn spawn_background(self: &Arc<Self>, schedules: bool) {
+        if schedules {
+            let executor = Arc::clone(self);
+            let _ = std::thread::Builder::new().name("schedules".into()).spawn(move || {
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                    if let Err(e) = executor.schedule_tick(Utc::now()) {
+                        tracing::warn!("scheduling: {e}");
+                    }
+                }
+            });
+        }
         let executor = Arc::clone(self);
         let every = (self.config.lease / 3).max(Duration::from_millis(200));
         let _ = std::thread::Builder::new().name("reaper".into()).spawn(move || {

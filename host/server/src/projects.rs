@@ -9,7 +9,7 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
@@ -49,10 +49,42 @@ fn revision_rest(r: &RevisionRecord) -> RestRevision {
     }
 }
 
-#[derive(Deserialize)]
+/// The query of `PUT /api/projects`: `clear_schedule` may repeat, which a typed query
+/// extractor cannot take, so it is read by hand.
+#[derive(Default)]
 pub(crate) struct PutQuery {
     project: Option<String>,
     revision: Option<String>,
+    /// Start schedules of workflows new to the project from this time instead of now.
+    schedule_from: Option<chrono::DateTime<chrono::Utc>>,
+    /// Workflows whose schedules start over (from `schedule_from` or now).
+    clear_schedule: Vec<String>,
+    clear_schedule_all: bool,
+}
+
+impl PutQuery {
+    fn parse(raw: Option<&str>) -> Result<PutQuery, ApiError> {
+        let mut q = PutQuery::default();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            match &*k {
+                "project" => q.project = Some(v.into_owned()),
+                "revision" => q.revision = Some(v.into_owned()),
+                "schedule_from" => {
+                    let t = chrono::DateTime::parse_from_rfc3339(&v).map_err(|_| {
+                        ApiError(
+                            StatusCode::BAD_REQUEST,
+                            format!("schedule_from= {v:?} is not an ISO 8601 time such as 2024-03-01T00:00:00Z"),
+                        )
+                    })?;
+                    q.schedule_from = Some(t.with_timezone(&chrono::Utc));
+                }
+                "clear_schedule" => q.clear_schedule.push(v.into_owned()),
+                "clear_schedule_all" => q.clear_schedule_all = v == "true",
+                _ => {}
+            }
+        }
+        Ok(q)
+    }
 }
 
 /// Whether `name` may name a project or revision: printable, no `/`, at most 255 bytes.
@@ -70,10 +102,11 @@ fn check_name(what: &str, name: Option<&str>) -> Result<String, ApiError> {
 /// `PUT /api/projects?project=&revision=` with the archive as `application/gzip`.
 pub(crate) async fn put_project(
     State(c): Shared,
-    Query(q): Query<PutQuery>,
+    RawQuery(raw): RawQuery,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Json<RestProject>, ApiError> {
+    let q = PutQuery::parse(raw.as_deref())?;
     let project = check_name("project", q.project.as_deref())?;
     let revision = check_name("revision", q.revision.as_deref())?;
     let limit = c.archive_limits.max_archive_bytes;
@@ -95,21 +128,47 @@ pub(crate) async fn put_project(
         ));
     }
     let limits = c.archive_limits;
-    let workflows = tokio::task::spawn_blocking({
+    let compiled = tokio::task::spawn_blocking({
         let bytes = bytes.clone();
         move || compile(&bytes, &limits)
     })
     .await
     .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("checking the archive failed: {e}")))??;
+    if let Some(unknown) = q.clear_schedule.iter().find(|w| compiled.workflow(w).is_none()) {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            format!("clear_schedule= {unknown:?}: the pushed project has no such workflow; nothing was stored"),
+        ));
+    }
     let digest = spade_archive::digest(&bytes);
     let pushed = with_store(&c, move |s| {
-        Ok(s.push_revision(&NewRevision {
+        let workflows: Vec<WorkflowDefinition> = compiled
+            .workflows
+            .iter()
+            .map(|w| WorkflowDefinition {
+                name: w.name.clone(),
+                timezone: w.timezone.name().to_string(),
+                config: w.config.clone(),
+            })
+            .collect();
+        let pushed = s.push_revision(&NewRevision {
             project: &project,
             revision: &revision,
             archive: &bytes,
             digest: &digest,
             workflows: &workflows,
-        })?)
+        })?;
+        if pushed.created {
+            spade_executor::apply_push_schedules(
+                s,
+                &project,
+                &compiled.workflows,
+                q.schedule_from,
+                &q.clear_schedule,
+                q.clear_schedule_all,
+            )?;
+        }
+        Ok(pushed)
     })
     .await?;
     if pushed.created {
@@ -123,25 +182,16 @@ fn too_large(message: String) -> ApiError {
 }
 
 /// Unpacks the archive into a scratch directory and compiles every workflow of it.
-fn compile(bytes: &[u8], limits: &spade_archive::Limits) -> Result<Vec<WorkflowDefinition>, ApiError> {
+fn compile(bytes: &[u8], limits: &spade_archive::Limits) -> Result<spade_dig::Project, ApiError> {
     let scratch = tempfile::tempdir()
         .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("creating a scratch directory: {e}")))?;
     spade_archive::unpack_to(bytes, scratch.path(), limits).map_err(|e| match e {
         ArchiveError::TooLarge(m) => too_large(m),
         e => ApiError(StatusCode::BAD_REQUEST, format!("invalid project archive: {e}")),
     })?;
-    let project = spade_dig::load_project(scratch.path()).map_err(|errors| {
+    spade_dig::load_project(scratch.path()).map_err(|errors| {
         ApiError(StatusCode::BAD_REQUEST, format!("the project has errors; nothing was stored:\n{errors}"))
-    })?;
-    Ok(project
-        .workflows
-        .iter()
-        .map(|w| WorkflowDefinition {
-            name: w.name.clone(),
-            timezone: w.timezone.name().to_string(),
-            config: w.config.clone(),
-        })
-        .collect())
+    })
 }
 
 #[derive(Deserialize)]
