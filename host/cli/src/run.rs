@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use spade_api::{CancelToken, Done, Limits, Object, TaskRequest};
 use spade_dig::Project;
 use spade_engine::{AttemptInput, EngineOptions, run_attempt};
-use spade_store::{AttemptRecord, NewAttempt, SqliteStore, Store, StoreLocation, WorkflowDefinition};
+use spade_store::{AttemptRecord, NewAttempt, SqliteStore, Store, StoreLocation};
 
 use crate::launcher::LocalLauncher;
 
@@ -225,16 +225,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
 /// give the same revision), so every attempt says which definitions it ran.
 fn record_revision(opened: &mut Opened) -> anyhow::Result<i64> {
     use sha2::{Digest, Sha256};
-    let definitions: Vec<WorkflowDefinition> = opened
-        .project
-        .workflows
-        .iter()
-        .map(|w| WorkflowDefinition {
-            name: w.name.clone(),
-            timezone: w.timezone.name().to_string(),
-            config: w.config.clone(),
-        })
-        .collect();
+    let definitions = spade_engine::workflow_definitions(&opened.project);
     let mut hasher = Sha256::new();
     for d in &definitions {
         hasher.update(d.name.as_bytes());

@@ -14,6 +14,19 @@ pub mod workspace;
 
 pub use attempt::{AttemptInput, AttemptSummary, Console, DEFAULT_DISK_QUOTA, EngineOptions, Launcher, run_attempt};
 
+/// The workflows of a loaded project as a revision stores them (name, time zone, config).
+pub fn workflow_definitions(project: &spade_dig::Project) -> Vec<spade_store::WorkflowDefinition> {
+    project
+        .workflows
+        .iter()
+        .map(|w| spade_store::WorkflowDefinition {
+            name: w.name.clone(),
+            timezone: w.timezone.name().to_string(),
+            config: w.config.clone(),
+        })
+        .collect()
+}
+
 /// Errors that stop an attempt from running at all (task failures are not errors here:
 /// they end the attempt with a failed summary).
 #[derive(Debug, thiserror::Error)]

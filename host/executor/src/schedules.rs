@@ -131,7 +131,7 @@ mod tests {
     use std::time::Duration;
 
     use chrono::TimeZone;
-    use spade_store::{NewRevision, StoreLocation, StorePool, WorkflowDefinition};
+    use spade_store::{NewRevision, StoreLocation, StorePool};
 
     use super::*;
     use crate::ExecutorConfig;
@@ -139,12 +139,7 @@ mod tests {
     fn push(stores: &StorePool, dir: &std::path::Path, revision: &str, dig: &str) {
         std::fs::write(dir.join("job.dig"), dig).unwrap();
         let packed = spade_archive::pack(dir, &Default::default()).unwrap();
-        let project = spade_dig::load_project(dir).unwrap();
-        let defs: Vec<WorkflowDefinition> = project
-            .workflows
-            .iter()
-            .map(|w| WorkflowDefinition { name: w.name.clone(), timezone: w.timezone.name(), config: w.config.clone() })
-            .collect();
+        let defs = spade_engine::workflow_definitions(&spade_dig::load_project(dir).unwrap());
         stores
             .get()
             .unwrap()

@@ -18,7 +18,7 @@ use spade_client::rest::{
     IdAndName, RestProject, RestProjectCollection, RestRevision, RestRevisionCollection, RestWorkflowDefinition,
     RestWorkflowDefinitionCollection,
 };
-use spade_store::{NewRevision, ProjectRecord, RevisionRecord, WorkflowDefinition};
+use spade_store::{NewRevision, ProjectRecord, RevisionRecord};
 
 use crate::{ApiError, Shared, parse_id, time_string, with_store};
 
@@ -142,15 +142,7 @@ pub(crate) async fn put_project(
     }
     let digest = spade_archive::digest(&bytes);
     let pushed = with_store(&c, move |s| {
-        let workflows: Vec<WorkflowDefinition> = compiled
-            .workflows
-            .iter()
-            .map(|w| WorkflowDefinition {
-                name: w.name.clone(),
-                timezone: w.timezone.name().to_string(),
-                config: w.config.clone(),
-            })
-            .collect();
+        let workflows = spade_engine::workflow_definitions(&compiled);
         let pushed = s.push_revision(&NewRevision {
             project: &project,
             revision: &revision,
