@@ -481,10 +481,20 @@ fn killing_an_attempt_stops_its_script_on_the_agent() {
         || Command::new("pgrep").args(["-f", "sleep 3017"]).output().map(|o| !o.stdout.is_empty()).unwrap_or(false);
     assert!(sleeping(), "the script runs on the agent");
 
-    let mut resp = http().post(format!("{}/api/attempts/{id}/kill", server().base)).send_empty().unwrap();
-    assert_eq!(resp.status().as_u16(), 200, "{}", resp.body_mut().read_to_string().unwrap());
+    let base = server().base.clone();
+    let (ok, _, err) = client(src.path(), &["kill", &id, "-e", &base]);
+    assert!(ok, "{err}");
     let attempt = finished(&id);
     assert_eq!(attempt["status"], "killed", "{attempt}");
+    // The inspection commands ask the server with -e.
+    let (ok, out, err) = client(src.path(), &["attempts", "-e", &base]);
+    assert!(ok && out.lines().any(|l| l.starts_with(&format!("{id} ")) && l.contains("killed")), "{out}{err}");
+    let (ok, out, err) = client(src.path(), &["tasks", &id, "-e", &base]);
+    assert!(ok && out.contains("+kill+long"), "{out}{err}");
+    let (ok, out, err) = client(src.path(), &["sessions", "-e", &base]);
+    assert!(ok && out.contains("kill") && out.contains("2024-05-01"), "{out}{err}");
+    let (ok, _, err) = client(src.path(), &["log", "999999", "-e", &base]);
+    assert!(!ok && err.contains("HTTP 404"), "{err}");
     // The agent heard of it: the script is stopped and the task's workspace is gone.
     eventually("the script to stop", || (!sleeping()).then_some(()));
     eventually("the task's workspace to go", || (!agent.has_call()).then_some(()));

@@ -46,6 +46,10 @@ pub struct KillArgs {
     /// Seconds to wait for the attempt to stop.
     #[arg(long, default_value_t = 30)]
     pub wait: u64,
+    /// Ask a server's REST API to kill it (it stops the attempt's calls on whichever agent
+    /// holds them).
+    #[arg(short = 'e', long, value_name = "URL", conflicts_with_all = ["project", "state"])]
+    pub endpoint: Option<String>,
 }
 
 /// Whether process `pid` is alive (Linux: it has a /proc entry).
@@ -124,6 +128,11 @@ pub fn retry(args: RetryArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn kill(args: KillArgs) -> anyhow::Result<ExitCode> {
+    if let Some(endpoint) = &args.endpoint {
+        spade_client::Client::new(endpoint).kill(args.attempt_id)?;
+        eprintln!("Kill requested for attempt {}.", args.attempt_id);
+        return Ok(ExitCode::SUCCESS);
+    }
     let root = crate::project_dir(&args.place.project)?;
     let location = crate::state_location(&root, &args.place.state);
     if let StoreLocation::Sqlite(path) = &location

@@ -70,7 +70,7 @@ fn start(http: &spade_client::Client, workflow: &str, session: &str) -> anyhow::
         params: Default::default(),
         retry_attempt_name: None,
     })?;
-    v["id"].as_str().and_then(|s| s.parse().ok()).with_context(|| format!("the start answered {v}"))
+    v.id.parse().with_context(|| format!("the start answered attempt id {:?}", v.id))
 }
 
 pub fn bench_server(postgres: &str) -> anyhow::Result<()> {

@@ -180,15 +180,14 @@ pub fn start(args: StartArgs) -> anyhow::Result<ExitCode> {
         params,
         retry_attempt_name: args.retry,
     })?;
-    let field = |k: &str| attempt[k].as_str().unwrap_or("").to_string();
     let mut out = std::io::stdout().lock();
     writeln!(out, "Started a session attempt:")?;
-    writeln!(out, "  session id: {}", field("sessionId"))?;
-    writeln!(out, "  attempt id: {}", field("id"))?;
-    writeln!(out, "  uuid: {}", field("sessionUuid"))?;
+    writeln!(out, "  session id: {}", attempt.session_id)?;
+    writeln!(out, "  attempt id: {}", attempt.id)?;
+    writeln!(out, "  uuid: {}", attempt.session_uuid)?;
     writeln!(out, "  project: {}", project.name)?;
     writeln!(out, "  workflow: {}", args.workflow)?;
-    writeln!(out, "  session time: {}", field("sessionTime"))?;
+    writeln!(out, "  session time: {}", attempt.session_time)?;
     writeln!(out, "  revision: {}", project.revision)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -19,6 +19,9 @@ pub struct StateArgs {
     /// State database: a file or a PostgreSQL URL [default: <project>/.spade/state.db].
     #[arg(long, value_name = "FILE|URL", env = "SPADE_STATE", hide_env_values = true)]
     pub state: Option<String>,
+    /// Ask a server's REST API instead (`spade server`, `spade scheduler`).
+    #[arg(short = 'e', long, value_name = "URL", conflicts_with_all = ["project", "state"])]
+    pub endpoint: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -161,6 +164,9 @@ fn emit(text: &str) -> anyhow::Result<()> {
 }
 
 pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(endpoint) = &args.state.endpoint {
+        return remote::sessions(endpoint, args.workflow.as_deref());
+    }
     let mut store = open(&args.state)?;
     let workflow = args.workflow.as_deref().map(|w| {
         let w = w.strip_suffix(".dig").unwrap_or(w);
@@ -201,6 +207,9 @@ pub fn sessions(args: SessionsArgs) -> anyhow::Result<ExitCode> {
 }
 
 pub fn attempts(args: AttemptsArgs) -> anyhow::Result<ExitCode> {
+    if let Some(endpoint) = &args.state.endpoint {
+        return remote::attempts(endpoint, args.session_id);
+    }
     let mut store = open(&args.state)?;
     let attempts = store.list_attempts(args.session_id)?;
     if attempts.is_empty() {
@@ -271,6 +280,9 @@ fn header(info: &AttemptInfo) {
 }
 
 pub fn tasks(args: TasksArgs) -> anyhow::Result<ExitCode> {
+    if let Some(endpoint) = &args.state.endpoint {
+        return remote::tasks(endpoint, args.attempt_id);
+    }
     let mut store = open(&args.state)?;
     let info = attempt_info(store.as_mut(), args.attempt_id)?;
     header(&info);
@@ -317,6 +329,9 @@ fn memory(bytes: u64) -> String {
 }
 
 pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
+    if let Some(endpoint) = &args.state.endpoint {
+        return remote::log(endpoint, args.attempt_id, args.task_prefix.as_deref().unwrap_or(""));
+    }
     let mut store = open(&args.state)?;
     let info = attempt_info(store.as_mut(), args.attempt_id)?;
     header(&info);
@@ -343,4 +358,140 @@ pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
     }
     emit(&out)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The same commands against a server's REST API (`-e`): the same tables, from the API's
+/// resources (times in UTC, as the API gives them).
+mod remote {
+    use std::process::ExitCode;
+
+    use spade_client::Client;
+    use spade_client::rest::RestSessionAttempt;
+
+    use super::{Table, emit, short};
+
+    fn header(a: &RestSessionAttempt) {
+        let name = a.retry_attempt_name.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+        eprintln!(
+            "attempt {}{name} of {} session {} (session id {}): {}",
+            a.id, a.workflow.name, a.session_time, a.session_id, a.status
+        );
+    }
+
+    pub fn sessions(endpoint: &str, workflow: Option<&str>) -> anyhow::Result<ExitCode> {
+        let sessions = Client::new(endpoint).sessions(workflow)?;
+        if sessions.is_empty() {
+            eprintln!("no sessions yet");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut table = Table::new(&[
+            "SESSION",
+            "PROJECT",
+            "WORKFLOW",
+            "SESSION TIME",
+            "ATTEMPTS",
+            "LAST ATTEMPT",
+            "STATUS",
+            "STARTED",
+        ]);
+        for s in sessions {
+            let last = s.last_attempt.as_ref();
+            table.push(vec![
+                s.id,
+                s.project.name,
+                s.workflow.name,
+                s.session_time,
+                s.attempt_count.to_string(),
+                last.map(|l| l.id.clone()).unwrap_or("-".into()),
+                last.and_then(|l| l.status.clone()).unwrap_or("-".into()),
+                last.and_then(|l| l.created_at.clone()).unwrap_or("-".into()),
+            ]);
+        }
+        emit(&table.render())?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn attempts(endpoint: &str, session_id: Option<i64>) -> anyhow::Result<ExitCode> {
+        let attempts = Client::new(endpoint).attempts(session_id)?;
+        if attempts.is_empty() {
+            eprintln!("no attempts yet");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut table = Table::new(&[
+            "ATTEMPT",
+            "SESSION",
+            "PROJECT",
+            "WORKFLOW",
+            "SESSION TIME",
+            "NAME",
+            "STATUS",
+            "TASKS",
+            "SUCCESS",
+            "ERROR",
+            "CREATED",
+            "FINISHED",
+        ]);
+        for a in attempts {
+            let c = a.task_counts;
+            table.push(vec![
+                a.id,
+                a.session_id,
+                a.project.name,
+                a.workflow.name,
+                a.session_time,
+                a.retry_attempt_name.unwrap_or("-".into()),
+                a.status,
+                (c.running + c.polling + c.success + c.error + c.canceled).to_string(),
+                c.success.to_string(),
+                c.error.to_string(),
+                a.created_at,
+                a.finished_at.unwrap_or("-".into()),
+            ]);
+        }
+        emit(&table.render())?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn tasks(endpoint: &str, attempt_id: i64) -> anyhow::Result<ExitCode> {
+        let client = Client::new(endpoint);
+        header(&client.attempt(&attempt_id.to_string())?);
+        let mut table = Table::new(&["TASK", "STATE", "RETRIES", "STARTED", "UPDATED", "OP-TIME", "CPU", "ERROR"]);
+        for t in client.tasks(attempt_id)? {
+            let usage = t.usage.as_ref();
+            table.push(vec![
+                t.full_name,
+                t.state,
+                t.retry_count.to_string(),
+                t.started_at.unwrap_or("-".into()),
+                t.updated_at,
+                usage.map(|u| format!("{:.3}s", u.call_seconds)).unwrap_or("-".into()),
+                usage.map(|u| format!("{:.3}s", u.cpu_seconds)).unwrap_or("-".into()),
+                t.error.message.as_deref().map(short).unwrap_or_default(),
+            ]);
+        }
+        emit(&table.render())?;
+        Ok(ExitCode::SUCCESS)
+    }
+
+    pub fn log(endpoint: &str, attempt_id: i64, prefix: &str) -> anyhow::Result<ExitCode> {
+        let client = Client::new(endpoint);
+        header(&client.attempt(&attempt_id.to_string())?);
+        let lines = client.logs(attempt_id, prefix)?;
+        if lines.is_empty() {
+            eprintln!("no log lines");
+            return Ok(ExitCode::SUCCESS);
+        }
+        let mut out = String::new();
+        for l in &lines {
+            for (i, text) in l.message.lines().enumerate() {
+                if i == 0 {
+                    out += &format!("{} {} {:<5} {text}\n", l.at.as_deref().unwrap_or("-"), l.task_name, l.level);
+                } else {
+                    out += &format!("    {text}\n");
+                }
+            }
+        }
+        emit(&out)?;
+        Ok(ExitCode::SUCCESS)
+    }
 }

@@ -155,7 +155,7 @@ impl Client {
     }
 
     /// `PUT /api/attempts`: start an attempt; the attempt as the server answers it.
-    pub fn start(&self, request: &rest::RestAttemptRequest) -> Result<serde_json::Value> {
+    pub fn start(&self, request: &rest::RestAttemptRequest) -> Result<rest::RestSessionAttempt> {
         let body = serde_json::to_vec(request).expect("API types serialize");
         let response = self
             .agent
@@ -168,9 +168,46 @@ impl Client {
     }
 
     /// `GET /api/attempts/{id}`.
-    pub fn attempt(&self, id: &str) -> Result<serde_json::Value> {
+    pub fn attempt(&self, id: &str) -> Result<rest::RestSessionAttempt> {
         let bytes = self.get(&format!("/api/attempts/{}", enc(id)))?;
         self.json(&bytes)
+    }
+
+    /// `GET /api/attempts[?session_id=]`, newest first.
+    pub fn attempts(&self, session_id: Option<i64>) -> Result<Vec<rest::RestSessionAttempt>> {
+        let query = session_id.map(|id| format!("?session_id={id}")).unwrap_or_default();
+        let bytes = self.get(&format!("/api/attempts{query}"))?;
+        Ok(self.json::<rest::RestSessionAttemptCollection>(&bytes)?.attempts)
+    }
+
+    /// `GET /api/sessions[?workflow=]`, newest first.
+    pub fn sessions(&self, workflow: Option<&str>) -> Result<Vec<rest::RestSession>> {
+        let query = workflow.map(|w| format!("?workflow={}", enc(w))).unwrap_or_default();
+        let bytes = self.get(&format!("/api/sessions{query}"))?;
+        Ok(self.json::<rest::RestSessionCollection>(&bytes)?.sessions)
+    }
+
+    /// `GET /api/attempts/{id}/tasks`.
+    pub fn tasks(&self, attempt_id: i64) -> Result<Vec<rest::RestTask>> {
+        let bytes = self.get(&format!("/api/attempts/{attempt_id}/tasks"))?;
+        Ok(self.json::<rest::RestTaskCollection>(&bytes)?.tasks)
+    }
+
+    /// `GET /api/attempts/{id}/logs[?task=prefix]`.
+    pub fn logs(&self, attempt_id: i64, task_prefix: &str) -> Result<Vec<rest::RestLogLine>> {
+        let query = if task_prefix.is_empty() { String::new() } else { format!("?task={}", enc(task_prefix)) };
+        let bytes = self.get(&format!("/api/attempts/{attempt_id}/logs{query}"))?;
+        Ok(self.json::<rest::RestLogCollection>(&bytes)?.logs)
+    }
+
+    /// `POST /api/attempts/{id}/kill`.
+    pub fn kill(&self, attempt_id: i64) -> Result<()> {
+        let response = self
+            .agent
+            .post(format!("{}/api/attempts/{attempt_id}/kill", self.endpoint))
+            .send_empty()
+            .map_err(|e| self.transport(e))?;
+        self.body(response).map(|_| ())
     }
 
     pub fn claim(&self, request: &rest::agent::ClaimRequest) -> Result<rest::agent::ClaimResponse> {

@@ -182,3 +182,131 @@ pub mod agent {
         pub accepted: bool,
     }
 }
+
+/// A workflow named in another resource.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NameRef {
+    pub name: String,
+}
+
+/// Tasks of an attempt in each state (spade's addition to Digdag's attempt).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestTaskCounts {
+    pub running: u64,
+    pub polling: u64,
+    pub success: u64,
+    pub error: u64,
+    pub canceled: u64,
+}
+
+/// An attempt of a session (Digdag's `RestSessionAttempt`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestSessionAttempt {
+    pub id: String,
+    pub project: IdAndName,
+    pub workflow: NameRef,
+    pub session_id: String,
+    pub session_uuid: String,
+    pub session_time: String,
+    pub timezone: String,
+    pub retry_attempt_name: Option<String>,
+    pub done: bool,
+    pub success: bool,
+    /// spade: `running`, `success`, `error` or `killed`.
+    pub status: String,
+    pub cancel_requested: bool,
+    pub params: Map<String, Value>,
+    pub created_at: String,
+    pub finished_at: Option<String>,
+    #[serde(default)]
+    pub task_counts: RestTaskCounts,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestSessionAttemptCollection {
+    pub attempts: Vec<RestSessionAttempt>,
+}
+
+/// The latest attempt of a session, as a session shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestSessionLastAttempt {
+    pub id: String,
+    pub status: Option<String>,
+    pub done: bool,
+    pub success: bool,
+    pub created_at: Option<String>,
+}
+
+/// A session (Digdag's `RestSession`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestSession {
+    pub id: String,
+    pub project: IdAndName,
+    pub workflow: NameRef,
+    pub session_uuid: String,
+    pub session_time: String,
+    /// spade: how many attempts the session has.
+    pub attempt_count: u64,
+    pub last_attempt: Option<RestSessionLastAttempt>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestSessionCollection {
+    pub sessions: Vec<RestSession>,
+}
+
+/// Why a task failed (`{}` when it did not).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RestTaskError {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// What a task used (spade's addition).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestTaskUsage {
+    pub call_seconds: f64,
+    pub cpu_seconds: f64,
+    pub peak_memory_bytes: u64,
+}
+
+/// A task of an attempt (Digdag's `RestTask`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestTask {
+    pub id: String,
+    pub full_name: String,
+    pub state: String,
+    pub retry_count: u32,
+    pub is_group: bool,
+    pub store_params: Map<String, Value>,
+    pub export_params: Map<String, Value>,
+    pub error: RestTaskError,
+    pub started_at: Option<String>,
+    pub updated_at: String,
+    pub usage: Option<RestTaskUsage>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestTaskCollection {
+    pub tasks: Vec<RestTask>,
+}
+
+/// One task log line (spade serves an attempt's lines directly, not Digdag's log files).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RestLogLine {
+    pub task_name: String,
+    pub at: Option<String>,
+    pub level: String,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RestLogCollection {
+    pub logs: Vec<RestLogLine>,
+}

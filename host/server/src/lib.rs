@@ -39,6 +39,10 @@ use serde_json::{Map, Value, json};
 mod agents;
 mod projects;
 
+use spade_client::rest::{
+    IdAndName, NameRef, RestLogCollection, RestLogLine, RestSession, RestSessionAttempt, RestSessionLastAttempt,
+    RestTask, RestTaskCounts, RestTaskError, RestTaskUsage,
+};
 use spade_store::{AttemptInfo, AttemptStatus, SessionRecord, Store, StoreError, StorePool, TaskRecord};
 
 /// A workflow as the API shows it.
@@ -205,89 +209,88 @@ fn parse_id(id: &str, what: &str) -> Result<i64, ApiError> {
     id.parse().map_err(|_| ApiError(StatusCode::BAD_REQUEST, format!("{what} id {id:?} is not a number")))
 }
 
-fn time_text(ms: i64) -> Value {
-    match Utc.timestamp_millis_opt(ms).single() {
-        Some(t) => Value::String(t.format("%Y-%m-%dT%H:%M:%SZ").to_string()),
-        None => Value::Null,
-    }
-}
-
 /// `ms` as the API's time text (ISO 8601 in UTC).
 fn time_string(ms: i64) -> String {
     Utc.timestamp_millis_opt(ms).single().unwrap_or_default().format("%Y-%m-%dT%H:%M:%SZ").to_string()
 }
 
-fn project_json(name: &str) -> Value {
-    json!({ "id": "1", "name": name })
-}
-
 fn attempt_json(a: &AttemptInfo, cancel_requested: bool) -> Value {
     let r = &a.attempt;
-    let done = r.status != AttemptStatus::Running;
-    json!({
-        "id": r.attempt_id.to_string(),
-        "project": project_json(&a.project),
-        "workflow": { "name": r.workflow },
-        "sessionId": r.session_id.to_string(),
-        "sessionUuid": r.session_uuid,
-        "sessionTime": r.session_time,
-        "timezone": a.timezone,
-        "retryAttemptName": if r.name.is_empty() { Value::Null } else { Value::String(r.name.clone()) },
-        "done": done,
-        "success": r.status == AttemptStatus::Success,
-        "status": r.status.as_str(),
-        "cancelRequested": cancel_requested,
-        "params": a.params,
-        "createdAt": time_text(a.created_at_ms),
-        "finishedAt": a.finished_at_ms.map_or(Value::Null, time_text),
-        "taskCounts": {
-            "running": a.tasks.running, "polling": a.tasks.polling, "success": a.tasks.success,
-            "error": a.tasks.error, "canceled": a.tasks.canceled,
+    to_value(&RestSessionAttempt {
+        id: r.attempt_id.to_string(),
+        project: IdAndName { id: a.project_id.to_string(), name: a.project.clone() },
+        workflow: NameRef { name: r.workflow.clone() },
+        session_id: r.session_id.to_string(),
+        session_uuid: r.session_uuid.clone(),
+        session_time: r.session_time.clone(),
+        timezone: a.timezone.clone(),
+        retry_attempt_name: (!r.name.is_empty()).then(|| r.name.clone()),
+        done: r.status != AttemptStatus::Running,
+        success: r.status == AttemptStatus::Success,
+        status: r.status.as_str().into(),
+        cancel_requested,
+        params: a.params.clone(),
+        created_at: time_string(a.created_at_ms),
+        finished_at: a.finished_at_ms.map(time_string),
+        task_counts: RestTaskCounts {
+            running: a.tasks.running,
+            polling: a.tasks.polling,
+            success: a.tasks.success,
+            error: a.tasks.error,
+            canceled: a.tasks.canceled,
         },
     })
 }
 
 fn session_json(s: &SessionRecord) -> Value {
-    json!({
-        "id": s.session_id.to_string(),
-        "project": project_json(&s.project),
-        "workflow": { "name": s.workflow },
-        "sessionUuid": s.session_uuid,
-        "sessionTime": s.session_time,
-        "attemptCount": s.attempt_count,
-        "lastAttempt": s.last_attempt_id.map_or(Value::Null, |id| json!({
-            "id": id.to_string(),
-            "status": s.last_status.map(|st| st.as_str()),
-            "done": s.last_status.is_some_and(|st| st != AttemptStatus::Running),
-            "success": s.last_status == Some(AttemptStatus::Success),
-            "createdAt": s.last_attempt_at_ms.map_or(Value::Null, time_text),
-        })),
+    to_value(&RestSession {
+        id: s.session_id.to_string(),
+        project: IdAndName { id: s.project_id.to_string(), name: s.project.clone() },
+        workflow: NameRef { name: s.workflow.clone() },
+        session_uuid: s.session_uuid.clone(),
+        session_time: s.session_time.clone(),
+        attempt_count: s.attempt_count,
+        last_attempt: s.last_attempt_id.map(|id| RestSessionLastAttempt {
+            id: id.to_string(),
+            status: s.last_status.map(|st| st.as_str().into()),
+            done: s.last_status.is_some_and(|st| st != AttemptStatus::Running),
+            success: s.last_status == Some(AttemptStatus::Success),
+            created_at: s.last_attempt_at_ms.map(time_string),
+        }),
     })
 }
 
 fn task_json(i: usize, t: &TaskRecord) -> Value {
-    let (store, export) = match &t.result {
-        Some(d) => (Value::Object(d.store_params.clone()), Value::Object(d.export_params.clone())),
-        None => (json!({}), json!({})),
+    let (store_params, export_params) = match &t.result {
+        Some(d) => (d.store_params.clone(), d.export_params.clone()),
+        None => Default::default(),
     };
-    json!({
-        "id": (i + 1).to_string(),
-        "fullName": t.name,
-        "state": t.state.as_str(),
-        "retryCount": t.retry_count,
-        "isGroup": t.request.is_none() && t.started_at_ms.is_none(),
-        "storeParams": store,
-        "exportParams": export,
-        "error": t.error.as_ref().map_or(json!({}), |m| json!({ "message": m })),
-        "startedAt": t.started_at_ms.map_or(Value::Null, time_text),
-        "updatedAt": time_text(t.updated_at_ms),
-        // spade's addition: what the task used (its operator calls and commands).
-        "usage": t.usage.as_ref().map_or(Value::Null, |u| json!({
-            "callSeconds": u.wall.as_secs_f64(),
-            "cpuSeconds": u.cpu.as_secs_f64(),
-            "peakMemoryBytes": u.peak_memory_bytes,
-        })),
+    to_value(&RestTask {
+        id: (i + 1).to_string(),
+        full_name: t.name.clone(),
+        state: t.state.as_str().into(),
+        retry_count: t.retry_count,
+        is_group: t.request.is_none() && t.started_at_ms.is_none(),
+        store_params,
+        export_params,
+        error: RestTaskError { message: t.error.clone() },
+        started_at: t.started_at_ms.map(time_string),
+        updated_at: time_string(t.updated_at_ms),
+        usage: t.usage.as_ref().map(|u| RestTaskUsage {
+            call_seconds: u.wall.as_secs_f64(),
+            cpu_seconds: u.cpu.as_secs_f64(),
+            peak_memory_bytes: u.peak_memory_bytes,
+        }),
     })
+}
+
+fn to_value<T: serde::Serialize>(resource: &T) -> Value {
+    serde_json::to_value(resource).expect("API resources serialize")
+}
+
+/// The project of a workflow resource (only `spade scheduler`'s local project has them).
+fn project_json(name: &str) -> Value {
+    json!({ "id": "1", "name": name })
 }
 
 fn workflow_json(w: &WorkflowInfo, project: &str) -> Value {
@@ -452,11 +455,16 @@ async fn logs(State(c): Shared, Path(id): Path<String>, Query(q): Query<LogQuery
         Ok(s.task_logs(id, &prefix)?)
     })
     .await?;
-    let list: Vec<Value> = lines
-        .iter()
-        .map(|l| json!({ "taskName": l.task_name, "at": time_text(l.at_ms), "level": l.level, "message": l.message }))
+    let logs = lines
+        .into_iter()
+        .map(|l| RestLogLine {
+            at: Some(time_string(l.at_ms)),
+            task_name: l.task_name,
+            level: l.level,
+            message: l.message,
+        })
         .collect();
-    Ok(Json(json!({ "logs": list })))
+    Ok(Json(to_value(&RestLogCollection { logs })))
 }
 
 async fn kill(State(c): Shared, Path(id): Path<String>) -> ApiResult {

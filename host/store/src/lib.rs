@@ -259,6 +259,7 @@ impl TaskCounts {
 pub struct AttemptInfo {
     pub attempt: AttemptRecord,
     pub project: String,
+    pub project_id: i64,
     pub timezone: String,
     pub params: Object,
     pub created_at_ms: i64,
@@ -273,6 +274,7 @@ pub struct SessionRecord {
     pub session_id: i64,
     pub session_uuid: String,
     pub project: String,
+    pub project_id: i64,
     pub workflow: String,
     pub session_time: String,
     pub attempt_count: u64,

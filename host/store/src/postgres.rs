@@ -113,7 +113,7 @@ const ATTEMPT_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.statu
      FROM attempts a JOIN sessions s ON s.id = a.session_id";
 
 const ATTEMPT_INFO_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time,
-        p.name, a.timezone, a.params, a.created_at, a.finished_at
+        p.name, a.timezone, a.params, a.created_at, a.finished_at, p.id
      FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id";
 
 /// One task row of a [`Store::write`] batch.
@@ -278,6 +278,7 @@ impl PgStore {
         Ok(AttemptInfo {
             attempt,
             project: row.get(7),
+            project_id: row.get(12),
             timezone: row.get(8),
             params,
             created_at_ms: row.get(10),
@@ -513,7 +514,7 @@ impl Store for PgStore {
         let rows = self.client.query(
             "SELECT s.id, s.uuid, p.name, s.workflow, s.session_time,
                     (SELECT COUNT(*) FROM attempts c WHERE c.session_id = s.id),
-                    s.last_attempt_id, a.status, a.created_at
+                    s.last_attempt_id, a.status, a.created_at, p.id
              FROM sessions s JOIN projects p ON p.id = s.project_id
              LEFT JOIN attempts a ON a.id = s.last_attempt_id
              WHERE $1::TEXT IS NULL OR s.workflow = $1
@@ -526,6 +527,7 @@ impl Store for PgStore {
                 session_id: r.get(0),
                 session_uuid: r.get(1),
                 project: r.get(2),
+                project_id: r.get(9),
                 workflow: r.get(3),
                 session_time: r.get(4),
                 attempt_count: r.get::<_, i64>(5) as u64,

@@ -164,13 +164,14 @@ fn attempt_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<AttemptRecord> {
 }
 
 const ATTEMPT_INFO_SELECT: &str = "SELECT a.id, a.session_id, s.uuid, a.name, a.status, s.workflow, s.session_time,
-        p.name, a.timezone, a.params, a.created_at, a.finished_at
+        p.name, a.timezone, a.params, a.created_at, a.finished_at, p.id
      FROM attempts a JOIN sessions s ON s.id = a.session_id JOIN projects p ON p.id = s.project_id";
 
 /// A row of [`ATTEMPT_INFO_SELECT`], before its params are parsed and its tasks counted.
 struct RawAttemptInfo {
     attempt: AttemptRecord,
     project: String,
+    project_id: i64,
     timezone: String,
     params: String,
     created_at_ms: i64,
@@ -181,6 +182,7 @@ fn attempt_info_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<RawAttemptIn
     Ok(RawAttemptInfo {
         attempt: attempt_from_row(r)?,
         project: r.get(7)?,
+        project_id: r.get(12)?,
         timezone: r.get(8)?,
         params: r.get(9)?,
         created_at_ms: r.get(10)?,
@@ -256,7 +258,7 @@ impl SqliteStore {
 
     /// Parses the params of an attempt row and counts its tasks.
     fn complete_attempt_info(&self, raw: RawAttemptInfo) -> Result<AttemptInfo> {
-        let RawAttemptInfo { attempt, project, timezone, params, created_at_ms, finished_at_ms } = raw;
+        let RawAttemptInfo { attempt, project, project_id, timezone, params, created_at_ms, finished_at_ms } = raw;
         let params = from_json(&format!("params of attempt {}", attempt.attempt_id), &params)?;
         let mut tasks = TaskCounts::default();
         // The row-id range of the attempt (see `task_row_id`): no index on attempt_id.
@@ -267,7 +269,7 @@ impl SqliteStore {
         while let Some(row) = rows.next()? {
             tasks.add(TaskState::parse(&row.get::<_, String>(0)?), row.get::<_, i64>(1)? as u64);
         }
-        Ok(AttemptInfo { attempt, project, timezone, params, created_at_ms, finished_at_ms, tasks })
+        Ok(AttemptInfo { attempt, project, project_id, timezone, params, created_at_ms, finished_at_ms, tasks })
     }
 
     fn project_id(&self, name: &str) -> Result<i64> {
@@ -478,7 +480,7 @@ impl Store for SqliteStore {
         let mut stmt = self.conn.prepare(
             "SELECT s.id, s.uuid, p.name, s.workflow, s.session_time,
                     (SELECT COUNT(*) FROM attempts c WHERE c.session_id = s.id),
-                    s.last_attempt_id, a.status, a.created_at
+                    s.last_attempt_id, a.status, a.created_at, p.id
              FROM sessions s JOIN projects p ON p.id = s.project_id
              LEFT JOIN attempts a ON a.id = s.last_attempt_id
              WHERE ?1 IS NULL OR s.workflow = ?1
@@ -489,6 +491,7 @@ impl Store for SqliteStore {
                 session_id: r.get(0)?,
                 session_uuid: r.get(1)?,
                 project: r.get(2)?,
+                project_id: r.get(9)?,
                 workflow: r.get(3)?,
                 session_time: r.get(4)?,
                 attempt_count: r.get::<_, i64>(5)? as u64,
