@@ -34,12 +34,13 @@ impl Completions {
         self.changed.notify_all();
     }
 
-    /// Wait until `id` has its result here, or `timeout`; forgets the notification.
-    fn wait(&self, id: i64, timeout: Duration) {
+    /// Wait until `id` has its result here, or `timeout`; whether it has (the
+    /// notification is then forgotten).
+    fn wait(&self, id: i64, timeout: Duration) -> bool {
         let guard = self.done.lock().unwrap_or_else(|e| e.into_inner());
         let (mut done, _) =
             self.changed.wait_timeout_while(guard, timeout, |d| !d.contains(&id)).unwrap_or_else(|e| e.into_inner());
-        done.remove(&id);
+        done.remove(&id)
     }
 
     /// Forget `id` (its waiter is gone).
@@ -160,22 +161,28 @@ impl OperatorHost for QueuedHost {
             .map_err(store_error)?;
         self.enqueued.notify_waiters();
         let mut cancel_sent = false;
+        // The row is read when this process accepted its result, after a kill, and every
+        // CHECK_EVERY (a result another server process accepted); not right after queueing.
+        let mut check = false;
+        let mut last_check = std::time::Instant::now();
         let (outcome, agent) = loop {
             if inv.cancel.is_cancelled() && !cancel_sent {
                 self.stores.get().and_then(|mut s| s.cancel_call(id, &killed_result())).map_err(store_error)?;
                 cancel_sent = true;
+                check = true;
             }
-            match self.stores.get().and_then(|mut s| s.call_state(id)).map_err(store_error)? {
-                CallState::Done { outcome, agent } => {
+            if check {
+                last_check = std::time::Instant::now();
+                if let CallState::Done { outcome, agent } =
+                    self.stores.get().and_then(|mut s| s.call_state(id)).map_err(store_error)?
+                {
                     self.completions.forget(id);
                     break (outcome, agent);
                 }
-                CallState::Queued | CallState::Claimed { .. } => {
-                    // A kill is noticed within a tenth of a second, a result at once.
-                    let wait = if cancel_sent { CHECK_EVERY } else { CHECK_EVERY.min(Duration::from_millis(100)) };
-                    self.completions.wait(id, wait);
-                }
             }
+            // A kill is noticed within a tenth of a second, a result at once.
+            let notified = self.completions.wait(id, Duration::from_millis(100));
+            check = notified || last_check.elapsed() >= CHECK_EVERY;
         };
         let result: CallResult = match serde_json::from_str(&outcome) {
             Ok(r) => r,
