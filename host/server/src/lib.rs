@@ -1,22 +1,28 @@
-//! spade-server: the REST API and the web UI over a project's state database.
+//! spade-server: the REST API and the web UI over a state database: `spade scheduler`'s
+//! local project ([`Local`]) or `spade server`'s pushed projects.
 //!
 //! Resources and JSON follow Digdag's REST API where spade has the same concepts (string
-//! ids, camelCase fields, list responses wrapped as `{"sessions": [...]}`); `GET /` serves a
-//! single-page UI built on the same API. What runs attempts is not this crate's business:
-//! starting one goes through [`Control`], which the binary implements.
+//! ids, camelCase fields, list responses wrapped as `{"sessions": [...]}`; the types are in
+//! `spade_client::rest`); `GET /` serves a single-page UI built on the same API. What runs
+//! attempts is not this crate's business: a local project's go through [`Control`], which
+//! the binary implements, pushed projects' through spade-executor.
 //!
 //! | method and path | what |
 //! | --- | --- |
 //! | `GET /api/version` | `{"version"}` |
-//! | `GET /api/projects` | the project |
-//! | `GET /api/workflows` | workflows with their schedules and next runs |
+//! | `PUT /api/projects?project=&revision=[&schedule_from=&clear_schedule=&clear_schedule_all=]` | push a revision (`application/gzip`; `src/projects.rs`) |
+//! | `GET /api/projects[?name=&last_id=&count=]`, `/api/project?name=`, `/api/projects/{id}` | projects |
+//! | `GET /api/projects/{id}/revisions`, `/workflows[?revision=]`, `/archive[?revision=]` | a project's revisions, workflows, archive |
+//! | `GET /api/archives/{digest}` | an archive by sha256 (agents) |
+//! | `POST /api/agent/claim`, `/heartbeat`, `/complete` | the agent protocol (`src/agents.rs`) |
+//! | `GET /api/workflows` | the local project's workflows with their schedules and next runs |
 //! | `GET /api/schedules` | the scheduled workflows only (a schedule's id is its workflow's name) |
 //! | `POST /api/schedules/{id}/enable`, `/disable` | toggle a schedule |
 //! | `POST /api/schedules/{id}/skip` `{"count"}` or `{"nextTime"}` | move a schedule forward |
 //! | `GET /api/sessions[?workflow=]`, `GET /api/sessions/{id}` | sessions with their last attempt |
 //! | `GET /api/sessions/{id}/attempts` | a session's attempts |
 //! | `GET /api/attempts[?session_id=]`, `GET /api/attempts/{id}` | attempts |
-//! | `PUT /api/attempts` `{"workflowName", "sessionTime"?, "params"?}` | start an attempt |
+//! | `PUT /api/attempts` `{"projectId"?, "workflowName", "sessionTime"?, "params"?}` | start an attempt (of a pushed project with `projectId`) |
 //! | `POST /api/attempts/{id}/kill` | stop a running attempt (as `spade kill`) |
 //! | `GET /api/attempts/{id}/tasks` | its tasks |
 //! | `GET /api/attempts/{id}/logs[?task=prefix]` | its task log lines |
