@@ -346,18 +346,24 @@ pub fn log(args: LogArgs) -> anyhow::Result<ExitCode> {
         eprintln!("no log lines (operators that only print, like echo>, log nothing)");
         return Ok(ExitCode::SUCCESS);
     }
+    emit(&log_text(lines.iter().map(|l| (time(l.at_ms), l.task_name.as_str(), l.level.as_str(), l.message.as_str()))))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Log lines as `spade log` prints them: `(time, task, level, message)`, a message's
+/// further lines indented under its first.
+fn log_text<'a>(lines: impl Iterator<Item = (String, &'a str, &'a str, &'a str)>) -> String {
     let mut out = String::new();
-    for l in &lines {
-        for (i, text) in l.message.lines().enumerate() {
+    for (at, task, level, message) in lines {
+        for (i, text) in message.lines().enumerate() {
             if i == 0 {
-                out += &format!("{} {} {:<5} {text}\n", time(l.at_ms), l.task_name, l.level);
+                out += &format!("{at} {task} {level:<5} {text}\n");
             } else {
                 out += &format!("    {text}\n");
             }
         }
     }
-    emit(&out)?;
-    Ok(ExitCode::SUCCESS)
+    out
 }
 
 /// The same commands against a server's REST API (`-e`): the same tables, from the API's
@@ -481,17 +487,9 @@ mod remote {
             eprintln!("no log lines");
             return Ok(ExitCode::SUCCESS);
         }
-        let mut out = String::new();
-        for l in &lines {
-            for (i, text) in l.message.lines().enumerate() {
-                if i == 0 {
-                    out += &format!("{} {} {:<5} {text}\n", l.at.as_deref().unwrap_or("-"), l.task_name, l.level);
-                } else {
-                    out += &format!("    {text}\n");
-                }
-            }
-        }
-        emit(&out)?;
+        emit(&super::log_text(lines.iter().map(|l| {
+            (l.at.clone().unwrap_or_else(|| "-".into()), l.task_name.as_str(), l.level.as_str(), l.message.as_str())
+        })))?;
         Ok(ExitCode::SUCCESS)
     }
 }
