@@ -341,14 +341,23 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
     }
     let body = request.body().map_err(|()| failed("cannot open the request body".into()))?;
     let future = outgoing_handler::handle(request, Some(options)).map_err(|e| error_code(&shown, e, req))?;
+    // When the host refuses the request (not granted, a prohibited address) the body stream
+    // closes first; the response future then holds the reason, which is what to report.
+    let mut body_error = None;
     {
         let out = body.write().map_err(|()| failed("cannot write the request body".into()))?;
         for chunk in req.body.chunks(4096) {
-            out.blocking_write_and_flush(chunk)
-                .map_err(|e| failed(format!("sending the request body failed: {e:?}")))?;
+            if let Err(e) = out.blocking_write_and_flush(chunk) {
+                body_error = Some(format!("sending the request body failed: {e:?}"));
+                break;
+            }
         }
     }
-    t::OutgoingBody::finish(body, None).map_err(|e| error_code(&shown, e, req))?;
+    if body_error.is_none() {
+        t::OutgoingBody::finish(body, None).map_err(|e| error_code(&shown, e, req))?;
+    } else {
+        drop(body);
+    }
     let response = loop {
         match future.get() {
             Some(r) => break r,
@@ -360,6 +369,9 @@ fn send_one(req: &Request, url: &Url) -> Result<Response, Error> {
         Ok(Err(e)) => return Err(error_code(&shown, e, req)),
         Err(()) => return Err(failed("the response was already taken".into())),
     };
+    if let Some(reason) = body_error {
+        return Err(failed(reason));
+    }
     let status = response.status();
     let headers =
         response.headers().entries().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v).into_owned())).collect();

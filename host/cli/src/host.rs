@@ -3,14 +3,15 @@
 //! Bundled plugins are granted only the capabilities their operators need: `call>` may load
 //! workflow files, `param_eval>` may render templates, `require>` may start attempts, and
 //! `http>` may link wasi:http (reaching no host until the project grants some) and read
-//! the `http.*` secrets. Each plugin's manifest then narrows that further.
+//! the `http.*` secrets, the `td>` family reaches Treasure Data's API. Each plugin's
+//! manifest then narrows that further.
 
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::Context;
 use spade_api::OperatorHost;
-use spade_runtime::{CommandGrant, Grants, InstallReport, Runtime, RuntimeConfig, RuntimeError};
+use spade_runtime::{CommandGrant, Grants, HttpAllow, InstallReport, Runtime, RuntimeConfig, RuntimeError};
 
 use spade_registry::{Cache, Installed as RegistryInstalled, LOCK_FILE, Lockfile, Update, Wanted};
 
@@ -27,6 +28,14 @@ pub fn cache_dir() -> Option<PathBuf> {
     }
     std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/spade"))
 }
+
+/// Treasure Data's documented API endpoints (US, Tokyo, EU, Korea).
+const TD_ENDPOINTS: [&str; 4] = [
+    "https://api.treasuredata.com",
+    "https://api.treasuredata.co.jp",
+    "https://api.eu01.treasuredata.com",
+    "https://api.ap02.treasuredata.com",
+];
 
 pub fn grants_for(crate_name: &str) -> Grants {
     let mut g = Grants::default();
@@ -47,6 +56,22 @@ pub fn grants_for(crate_name: &str) -> Grants {
         "spade-plugin-http" => {
             g.http = Some(Vec::new());
             g.secrets = vec!["http.*".into()];
+        }
+        // The td> family reaches Treasure Data's public API endpoints (a project grants
+        // another endpoint, or the loopback stand-in, in spade.yml), reads the td.* secrets
+        // and the AWS keys td_table_export> hands to TD, and renders query templates.
+        "spade-plugin-td" => {
+            g.http = Some(TD_ENDPOINTS.iter().map(|e| HttpAllow::parse(e).expect("a valid built-in grant")).collect());
+            g.secrets = [
+                "td.*",
+                "aws.s3.access_key_id",
+                "aws.s3.secret_access_key",
+                "aws.access_key_id",
+                "aws.secret_access_key",
+            ]
+            .map(String::from)
+            .to_vec();
+            g.expressions = true;
         }
         _ => {}
     }
