@@ -28,6 +28,7 @@ extern crate self as spade_sdk;
 
 pub mod command;
 pub mod control;
+pub mod csv;
 mod host;
 pub mod http;
 pub mod lenient;
@@ -36,6 +37,7 @@ mod request;
 pub mod script;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
+pub mod workspace;
 
 pub use host::{engine, expressions, log, output, secrets, workflows};
 pub use outcome::{Done, Failure, Outcome};

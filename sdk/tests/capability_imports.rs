@@ -11,7 +11,7 @@ use std::process::Command;
 use wasmparser::{Parser, Payload};
 
 /// Every bundled plugin crate and the capabilities it may import (`spade:operator`
-/// interfaces, and `http` for `wasi:http`).
+/// interfaces, `http` for `wasi:http` and `tcp` for `wasi:sockets`).
 const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-call", &["workflows"]),
     ("spade-plugin-echo", &["output"]),
@@ -25,10 +25,12 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-param-eval", &["expressions"]),
     ("spade-plugin-param-reset", &[]),
     ("spade-plugin-param-store", &[]),
+    ("spade-plugin-pg", &["expressions", "log", "secrets", "tcp"]),
     ("spade-plugin-py", &["command", "log", "secrets"]),
     ("spade-plugin-rb", &["command", "log", "secrets"]),
     ("spade-plugin-require", &["engine"]),
     ("spade-plugin-sh", &["command", "log", "secrets"]),
+    ("spade-plugin-td", &["expressions", "http", "log", "secrets"]),
     ("spade-plugin-wait", &[]),
 ];
 
@@ -65,6 +67,11 @@ fn capability_imports(wasm: &[u8]) -> Vec<String> {
                     // `wasi:http/*` is the `http` capability (granted like the others).
                     if name.starts_with("wasi:http/") && !found.iter().any(|f| f == "http") {
                         found.push("http".to_string());
+                    }
+                    // `wasi:sockets/*` is linked for everyone with every use refused; a
+                    // tcp grant opens it. Only plugins that open connections import it.
+                    if name.starts_with("wasi:sockets/") && !found.iter().any(|f| f == "tcp") {
+                        found.push("tcp".to_string());
                     }
                     if let Some(rest) = name.strip_prefix("spade:operator/") {
                         let iface = rest.split('@').next().unwrap().to_string();

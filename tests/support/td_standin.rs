@@ -10,6 +10,9 @@
 //! answers 409 with `details.conflicts_with`; `job/show` carries `hive_result_schema` (a
 //! JSON string) and `debug.cmdout`/`debug.stderr`; `job/result?format=json` is one JSON
 //! array per line; creating what exists answers 409 and deleting what does not 404.
+//!
+//! Each test file that includes it uses only some of it, hence the `dead_code` allowance.
+#![allow(dead_code)]
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::{BufRead, BufReader, Read, Write};

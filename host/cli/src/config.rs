@@ -14,6 +14,8 @@
 //! grants:                       # more for installed plugins, by plugin name (`spade plugin list`)
 //!   spade-http:
 //!     http: ["https://api.example.com", "127.0.0.1:8080"]
+//!   spade-pg:
+//!     tcp: ["db.example.com:5432"]       # host:port destinations of TCP connections
 //!     cpu_seconds: 30               # ceilings of one call (they only ever lower the limits)
 //!     memory_mb: 128
 //!   spade-sh:
@@ -34,7 +36,7 @@ use std::time::Duration;
 use semver::VersionReq;
 use spade_api::Limits;
 use spade_registry::{Registry, Wanted, check_name};
-use spade_runtime::{CommandGrant, ExecutorKind, Grants, HttpAllow};
+use spade_runtime::{CommandGrant, ExecutorKind, Grants, HttpAllow, TcpAllow};
 
 pub const CONFIG_FILE: &str = "spade.yml";
 
@@ -47,6 +49,9 @@ pub struct GrantSpec {
     /// Allowed HTTP destinations `[scheme://]host[:port]`.
     #[serde(default)]
     pub http: Vec<String>,
+    /// Allowed TCP destinations `host:port`.
+    #[serde(default)]
+    pub tcp: Vec<String>,
     #[serde(default)]
     pub workflows: bool,
     #[serde(default)]
@@ -247,6 +252,12 @@ impl GrantSpec {
             let list = g.http.get_or_insert_with(Vec::new);
             for h in &self.http {
                 list.push(HttpAllow::parse(h).map_err(|e| anyhow!("{CONFIG_FILE}: {e}"))?);
+            }
+        }
+        for t in &self.tcp {
+            let allow = TcpAllow::parse(t).map_err(|e| anyhow!("{CONFIG_FILE}: {e}"))?;
+            if !g.tcp.contains(&allow) {
+                g.tcp.push(allow);
             }
         }
         g.workflows |= self.workflows;

@@ -73,6 +73,12 @@ pub fn grants_for(crate_name: &str) -> Grants {
             .to_vec();
             g.expressions = true;
         }
+        // pg> reads the pg.* secrets and renders query templates; it reaches no database
+        // until the project grants one (`tcp: ["db.example.com:5432"]`).
+        "spade-plugin-pg" => {
+            g.secrets = vec!["pg.*".into()];
+            g.expressions = true;
+        }
         _ => {}
     }
     g

@@ -43,13 +43,18 @@ pub(crate) struct PluginCtx {
     pub linked: Linked,
     /// Where the plugin may send HTTP requests (checked per request by [`HttpGuard`]).
     pub http: Arc<HttpPolicy>,
+    /// Where it may open TCP connections (checked per connect by wasmtime-wasi's hook).
+    pub tcp: Arc<crate::capability::tcp::TcpPolicy>,
 }
 
 impl PluginCtx {
     pub fn new(name: &str, linked: Linked) -> PluginCtx {
         let http = Arc::new(linked.http.clone().unwrap_or(HttpPolicy { granted: Vec::new(), wanted: None }));
         let command = linked.command.clone().map(Arc::new);
-        PluginCtx { name: name.to_string(), command, linked, http }
+        let tcp = Arc::new(
+            linked.tcp.clone().unwrap_or(crate::capability::tcp::TcpPolicy { granted: Vec::new(), wanted: None }),
+        );
+        PluginCtx { name: name.to_string(), command, linked, http, tcp }
     }
 
     pub fn may_read_secret(&self, key: &str) -> bool {

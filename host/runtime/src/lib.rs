@@ -60,6 +60,7 @@ pub use crate::capability::http::{
     HTTP_BETWEEN_BYTES_TIMEOUT, HTTP_CONNECT_TIMEOUT, HTTP_FIRST_BYTE_TIMEOUT, HttpAllow, HttpPolicy, HttpPort,
     MAX_HTTP_REQUESTS, MAX_HTTP_RESPONSE_BYTES,
 };
+pub use crate::capability::tcp::{TcpAllow, TcpPolicy};
 pub use crate::contract::{SUPPORTED_WIT_VERSIONS, WIT_VERSION, supports_wit_version};
 pub use crate::decode::{MAX_MESSAGE_BYTES, MAX_OUTCOME_BYTES, MAX_RESET_KEYS};
 pub use crate::manifest::{
@@ -126,6 +127,9 @@ pub struct Grants {
     /// `wasi:http` at all. `Some(list)`: it may, and each request must match an entry of
     /// `list` (so `Some(vec![])` links but refuses every request).
     pub http: Option<Vec<HttpAllow>>,
+    /// Outgoing TCP connections through `wasi:sockets` (for `pg>`): each connection must go
+    /// to an entry of the list. Empty: every socket use is refused.
+    pub tcp: Vec<TcpAllow>,
     /// Ceilings for this plugin's calls: each field of the effective limits is the smaller
     /// of this and the invocation's own [`Limits`].
     pub limits: Option<Limits>,
@@ -141,6 +145,7 @@ impl Grants {
             engine: true,
             command: Some(CommandGrant::default()),
             http: Some(Vec::new()),
+            tcp: Vec::new(),
             limits: None,
         }
     }
@@ -183,7 +188,7 @@ pub enum RuntimeError {
     InvalidComponent { plugin: String, message: String },
     #[error(
         "plugin {plugin}: imports {import}, which spade does not provide; spade offers WASI 0.2 \
-         (cli, clocks, filesystem, io, random, sockets with every use denied, http when granted) and \
+         (cli, clocks, filesystem, io, random, sockets refused unless granted tcp, http when granted) and \
          spade:operator@{WIT_VERSION} (log, output, secrets, workflows, expressions, engine, command): {message}"
     )]
     UnsupportedImport { plugin: String, import: String, message: String },
@@ -755,11 +760,10 @@ impl Runtime {
         b.allow_blocking_current_thread(true)
             .stdout(stdout)
             .stderr(stderr)
-            .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .socket_addr_check(|_, _| Box::pin(async { false }))
             .monotonic_clock(host::Clock(clock_origin));
+        // TCP and name lookups: only what the plugin's tcp grant allows (capability::tcp).
+        let tcp_notes = ctx.tcp.configure(&mut b);
         let disk = DiskGuard::new(workspace.map_or_else(DiskQuota::unlimited, |(_, q)| q.clone()));
         if let Some((ws, _)) = workspace {
             b.initial_cwd("/");
@@ -798,7 +802,8 @@ impl Runtime {
             Some(why) => Err(wasmtime::format_err!("interrupted: {why:?}")),
         });
         let result = pre.instantiate(&mut store).and_then(|plugin| f(&plugin, &mut store));
-        let notes = std::mem::take(&mut *store.data().http_guard.notes.lock().unwrap_or_else(|e| e.into_inner()));
+        let mut notes = std::mem::take(&mut *store.data().http_guard.notes.lock().unwrap_or_else(|e| e.into_inner()));
+        notes.append(&mut tcp_notes.lock().unwrap_or_else(|e| e.into_inner()));
         for line in notes {
             store.data_mut().log_line(LogLevel::Warn, &line);
         }

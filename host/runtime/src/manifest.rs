@@ -25,6 +25,7 @@ use wasmparser::BinaryReader;
 use crate::Grants;
 use crate::capability::Capability;
 use crate::capability::http::{HttpAllow, HttpPolicy};
+use crate::capability::tcp::{TcpAllow, TcpPolicy};
 
 /// Name of the component custom section holding the manifest (TOML text).
 pub const MANIFEST_SECTION: &str = "spade-manifest";
@@ -48,6 +49,8 @@ pub struct Wants {
     pub secrets: Vec<String>,
     /// HTTP destinations it calls (`[scheme://]host[:port]`, as in grants). Empty: no HTTP.
     pub http: Vec<HttpAllow>,
+    /// TCP destinations it connects to (`host:port`, as in grants). Empty: no TCP.
+    pub tcp: Vec<TcpAllow>,
     pub workflows: bool,
     pub expressions: bool,
     pub engine: bool,
@@ -73,6 +76,8 @@ struct WantsFile {
     secrets: Vec<String>,
     #[serde(default)]
     http: Vec<String>,
+    #[serde(default)]
+    tcp: Vec<String>,
     #[serde(default)]
     workflows: bool,
     #[serde(default)]
@@ -101,6 +106,11 @@ impl Manifest {
             .iter()
             .map(|h| HttpAllow::parse(h).map_err(|e| format!("[wants] http: {e}")))
             .collect::<Result<Vec<_>, _>>()?;
+        let tcp = w
+            .tcp
+            .iter()
+            .map(|t| TcpAllow::parse(t).map_err(|e| format!("[wants] tcp: {e}")))
+            .collect::<Result<Vec<_>, _>>()?;
         let memory_bytes = match w.memory_mb {
             Some(0) => return Err("[wants] memory_mb must be at least 1".into()),
             Some(mb) => Some(usize::try_from(mb).unwrap_or(usize::MAX).saturating_mul(1 << 20)),
@@ -115,6 +125,7 @@ impl Manifest {
             wants: Wants {
                 secrets: w.secrets,
                 http,
+                tcp,
                 workflows: w.workflows,
                 expressions: w.expressions,
                 engine: w.engine,
@@ -219,6 +230,8 @@ pub struct Linked {
     pub secrets_linked: bool,
     /// Where it may send HTTP requests; `None`: `wasi:http` is not linked.
     pub http: Option<HttpPolicy>,
+    /// Where it may open TCP connections; `None`: every socket use is refused.
+    pub tcp: Option<TcpPolicy>,
     pub workflows: bool,
     pub expressions: bool,
     pub engine: bool,
@@ -238,6 +251,7 @@ impl Linked {
                     secrets: grants.secrets.clone(),
                     secrets_linked: !grants.secrets.is_empty(),
                     http: grants.http.clone().map(|granted| HttpPolicy { granted, wanted: None }),
+                    tcp: (!grants.tcp.is_empty()).then(|| TcpPolicy { granted: grants.tcp.clone(), wanted: None }),
                     workflows: grants.workflows,
                     expressions: grants.expressions,
                     engine: grants.engine,
@@ -271,6 +285,8 @@ impl Linked {
             (Some(granted), false) => Some(HttpPolicy { granted: granted.clone(), wanted: Some(w.http.clone()) }),
             _ => None,
         };
+        let tcp = (!w.tcp.is_empty() && !grants.tcp.is_empty())
+            .then(|| TcpPolicy { granted: grants.tcp.clone(), wanted: Some(w.tcp.clone()) });
         let mut limits = grants.limits;
         if w.memory_bytes.is_some() || w.cpu_time.is_some() {
             let mut l =
@@ -301,12 +317,19 @@ impl Linked {
             secrets,
             secrets_linked: !w.secrets.is_empty(),
             http,
+            tcp,
             workflows: w.workflows && grants.workflows,
             expressions: w.expressions && grants.expressions,
             engine: w.engine && grants.engine,
             command: if w.command { grants.command.clone() } else { None },
             limits,
         };
+        if !w.tcp.is_empty() && grants.tcp.is_empty() {
+            warnings.push(format!(
+                "asks for tcp connections ({}) but is granted none",
+                w.tcp.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", ")
+            ));
+        }
         if w.command && grants.command.is_none() {
             warnings.push("asks to run commands but is not granted `command`".to_string());
         }
@@ -322,6 +345,7 @@ impl Linked {
             Capability::Expressions => self.expressions,
             Capability::Engine => self.engine,
             Capability::Command => self.command.is_some(),
+            Capability::Tcp => self.tcp.is_some(),
         }
     }
 
@@ -359,6 +383,7 @@ impl fmt::Display for Linked {
         // The command grant shows its executors, e.g. `command(sandbox,docker)`.
         let executors = |c: Capability| match (c, &self.command) {
             (Capability::Command, Some(g)) => Some(g.executors.iter().map(|e| e.name()).collect::<Vec<_>>().join(",")),
+            (Capability::Tcp, _) => self.tcp.as_ref().map(|t| t.to_string()),
             _ => None,
         };
         let parts =
@@ -377,6 +402,7 @@ impl Wants {
             Capability::Expressions => self.expressions,
             Capability::Engine => self.engine,
             Capability::Command => self.command,
+            Capability::Tcp => !self.tcp.is_empty(),
         }
     }
 }
@@ -386,7 +412,10 @@ impl fmt::Display for Wants {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let http =
             (!self.http.is_empty()).then(|| self.http.iter().map(|h| h.to_string()).collect::<Vec<_>>().join(", "));
-        let mut parts = capability_list(&self.secrets, http, |c| self.asks(c), |_| None);
+        let tcp = |c: Capability| {
+            (c == Capability::Tcp).then(|| self.tcp.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(", "))
+        };
+        let mut parts = capability_list(&self.secrets, http, |c| self.asks(c), tcp);
         if let Some(m) = self.memory_bytes {
             parts.push(format!("memory {} MiB", m >> 20));
         }
@@ -491,6 +520,20 @@ mod tests {
 
         let (plain, _) = Linked::new(None, &grants);
         assert!(plain.may_read_secret("anything") && plain.engine);
+    }
+
+    #[test]
+    fn tcp_links_only_when_asked_and_granted() {
+        let m = Manifest::parse("[wants]\ntcp = [\"*:5432\"]\n").unwrap();
+        assert_eq!(m.wants.to_string(), "tcp(*:5432)");
+        let grants = Grants { tcp: vec![TcpAllow::parse("127.0.0.1:5432").unwrap()], ..Grants::default() };
+        let (linked, warnings) = Linked::new(Some(&m), &grants);
+        assert_eq!(linked.to_string(), "tcp(127.0.0.1:5432; asks for *:5432)");
+        assert!(warnings.is_empty(), "{warnings:?}");
+        let (none, warnings) = Linked::new(Some(&m), &Grants::default());
+        assert!(none.tcp.is_none() && !none.links(Capability::Tcp));
+        assert_eq!(warnings, ["asks for tcp connections (*:5432) but is granted none"]);
+        assert!(Manifest::parse("[wants]\ntcp = [\"db\"]\n").unwrap_err().contains("port is missing"));
     }
 
     #[test]

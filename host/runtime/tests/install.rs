@@ -130,6 +130,7 @@ fn ungranted_capabilities_are_refused() {
         engine: false,
         command: None,
         http: None,
+        tcp: Vec::new(),
         limits: None,
     };
     let msg = rt.install("caps.wasm", &caps, grants).unwrap_err().to_string();

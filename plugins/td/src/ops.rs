@@ -13,8 +13,6 @@ use crate::sql::{Origin, TableRef, csv, insert_command, with_origin};
 
 type StepResult = Result<Step<Done>, Halt>;
 
-/// Largest query file read.
-const MAX_QUERY_FILE: u64 = 16 << 20;
 /// Rows `preview: true` logs.
 const PREVIEW_ROWS: usize = 20;
 /// td_wait_table> checks table existence at least this often.
@@ -34,25 +32,7 @@ macro_rules! ready {
 /// The query: the file `td>: queries/q.sql` names (its `${...}` rendered with the params),
 /// `td>: {data: ...}`, or the `query:` param.
 fn query_text(ctx: &Ctx<'_>) -> Result<String, Halt> {
-    match &ctx.req.command {
-        Value::String(file) if !file.trim().is_empty() => {
-            let file = file.trim();
-            let path = spade_sdk::command::workspace_path(file);
-            let meta =
-                std::fs::metadata(&path).map_err(|e| ctx.config(format!("cannot read query file {file}: {e}")))?;
-            if meta.len() > MAX_QUERY_FILE {
-                return Err(ctx.config(format!("query file {file} is larger than {MAX_QUERY_FILE} bytes")));
-            }
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ctx.config(format!("cannot read query file {file}: {e}")))?;
-            expressions::render(&text, &ctx.params).map_err(|e| ctx.config(format!("{e} in {file}")))
-        }
-        Value::Object(nested) => match nested.get("data") {
-            Some(Value::String(data)) => Ok(data.clone()),
-            _ => Err(ctx.config("a nested td> argument needs `data:` (the query text)")),
-        },
-        _ => ctx.string("query")?.ok_or_else(|| ctx.config("give a query file (`td>: queries/q.sql`) or `query:`")),
-    }
+    spade_sdk::workspace::template_command(ctx.req, &ctx.params, "query").map_err(|e| ctx.config(e))
 }
 
 /// Digdag's `engine:` (presto or hive).
@@ -661,10 +641,8 @@ pub fn td_load(ctx: &Ctx<'_>, state: &mut State) -> StepResult {
     }
     let load = match (command, name, config) {
         (Some(file), _, _) if file.ends_with(".yml") || file.ends_with(".yaml") => {
-            let path = spade_sdk::command::workspace_path(&file);
-            let text = std::fs::read_to_string(&path)
-                .map_err(|e| ctx.config(format!("Failed to load bulk load file {file}: {e}")))?;
-            let text = expressions::render(&text, &ctx.params).map_err(|e| ctx.config(format!("{e} in {file}")))?;
+            let text = spade_sdk::workspace::template_file(&file, &ctx.params)
+                .map_err(|e| ctx.config(format!("Failed to load bulk load file: {e}")))?;
             let docs = yaml_rust2::YamlLoader::load_from_str(&text)
                 .map_err(|e| ctx.config(format!("Failed to parse yaml file {file}: {e}")))?;
             let doc = docs.first().ok_or_else(|| ctx.config(format!("{file} is empty")))?;

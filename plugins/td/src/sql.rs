@@ -117,60 +117,21 @@ pub fn with_origin(origin: &Origin<'_>, statement: &str) -> String {
     )
 }
 
-/// One CSV field as Digdag writes it: quoted when it holds `"`, `,` or a line break;
-/// `""` for an empty string; nothing for null; JSON text for other values.
-pub fn csv_field(value: &Value) -> String {
+/// One value as a CSV field: strings as they are, null as nothing, other JSON as its text.
+fn csv_field(value: &Value) -> Option<String> {
     match value {
-        Value::Null => String::new(),
-        Value::String(s) => csv_text(s),
-        other => csv_text(&other.to_string()),
+        Value::Null => None,
+        Value::String(s) => Some(s.clone()),
+        other => Some(other.to_string()),
     }
 }
 
-fn csv_text(v: &str) -> String {
-    if v.is_empty() {
-        return "\"\"".into();
-    }
-    let mut out = String::with_capacity(v.len() + 2);
-    let mut quote = false;
-    let mut previous = ' ';
-    for c in v.chars() {
-        match c {
-            '"' => {
-                out.push_str("\"\"");
-                quote = true;
-            }
-            '\r' => {
-                out.push('\n');
-                quote = true;
-            }
-            '\n' => {
-                if previous != '\r' {
-                    out.push('\n');
-                    quote = true;
-                }
-            }
-            ',' => {
-                out.push(',');
-                quote = true;
-            }
-            c => out.push(c),
-        }
-        previous = c;
-    }
-    if quote { format!("\"{out}\"") } else { out }
-}
-
-/// A header line and the rows, each line ending in CRLF.
+/// A header line and the rows, as Digdag's td> writes them (see [`spade_sdk::csv`]).
 pub fn csv(columns: &[String], rows: &[Vec<Value>]) -> String {
-    let mut out = String::new();
-    let header: Vec<String> = columns.iter().map(|c| csv_text(c)).collect();
-    out.push_str(&header.join(","));
-    out.push_str("\r\n");
+    let mut out = spade_sdk::csv::line(columns.iter().map(|c| Some(c.as_str())));
     for row in rows {
-        let fields: Vec<String> = row.iter().map(csv_field).collect();
-        out.push_str(&fields.join(","));
-        out.push_str("\r\n");
+        let fields: Vec<Option<String>> = row.iter().map(csv_field).collect();
+        out.push_str(&spade_sdk::csv::line(fields.iter().map(Option::as_deref)));
     }
     out
 }

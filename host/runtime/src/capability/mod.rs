@@ -9,6 +9,7 @@ mod engine;
 mod expressions;
 pub(crate) mod http;
 mod secrets;
+pub(crate) mod tcp;
 mod workflows;
 
 use std::fmt;
@@ -30,6 +31,10 @@ pub enum Capability {
     Command,
     /// `wasi:http/outgoing-handler`: outgoing HTTP to granted destinations (`http>`).
     Http,
+    /// `wasi:sockets` TCP connections to granted `host:port` destinations (`pg>`, `mail>`).
+    /// The interfaces are linked for every plugin (Rust's std may import them) with every
+    /// use refused; the grant is what opens them, so imports never name this capability.
+    Tcp,
 }
 
 /// What an import of a component is.
@@ -43,13 +48,14 @@ pub enum Import {
 }
 
 impl Capability {
-    pub const ALL: [Capability; 6] = [
+    pub const ALL: [Capability; 7] = [
         Capability::Secrets,
         Capability::Workflows,
         Capability::Expressions,
         Capability::Engine,
         Capability::Command,
         Capability::Http,
+        Capability::Tcp,
     ];
 
     /// Its name in manifests, grants and messages.
@@ -61,6 +67,7 @@ impl Capability {
             Capability::Engine => "engine",
             Capability::Command => "command",
             Capability::Http => "http",
+            Capability::Tcp => "tcp",
         }
     }
 
@@ -75,7 +82,10 @@ impl Capability {
         let iface = iface.split('@').next().unwrap_or(iface);
         match iface {
             "types" | "log" | "output" => Import::Free,
-            other => match Capability::ALL.iter().find(|c| c.name() == other && **c != Capability::Http) {
+            other => match Capability::ALL
+                .iter()
+                .find(|c| c.name() == other && !matches!(**c, Capability::Http | Capability::Tcp))
+            {
                 Some(c) => Import::Capability(*c),
                 None => Import::Unknown(other.to_string()),
             },
