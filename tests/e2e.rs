@@ -302,6 +302,58 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
     assert!(!err.contains("s3cret"), "the log shows the URI as written: {err}");
 }
 
+/// `http_call>` fetches a workflow (YAML here, JSON by Content-Type) from a granted host and
+/// runs it as the task's subtasks, with the task's params.
+#[test]
+fn http_call_runs_the_workflow_it_fetches() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(2) {
+            let Ok(mut s) = stream else { continue };
+            let mut buf = [0u8; 4096];
+            let mut seen = Vec::new();
+            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&seen).into_owned();
+            let (kind, body) = if head.starts_with("GET /yaml") {
+                ("application/x-yaml", "+first:\n  echo>: fetched ${who}\n+second:\n  echo>: done\n")
+            } else {
+                ("text/html", "<html></html>")
+            };
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(reply.as_bytes());
+        }
+    });
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("spade.yml"), format!("grants:\n  spade-http:\n    http: [\"127.0.0.1:{port}\"]\n"))
+        .unwrap();
+    std::fs::write(
+        tmp.path().join("wf.dig"),
+        format!("_export:\n  who: spade\n+call:\n  http_call>: http://127.0.0.1:{port}/yaml\n"),
+    )
+    .unwrap();
+    let out = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-01"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(stdout_lines(&out), ["fetched spade", "done"]);
+
+    std::fs::write(tmp.path().join("wf.dig"), format!("+call:\n  http_call>: http://127.0.0.1:{port}/html\n")).unwrap();
+    let out = spade(tmp.path(), &["run", "wf.dig", "--session", "2024-01-02"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("Unsupported Content-Type (expected application/json or application/x-yaml): text/html")
+    );
+}
+
 /// `spade plugin new --lang rust` makes a project whose own tests pass and which `spade
 /// plugin build` turns into a component that `spade run --plugin` loads; `new` never writes
 /// into a directory that already has files. Cargo runs offline from its cache, with a

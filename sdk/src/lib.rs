@@ -38,6 +38,7 @@ pub mod script;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod workspace;
+pub mod yaml;
 
 pub use host::{engine, expressions, log, output, secrets, workflows};
 pub use outcome::{Done, Failure, Outcome};

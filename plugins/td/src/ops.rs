@@ -574,34 +574,6 @@ pub fn td_ddl(ctx: &Ctx<'_>, state: &mut State) -> StepResult {
     Ok(Step::Ready(Outcome::done()))
 }
 
-/// A YAML document as JSON (Embulk configs: maps, lists, scalars; tags are ignored).
-fn yaml_to_json(y: &yaml_rust2::Yaml) -> Result<Value, String> {
-    use yaml_rust2::Yaml;
-    Ok(match y {
-        Yaml::Null | Yaml::BadValue => Value::Null,
-        Yaml::Boolean(b) => Value::Bool(*b),
-        Yaml::Integer(i) => json!(i),
-        Yaml::Real(r) => r.parse::<f64>().map(|f| json!(f)).unwrap_or_else(|_| Value::String(r.clone())),
-        Yaml::String(s) => Value::String(s.clone()),
-        Yaml::Array(items) => Value::Array(items.iter().map(yaml_to_json).collect::<Result<_, _>>()?),
-        Yaml::Hash(map) => {
-            let mut out = Object::new();
-            for (k, v) in map {
-                let key = match k {
-                    Yaml::String(s) => s.clone(),
-                    Yaml::Integer(i) => i.to_string(),
-                    Yaml::Boolean(b) => b.to_string(),
-                    Yaml::Real(r) => r.clone(),
-                    other => return Err(format!("unsupported map key {other:?}")),
-                };
-                out.insert(key, yaml_to_json(v)?);
-            }
-            Value::Object(out)
-        }
-        Yaml::Alias(_) => return Err("YAML aliases are not supported".into()),
-    })
-}
-
 /// Every string of `v` with its `${secret:KEY}` filled in (Digdag's `Secrets.resolveSecrets`).
 fn resolve_secrets(v: &mut Value) -> Result<(), String> {
     match v {
@@ -643,10 +615,12 @@ pub fn td_load(ctx: &Ctx<'_>, state: &mut State) -> StepResult {
         (Some(file), _, _) if file.ends_with(".yml") || file.ends_with(".yaml") => {
             let text = spade_sdk::workspace::template_file(&file, &ctx.params)
                 .map_err(|e| ctx.config(format!("Failed to load bulk load file: {e}")))?;
-            let docs = yaml_rust2::YamlLoader::load_from_str(&text)
+            let config = spade_sdk::yaml::to_json(&text)
                 .map_err(|e| ctx.config(format!("Failed to parse yaml file {file}: {e}")))?;
-            let doc = docs.first().ok_or_else(|| ctx.config(format!("{file} is empty")))?;
-            Load::Config(yaml_to_json(doc).map_err(|e| ctx.config(format!("{file}: {e}")))?)
+            if !config.is_object() {
+                return Err(ctx.config(format!("{file} is not a YAML map (an Embulk config)")));
+            }
+            Load::Config(config)
         }
         (Some(session), _, _) | (None, Some(session), _) => Load::Session(session),
         (None, None, Some(config)) => Load::Config(config.clone()),
