@@ -30,6 +30,9 @@ fi
 # tests/script_escape.rs fail, rather than skip, without them.
 echo "test.sh: script runtimes (scripts/install-script-runtimes.sh)" >&2
 scripts/install-script-runtimes.sh
+# The SMTP server tests/mail.rs talks to (aiosmtpd from PyPI).
+echo "test.sh: test peers (scripts/install-test-peers.sh)" >&2
+scripts/install-test-peers.sh
 echo "test.sh: cargo fmt --check" >&2
 cargo fmt --all --check
 echo "test.sh: cargo clippy (warnings are errors)" >&2

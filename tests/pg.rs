@@ -2,8 +2,11 @@
 //! TCP connection the project grants: tables made and filled with `create_table`/
 //! `insert_into` under strict transactions, results stored and looped over with
 //! `for_each>`, each row queried with `td>` (against the loopback TD stand-in), results
-//! downloaded as CSV; and the failures a user meets, with the server's SQLSTATE.
+//! downloaded as CSV and mailed as a summary (to a real SMTP server on loopback); and the
+//! failures a user meets, with the server's SQLSTATE.
 
+#[path = "support/smtp_sink.rs"]
+mod smtp_sink;
 mod support;
 #[path = "support/td_standin.rs"]
 mod td_standin;
@@ -40,6 +43,7 @@ fn header(schema: &str) -> String {
 fn pg_loads_loops_queries_td_and_downloads() {
     let schema = fresh_schema("flow");
     let td = td_standin::TdStandIn::start("k");
+    let smtp = smtp_sink::Sink::start();
     td.create_database("analytics");
     td.answer("'apple'", &[("events", "bigint")], vec![vec![json!([3])]]);
     td.answer("'banana'", &[("events", "bigint")], vec![vec![json!([5])]]);
@@ -49,8 +53,8 @@ fn pg_loads_loops_queries_td_and_downloads() {
     std::fs::write(
         dir.join("spade.yml"),
         format!(
-            "grants:\n  spade-pg:\n    tcp: [\"127.0.0.1:5432\"]\n  spade-td:\n    http: [\"http://127.0.0.1:{}\"]\n",
-            td.port
+            "grants:\n  spade-pg:\n    tcp: [\"127.0.0.1:5432\"]\n  spade-td:\n    http: [\"http://127.0.0.1:{}\"]\n  spade-mail:\n    tcp: [\"127.0.0.1:{}\"]\n",
+            td.port, smtp.port
         ),
     )
     .unwrap();
@@ -100,8 +104,20 @@ fn pg_loads_loops_queries_td_and_downloads() {
   pg>:
   query: select name, doubled from summary order by name
   download_file: out/summary.csv
++mail:
+  mail>:
+  body: "${{pg.last_results.length}} fruits, summary attached"
+  subject: Summary ${{session_date}}
+  from: spade@example.com
+  to: team@example.com
+  host: 127.0.0.1
+  port: {smtp_port}
+  attach_files:
+    - path: out/summary.csv
+      content_type: text/csv
 "#,
-        port = td.port
+        port = td.port,
+        smtp_port = smtp.port
     );
     let workflow = header(&schema) + &body;
     std::fs::write(dir.join("wf.dig"), workflow).unwrap();
@@ -120,6 +136,11 @@ fn pg_loads_loops_queries_td_and_downloads() {
     let rows = client.query(&format!("SELECT completed_at IS NOT NULL FROM {schema}.__digdag_status"), &[]).unwrap();
     assert_eq!(rows.len(), 2);
     assert!(rows.iter().all(|r| r.get::<_, bool>(0)));
+    let mails = smtp.messages();
+    assert_eq!(mails.len(), 1);
+    assert_eq!(mails[0]["subject"], "Summary 2024-01-01");
+    assert_eq!(mails[0]["body"], "2 fruits, summary attached");
+    assert_eq!(mails[0]["attachments"][0]["filename"], "summary.csv");
     let td_queries = td.queries();
     assert!(td_queries.iter().any(|q| q.contains("where name = 'apple'")), "{td_queries:?}");
 }

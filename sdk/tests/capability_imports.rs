@@ -22,6 +22,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-http", &["http", "log", "secrets"]),
     ("spade-plugin-if", &[]),
     ("spade-plugin-loop", &[]),
+    ("spade-plugin-mail", &["expressions", "log", "secrets", "tcp"]),
     ("spade-plugin-param-eval", &["expressions"]),
     ("spade-plugin-param-reset", &[]),
     ("spade-plugin-param-store", &[]),

@@ -79,6 +79,12 @@ pub fn grants_for(crate_name: &str) -> Grants {
             g.secrets = vec!["pg.*".into()];
             g.expressions = true;
         }
+        // mail> likewise: the mail.* secrets, body templates, and only the SMTP servers the
+        // project grants.
+        "spade-plugin-mail" => {
+            g.secrets = vec!["mail.*".into()];
+            g.expressions = true;
+        }
         _ => {}
     }
     g
