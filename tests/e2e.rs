@@ -354,6 +354,26 @@ fn http_call_runs_the_workflow_it_fetches() {
     );
 }
 
+/// `param_set>` in one workflow, `param_get>` in another of the same project: the value
+/// passes through the project's parameter server (its state store), and a key never set
+/// reads as empty.
+#[test]
+fn param_set_and_param_get_share_values_across_workflows() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("producer.dig"), "+set:\n  param_set>:\n  last_day: ${session_date}\n  rows: 42\n")
+        .unwrap();
+    std::fs::write(
+        tmp.path().join("consumer.dig"),
+        "+get:\n  param_get>:\n  last_day: previous\n  rows: rows\n  never_set: nothing\n+show:\n  echo>: previous=${previous} rows=${rows} nothing=[${nothing}]\n",
+    )
+    .unwrap();
+    let set = spade(tmp.path(), &["run", "producer.dig", "--session", "2024-03-04"]);
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    let get = spade(tmp.path(), &["run", "consumer.dig", "--session", "2024-03-05"]);
+    assert!(get.status.success(), "{}", String::from_utf8_lossy(&get.stderr));
+    assert_eq!(stdout_lines(&get), ["previous=2024-03-04 rows=42 nothing=[]"]);
+}
+
 /// `spade plugin new --lang rust` makes a project whose own tests pass and which `spade
 /// plugin build` turns into a component that `spade run --plugin` loads; `new` never writes
 /// into a directory that already has files. Cargo runs offline from its cache, with a

@@ -283,3 +283,26 @@ pub mod engine {
         }
     }
 }
+
+/// Capability: the project's parameter server (Digdag's `param_get>`/`param_set>`). Only
+/// plugins granted `params` may import it.
+pub mod params {
+    /// The value of `key`, or `None` when it was never set or has expired.
+    pub fn get(key: &str) -> Result<Option<String>, String> {
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::spade::operator::params::get(key);
+        #[cfg(not(target_arch = "wasm32"))]
+        return super::with_mock("params", |h| Ok(h.params.get(key).cloned()));
+    }
+
+    /// Set `key` to `value`.
+    pub fn set(key: &str, value: &str) -> Result<(), String> {
+        #[cfg(target_arch = "wasm32")]
+        return crate::bindings::spade::operator::params::set(key, value);
+        #[cfg(not(target_arch = "wasm32"))]
+        return super::with_mock("params", |h| {
+            h.params.insert(key.to_string(), value.to_string());
+            Ok(())
+        });
+    }
+}

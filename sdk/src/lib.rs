@@ -3,7 +3,7 @@
 //! This crate owns the guest side of the `spade:operator` WIT contract (`wit/operator.wit`):
 //! it hides the generated bindings behind a typed [`Request`], [`Outcome`] builders, host
 //! capabilities as plain functions ([`log`], [`output`], [`secrets`], [`workflows`],
-//! [`expressions`], [`engine`], [`http`], [`command`]) and the [`plugin!`] macro that exports an [`Operator`].
+//! [`expressions`], [`engine`], [`params`], [`http`], [`command`]) and the [`plugin!`] macro that exports an [`Operator`].
 //! It knows nothing of any particular operator; see `sdk/README.md` for a full example.
 //!
 //! ```ignore
@@ -40,7 +40,7 @@ pub mod testing;
 pub mod workspace;
 pub mod yaml;
 
-pub use host::{engine, expressions, log, output, secrets, workflows};
+pub use host::{engine, expressions, log, output, params, secrets, workflows};
 pub use outcome::{Done, Failure, Outcome};
 pub use request::Request;
 pub use serde_json::{Value, json};

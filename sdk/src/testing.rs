@@ -58,6 +58,8 @@ pub struct MockHost {
     pub engine_calls: Vec<EngineCall>,
     /// Answers for `secrets::get`.
     pub secrets: HashMap<String, String>,
+    /// The parameter server `params::get` reads and `params::set` writes.
+    pub params: HashMap<String, String>,
     /// Answers for `workflows::load`, keyed by the path exactly as the operator passes it.
     pub workflows: HashMap<String, Result<Object, String>>,
     /// Answers for `expressions::render`.

@@ -25,6 +25,7 @@ const EXPECTED: &[(&str, &[&str])] = &[
     ("spade-plugin-mail", &["expressions", "log", "secrets", "tcp"]),
     ("spade-plugin-param-eval", &["expressions"]),
     ("spade-plugin-param-reset", &[]),
+    ("spade-plugin-param-server", &["params"]),
     ("spade-plugin-param-store", &[]),
     ("spade-plugin-pg", &["expressions", "log", "secrets", "tcp"]),
     ("spade-plugin-py", &["command", "log", "secrets"]),

@@ -297,6 +297,14 @@ pub trait TaskServices: Send + Sync {
     fn start_or_find(&self, req: &StartRequest) -> Result<AttemptRef, String>;
     /// `require>`: poll an attempt.
     fn attempt_status(&self, attempt_id: i64) -> Result<AttemptRef, String>;
+    /// `param_get>`: the project's parameter server value of `key` (none: unset or expired).
+    fn param_get(&self, _key: &str) -> Result<Option<String>, String> {
+        Err("the parameter server is not available where this task runs".into())
+    }
+    /// `param_set>`: set `key` in the project's parameter server.
+    fn param_set(&self, _key: &str, _value: &str) -> Result<(), String> {
+        Err("the parameter server is not available where this task runs".into())
+    }
     /// A line a command of the task wrote (capability `command`); stderr lines are warnings.
     /// Local mode also shows them on spade's stderr, prefixed by the task name.
     fn command_output(&self, stderr: bool, line: &str) {

@@ -58,6 +58,9 @@ pub struct GrantSpec {
     pub expressions: bool,
     #[serde(default)]
     pub engine: bool,
+    /// The project's parameter server (`param_get>`/`param_set>`).
+    #[serde(default)]
+    pub params: bool,
     /// Ceiling of one call's wall-clock time, in seconds (lowers `--task-timeout`).
     #[serde(default)]
     pub cpu_seconds: Option<u64>,
@@ -263,6 +266,7 @@ impl GrantSpec {
         g.workflows |= self.workflows;
         g.expressions |= self.expressions;
         g.engine |= self.engine;
+        g.params |= self.params;
         if let Some(c) = &self.command {
             c.apply(g.command.get_or_insert_with(CommandGrant::default))?;
         }

@@ -43,6 +43,7 @@ pub fn grants_for(crate_name: &str) -> Grants {
         "spade-plugin-call" => g.workflows = true,
         "spade-plugin-param-eval" => g.expressions = true,
         "spade-plugin-require" => g.engine = true,
+        "spade-plugin-param-server" => g.params = true,
         // Script operators run commands in the default executor (the sandbox, or docker:
         // when a task names an image); `local` and secrets only when the project grants them.
         "spade-plugin-sh" | "spade-plugin-py" | "spade-plugin-rb" => g.command = Some(CommandGrant::default()),

@@ -1,5 +1,6 @@
 //! Local-mode attempts started by `require>`: find the session's attempt or start a new
-//! one (on its own thread, with its own store connection), and report its state.
+//! one (on its own thread, with its own store connection), and report its state; and the
+//! project's parameter server (`param_get>`/`param_set>`) on the state store.
 //!
 //! Digdag semantics: the required workflow runs as a separate attempt in its own time
 //! zone; a session that already succeeded is not run again unless `rerun_on: all`; one
@@ -213,5 +214,17 @@ impl Launcher for LocalLauncher {
         let mut store = self.location.open().map_err(|e| e.to_string())?;
         let a = store.attempt(attempt_id).map_err(|e| e.to_string())?;
         Ok(self.reference(&a))
+    }
+
+    fn param_get(&self, key: &str) -> Result<Option<String>, String> {
+        let mut store = self.location.open().map_err(|e| e.to_string())?;
+        spade_store::param_server::get(store.as_mut(), &self.project_name, key, Utc::now().timestamp())
+            .map_err(|e| e.to_string())
+    }
+
+    fn param_set(&self, key: &str, value: &str) -> Result<(), String> {
+        let mut store = self.location.open().map_err(|e| e.to_string())?;
+        spade_store::param_server::set(store.as_mut(), &self.project_name, key, value, Utc::now().timestamp())
+            .map_err(|e| e.to_string())
     }
 }

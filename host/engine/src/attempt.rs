@@ -63,6 +63,14 @@ pub trait Console: Send + Sync {
 pub trait Launcher: Send + Sync {
     fn start_or_find(&self, req: &StartRequest) -> Result<AttemptRef, String>;
     fn status(&self, attempt_id: i64) -> Result<AttemptRef, String>;
+    /// The project's parameter server (`param_get>`): the value of `key`, if set and fresh.
+    fn param_get(&self, _key: &str) -> Result<Option<String>, String> {
+        Err("the parameter server is not available here".into())
+    }
+    /// The project's parameter server (`param_set>`).
+    fn param_set(&self, _key: &str, _value: &str) -> Result<(), String> {
+        Err("the parameter server is not available here".into())
+    }
 }
 
 #[derive(Clone, Debug)]

@@ -134,4 +134,18 @@ impl TaskServices for TaskCtx {
             None => Err("this host cannot watch other attempts".into()),
         }
     }
+
+    fn param_get(&self, key: &str) -> Result<Option<String>, String> {
+        match &self.launcher {
+            Some(l) => l.param_get(key),
+            None => Err("the parameter server is not reachable from this host (agents do not have it yet)".into()),
+        }
+    }
+
+    fn param_set(&self, key: &str, value: &str) -> Result<(), String> {
+        match &self.launcher {
+            Some(l) => l.param_set(key, value),
+            None => Err("the parameter server is not reachable from this host (agents do not have it yet)".into()),
+        }
+    }
 }

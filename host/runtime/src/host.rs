@@ -32,7 +32,7 @@ wasmtime::component::bindgen!({
 
 pub(crate) use spade::operator::{command as wit_command, engine as wit_engine, log as wit_log, types as wit_types};
 pub(crate) use spade::operator::{expressions as wit_expressions, output as wit_output};
-pub(crate) use spade::operator::{secrets as wit_secrets, workflows as wit_workflows};
+pub(crate) use spade::operator::{params as wit_params, secrets as wit_secrets, workflows as wit_workflows};
 
 /// What the plugin is linked with, as the host functions need it.
 pub(crate) struct PluginCtx {

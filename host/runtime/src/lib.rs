@@ -120,6 +120,8 @@ pub struct Grants {
     pub expressions: bool,
     /// `engine.*` (for `require>`).
     pub engine: bool,
+    /// `params.*`: the project's parameter server (for `param_get>`/`param_set>`).
+    pub params: bool,
     /// Running commands (for `sh>`, `py>`, `rb>`): which executors, limits and mounts.
     /// `None`: the plugin may not import the `command` interface.
     pub command: Option<CommandGrant>,
@@ -143,6 +145,7 @@ impl Grants {
             workflows: true,
             expressions: true,
             engine: true,
+            params: true,
             command: Some(CommandGrant::default()),
             http: Some(Vec::new()),
             tcp: Vec::new(),

@@ -54,6 +54,8 @@ pub struct Wants {
     pub workflows: bool,
     pub expressions: bool,
     pub engine: bool,
+    /// Reads and writes the parameter server (`params` capability).
+    pub params: bool,
     /// Runs commands (`command` capability).
     pub command: bool,
     /// The most memory one call needs.
@@ -84,6 +86,8 @@ struct WantsFile {
     expressions: bool,
     #[serde(default)]
     engine: bool,
+    #[serde(default)]
+    params: bool,
     #[serde(default)]
     command: bool,
     memory_mb: Option<u64>,
@@ -129,6 +133,7 @@ impl Manifest {
                 workflows: w.workflows,
                 expressions: w.expressions,
                 engine: w.engine,
+                params: w.params,
                 command: w.command,
                 memory_bytes,
                 cpu_time,
@@ -235,6 +240,7 @@ pub struct Linked {
     pub workflows: bool,
     pub expressions: bool,
     pub engine: bool,
+    pub params: bool,
     /// What its commands may use; `None`: the `command` interface is not linked.
     pub command: Option<crate::CommandGrant>,
     /// Ceilings of one call (the smaller of asked and granted).
@@ -255,6 +261,7 @@ impl Linked {
                     workflows: grants.workflows,
                     expressions: grants.expressions,
                     engine: grants.engine,
+                    params: grants.params,
                     command: grants.command.clone(),
                     limits: grants.limits,
                 },
@@ -321,6 +328,7 @@ impl Linked {
             workflows: w.workflows && grants.workflows,
             expressions: w.expressions && grants.expressions,
             engine: w.engine && grants.engine,
+            params: w.params && grants.params,
             command: if w.command { grants.command.clone() } else { None },
             limits,
         };
@@ -344,6 +352,7 @@ impl Linked {
             Capability::Workflows => self.workflows,
             Capability::Expressions => self.expressions,
             Capability::Engine => self.engine,
+            Capability::Params => self.params,
             Capability::Command => self.command.is_some(),
             Capability::Tcp => self.tcp.is_some(),
         }
@@ -401,6 +410,7 @@ impl Wants {
             Capability::Workflows => self.workflows,
             Capability::Expressions => self.expressions,
             Capability::Engine => self.engine,
+            Capability::Params => self.params,
             Capability::Command => self.command,
             Capability::Tcp => !self.tcp.is_empty(),
         }

@@ -128,6 +128,7 @@ fn ungranted_capabilities_are_refused() {
         workflows: true,
         expressions: false,
         engine: false,
+        params: false,
         command: None,
         http: None,
         tcp: Vec::new(),

@@ -11,6 +11,7 @@
 //! This crate knows nothing of `.dig` files, expressions or wasm.
 
 mod location;
+pub mod param_server;
 mod pool;
 mod postgres;
 pub mod projects;

@@ -628,3 +628,18 @@ fn a_tasks_next_poll_goes_to_the_agent_that_runs_its_commands() {
         assert_eq!(taken.iter().map(|c| c.id).collect::<Vec<_>>(), [orphan]);
     });
 }
+
+#[test]
+fn param_server_values_are_per_project_and_expire() {
+    use crate::param_server::{TTL_SECONDS, get, set};
+    each_store(|s| {
+        assert_eq!(get(s, "p1", "k", 1_000).unwrap(), None);
+        set(s, "p1", "k", "v1", 1_000).unwrap();
+        set(s, "p2", "k", "other", 1_000).unwrap();
+        assert_eq!(get(s, "p1", "k", 1_000).unwrap().as_deref(), Some("v1"));
+        assert_eq!(get(s, "p2", "k", 1_000).unwrap().as_deref(), Some("other"));
+        set(s, "p1", "k", "v2", 2_000).unwrap();
+        assert_eq!(get(s, "p1", "k", 2_000 + TTL_SECONDS).unwrap().as_deref(), Some("v2"));
+        assert_eq!(get(s, "p1", "k", 2_001 + TTL_SECONDS).unwrap(), None, "expired");
+    });
+}

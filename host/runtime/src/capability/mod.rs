@@ -8,6 +8,7 @@ pub(crate) mod command;
 mod engine;
 mod expressions;
 pub(crate) mod http;
+mod params;
 mod secrets;
 pub(crate) mod tcp;
 mod workflows;
@@ -29,6 +30,8 @@ pub enum Capability {
     Engine,
     /// `spade:operator/command`: run commands in the task's executor (`sh>`, `py>`, `rb>`).
     Command,
+    /// `spade:operator/params`: the project's parameter server (`param_get>`, `param_set>`).
+    Params,
     /// `wasi:http/outgoing-handler`: outgoing HTTP to granted destinations (`http>`).
     Http,
     /// `wasi:sockets` TCP connections to granted `host:port` destinations (`pg>`, `mail>`).
@@ -48,12 +51,13 @@ pub enum Import {
 }
 
 impl Capability {
-    pub const ALL: [Capability; 7] = [
+    pub const ALL: [Capability; 8] = [
         Capability::Secrets,
         Capability::Workflows,
         Capability::Expressions,
         Capability::Engine,
         Capability::Command,
+        Capability::Params,
         Capability::Http,
         Capability::Tcp,
     ];
@@ -66,6 +70,7 @@ impl Capability {
             Capability::Expressions => "expressions",
             Capability::Engine => "engine",
             Capability::Command => "command",
+            Capability::Params => "params",
             Capability::Http => "http",
             Capability::Tcp => "tcp",
         }
