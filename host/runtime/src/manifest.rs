@@ -292,8 +292,9 @@ impl Linked {
             (Some(granted), false) => Some(HttpPolicy { granted: granted.clone(), wanted: Some(w.http.clone()) }),
             _ => None,
         };
-        let tcp = (!w.tcp.is_empty() && !grants.tcp.is_empty())
-            .then(|| TcpPolicy { granted: grants.tcp.clone(), wanted: Some(w.tcp.clone()) });
+        // Asked for: linked with what is granted, possibly nothing (every connection refused,
+        // and `spade plugin list` shows what it asks for).
+        let tcp = (!w.tcp.is_empty()).then(|| TcpPolicy { granted: grants.tcp.clone(), wanted: Some(w.tcp.clone()) });
         let mut limits = grants.limits;
         if w.memory_bytes.is_some() || w.cpu_time.is_some() {
             let mut l =
@@ -541,7 +542,7 @@ mod tests {
         assert_eq!(linked.to_string(), "tcp(127.0.0.1:5432; asks for *:5432)");
         assert!(warnings.is_empty(), "{warnings:?}");
         let (none, warnings) = Linked::new(Some(&m), &Grants::default());
-        assert!(none.tcp.is_none() && !none.links(Capability::Tcp));
+        assert_eq!(none.to_string(), "tcp(nothing; asks for *:*)".replace("*:*", "*:5432"));
         assert_eq!(warnings, ["asks for tcp connections (*:5432) but is granted none"]);
         assert!(Manifest::parse("[wants]\ntcp = [\"db\"]\n").unwrap_err().contains("port is missing"));
     }
