@@ -230,15 +230,14 @@ fn plugin_list_and_inspect_describe_plugins_without_running_them() {
     assert!(String::from_utf8_lossy(&junk.stderr).contains("not a valid WebAssembly component"));
 }
 
-/// `http>` reaches the network only where the project's spade.yml grants it, and fills in
-/// `${secret:...}` only from keys the project grants it.
-#[test]
-fn http_operator_reaches_only_hosts_the_project_grants() {
+/// A loopback HTTP server answering `requests` requests, each with 200 and the content
+/// type and body `reply` gives for the request's head; returns its port.
+fn loopback_http(requests: usize, reply: impl Fn(&str) -> (&'static str, String) + Send + 'static) -> u16 {
     use std::io::{Read, Write};
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        for stream in listener.incoming().take(4) {
+        for stream in listener.incoming().take(requests) {
             let Ok(mut s) = stream else { continue };
             let mut buf = [0u8; 4096];
             let mut seen = Vec::new();
@@ -248,15 +247,25 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
                     Ok(n) => seen.extend_from_slice(&buf[..n]),
                 }
             }
-            // The body is the request's path, so the workflow can show what arrived.
-            let head = String::from_utf8_lossy(&seen).into_owned();
-            let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+            let (kind, body) = reply(&String::from_utf8_lossy(&seen));
             let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{path}",
-                path.len()
+                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
             );
             let _ = s.write_all(reply.as_bytes());
         }
+    });
+    port
+}
+
+/// `http>` reaches the network only where the project's spade.yml grants it, and fills in
+/// `${secret:...}` only from keys the project grants it.
+#[test]
+fn http_operator_reaches_only_hosts_the_project_grants() {
+    // The body is the request's path, so the workflow can show what arrived.
+    let port = loopback_http(4, |head| {
+        let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+        ("text/plain", path)
     });
     let tmp = tempfile::tempdir().unwrap();
     std::fs::write(
@@ -306,31 +315,11 @@ fn http_operator_reaches_only_hosts_the_project_grants() {
 /// runs it as the task's subtasks, with the task's params.
 #[test]
 fn http_call_runs_the_workflow_it_fetches() {
-    use std::io::{Read, Write};
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().take(2) {
-            let Ok(mut s) = stream else { continue };
-            let mut buf = [0u8; 4096];
-            let mut seen = Vec::new();
-            while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                match s.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
-                }
-            }
-            let head = String::from_utf8_lossy(&seen).into_owned();
-            let (kind, body) = if head.starts_with("GET /yaml") {
-                ("application/x-yaml", "+first:\n  echo>: fetched ${who}\n+second:\n  echo>: done\n")
-            } else {
-                ("text/html", "<html></html>")
-            };
-            let reply = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: {kind}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
-            );
-            let _ = s.write_all(reply.as_bytes());
+    let port = loopback_http(2, |head| {
+        if head.starts_with("GET /yaml") {
+            ("application/x-yaml", "+first:\n  echo>: fetched ${who}\n+second:\n  echo>: done\n".to_string())
+        } else {
+            ("text/html", "<html></html>".to_string())
         }
     });
     let tmp = tempfile::tempdir().unwrap();

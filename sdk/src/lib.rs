@@ -29,12 +29,15 @@ extern crate self as spade_sdk;
 pub mod command;
 pub mod control;
 pub mod csv;
+pub mod duration;
+pub mod encode;
 mod host;
 pub mod http;
 pub mod lenient;
 mod outcome;
 mod request;
 pub mod script;
+pub mod settings;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod testing;
 pub mod workspace;

@@ -43,45 +43,6 @@ fn seconds(v: &Value) -> Option<u64> {
     }
 }
 
-fn form_encode(pairs: &serde_json::Map<String, Value>) -> String {
-    fn enc(s: &str) -> String {
-        let mut out = String::new();
-        for b in s.bytes() {
-            match b {
-                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b as char),
-                b' ' => out.push('+'),
-                _ => out.push_str(&format!("%{b:02X}")),
-            }
-        }
-        out
-    }
-    pairs
-        .iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Value::String(s) => s.clone(),
-                Value::Null => String::new(),
-                other => other.to_string(),
-            };
-            format!("{}={}", enc(k), enc(&v))
-        })
-        .collect::<Vec<_>>()
-        .join("&")
-}
-
-fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
-    }
-    out
-}
-
 /// `value` with `${secret:...}` rendered in every string in it (map keys stay as written).
 fn render_strings(value: &Value, render: &dyn Fn(&str) -> Result<String>) -> Result<Value> {
     Ok(match value {
@@ -177,7 +138,7 @@ fn exchange(req: &Request, limit: usize, content_kept: bool) -> Result<http::Res
             ),
             "json" => (content.to_string(), "application/json"),
             "form" => match content {
-                Value::Object(m) => (form_encode(m), "application/x-www-form-urlencoded"),
+                Value::Object(m) => (spade_sdk::encode::form_of_map(m), "application/x-www-form-urlencoded"),
                 other => return Err(at(format!("content_format: form needs content to be a map, got {other}"))),
             },
             other => return Err(at(format!("content_format must be text, json or form, got {other:?}"))),
@@ -193,8 +154,10 @@ fn exchange(req: &Request, limit: usize, content_kept: bool) -> Result<http::Res
             headers.push(("Authorization".into(), auth));
         } else if let Some(user) = secrets::get("http.user") {
             let password = secrets::get("http.password").unwrap_or_default();
-            headers
-                .push(("Authorization".into(), format!("Basic {}", base64(format!("{user}:{password}").as_bytes()))));
+            headers.push((
+                "Authorization".into(),
+                format!("Basic {}", spade_sdk::encode::base64(format!("{user}:{password}").as_bytes())),
+            ));
         }
     }
 
@@ -377,14 +340,6 @@ mod tests {
             assert!(err.message.contains(expect), "{uri}: {err}");
             assert!(host.http_requests.is_empty());
         }
-    }
-
-    #[test]
-    fn form_and_base64() {
-        let m = json!({"a b": "c&d", "n": 1});
-        assert_eq!(form_encode(m.as_object().unwrap()), "a+b=c%26d&n=1");
-        assert_eq!(base64(b"user:pass"), "dXNlcjpwYXNz");
-        assert_eq!(base64(b"ab"), "YWI=");
     }
 
     fn typed(body: &str, content_type: &str) -> http::Response {

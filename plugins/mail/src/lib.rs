@@ -19,7 +19,8 @@ use std::time::Duration;
 
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use spade_sdk::{Failure, Object, Operator, Outcome, Request, Result, log, secrets};
+use spade_sdk::settings::Settings;
+use spade_sdk::{Operator, Outcome, Request, Result, log, secrets};
 
 use crate::mime::{Address, Attachment, Message};
 
@@ -29,42 +30,13 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct Mail;
 
-struct Params<'a> {
-    req: &'a Request,
-    params: Object,
+/// What only mail> reads from its settings.
+trait MailSettings {
+    fn addresses(&self, key: &str) -> Result<Vec<Address>>;
+    fn attachments(&self) -> Result<Vec<Attachment>>;
 }
 
-impl Params<'_> {
-    fn fail(&self, message: impl std::fmt::Display) -> Failure {
-        Failure::new(format!("{}: {message}", self.req.location()))
-    }
-
-    /// The `mail.<key>` secret, else the param.
-    fn setting(&self, key: &str) -> Result<Option<String>> {
-        if let Some(s) = secrets::get(&format!("mail.{key}")) {
-            return Ok(Some(s.trim().to_string()));
-        }
-        self.param(key)
-    }
-
-    fn param(&self, key: &str) -> Result<Option<String>> {
-        match self.params.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.clone())),
-            Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
-            Some(other) => Err(self.fail(format!("'{key}' must be a string, got {other}"))),
-        }
-    }
-
-    fn flag(&self, key: &str, default: bool) -> Result<bool> {
-        match self.setting(key)?.as_deref().map(str::trim) {
-            None => Ok(default),
-            Some("true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(other) => Err(self.fail(format!("'{key}' must be true or false, got {other}"))),
-        }
-    }
-
+impl MailSettings for Settings<'_> {
     fn addresses(&self, key: &str) -> Result<Vec<Address>> {
         let texts: Vec<String> = match self.params.get(key) {
             None | Some(Value::Null) => Vec::new(),
@@ -125,7 +97,7 @@ fn now() -> i64 {
 
 impl Operator for Mail {
     fn run(req: Request) -> Result<Outcome> {
-        let p = Params { req: &req, params: spade_sdk::script::params_with_defaults(&req, "mail") };
+        let p = Settings::new(&req, "mail");
         let body = spade_sdk::workspace::template_command(&req, &p.params, "body").map_err(|e| p.fail(e))?;
         let subject = p.param("subject")?.ok_or_else(|| p.fail("'subject' is required"))?;
         let from = p.param("from")?.ok_or_else(|| p.fail("'from' is required"))?;

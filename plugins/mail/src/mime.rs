@@ -2,19 +2,7 @@
 //! with attachments a `multipart/mixed` message. Header values are checked for line breaks
 //! (no header injection) and non-ASCII text is sent as RFC 2047 encoded words.
 
-/// Standard base64 without line breaks.
-pub fn base64(data: &[u8]) -> String {
-    const T: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (c[0] as u32) << 16 | (*c.get(1).unwrap_or(&0) as u32) << 8 | *c.get(2).unwrap_or(&0) as u32;
-        out.push(T[(n >> 18) as usize & 63] as char);
-        out.push(T[(n >> 12) as usize & 63] as char);
-        out.push(if c.len() > 1 { T[(n >> 6) as usize & 63] as char } else { '=' });
-        out.push(if c.len() > 2 { T[n as usize & 63] as char } else { '=' });
-    }
-    out
-}
+pub use spade_sdk::encode::base64;
 
 /// base64 in lines of 76 characters, each ending in CRLF (a MIME body).
 fn base64_lines(data: &[u8]) -> String {

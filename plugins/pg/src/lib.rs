@@ -25,7 +25,8 @@ mod wire;
 
 use serde_json::{Number, Value};
 use sha2::{Digest, Sha256};
-use spade_sdk::{Failure, Object, Operator, Outcome, Request, Result, log, secrets};
+use spade_sdk::settings::Settings;
+use spade_sdk::{Object, Operator, Outcome, Request, Result, log, secrets};
 
 use crate::wire::{Column, Connection, PgError, StatementResult};
 
@@ -45,50 +46,12 @@ enum StoreLast {
     All,
 }
 
-struct Params<'a> {
-    req: &'a Request,
-    params: Object,
+/// What only pg> reads from its settings.
+trait PgSettings {
+    fn table(&self, key: &str) -> Result<Option<String>>;
 }
 
-impl Params<'_> {
-    fn fail(&self, message: impl std::fmt::Display) -> Failure {
-        Failure::new(format!("{}: {message}", self.req.location()))
-    }
-
-    /// The `pg.<key>` secret, else the param.
-    fn setting(&self, key: &str) -> Result<Option<String>> {
-        if let Some(s) = secrets::get(&format!("pg.{key}")) {
-            return Ok(Some(s.trim().to_string()));
-        }
-        match self.params.get(key) {
-            None | Some(Value::Null) => Ok(None),
-            Some(Value::String(s)) => Ok(Some(s.trim().to_string())),
-            Some(v @ (Value::Number(_) | Value::Bool(_))) => Ok(Some(v.to_string())),
-            Some(other) => Err(self.fail(format!("'{key}' must be a string, got {other}"))),
-        }
-    }
-
-    fn required(&self, key: &str) -> Result<String> {
-        self.setting(key)?.filter(|s| !s.is_empty()).ok_or_else(|| self.fail(format!("'{key}' is required")))
-    }
-
-    fn flag(&self, key: &str, default: bool) -> Result<bool> {
-        match self.setting(key)?.as_deref() {
-            None => Ok(default),
-            Some("true") => Ok(true),
-            Some("false") => Ok(false),
-            Some(other) => Err(self.fail(format!("'{key}' must be true or false, got {other}"))),
-        }
-    }
-
-    fn seconds(&self, key: &str, default: u64) -> Result<u64> {
-        match self.setting(key)? {
-            None => Ok(default),
-            Some(text) => parse_duration(&text)
-                .ok_or_else(|| self.fail(format!("'{key}' must be a duration such as 30s or 5m, got {text}"))),
-        }
-    }
-
+impl PgSettings for Settings<'_> {
     fn table(&self, key: &str) -> Result<Option<String>> {
         match self.params.get(key) {
             None | Some(Value::Null) => Ok(None),
@@ -96,31 +59,6 @@ impl Params<'_> {
             Some(other) => Err(self.fail(format!("'{key}' must be a table name, got {other}"))),
         }
     }
-}
-
-/// `30s`, `5m`, `1h 30m`, `2d` or plain seconds.
-fn parse_duration(text: &str) -> Option<u64> {
-    if let Ok(s) = text.trim().parse::<u64>() {
-        return Some(s);
-    }
-    let (mut total, mut digits) = (0u64, String::new());
-    for c in text.chars().filter(|c| !c.is_whitespace()) {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: u64 = digits.parse().ok()?;
-        digits.clear();
-        let unit = match c {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-    }
-    digits.is_empty().then_some(total)
 }
 
 fn quote_ident(ident: &str) -> String {
@@ -157,7 +95,7 @@ fn json_value(column: &Column, text: Option<&str>) -> Value {
     }
 }
 
-fn row_map(p: &Params<'_>, columns: &[Column], row: &[Option<String>]) -> Result<Object> {
+fn row_map(p: &Settings<'_>, columns: &[Column], row: &[Option<String>]) -> Result<Object> {
     let mut map = Object::new();
     for (column, value) in columns.iter().zip(row) {
         if let Some(v) = value
@@ -186,7 +124,7 @@ fn query_id(req: &Request) -> String {
 
 impl Operator for Pg {
     fn run(req: Request) -> Result<Outcome> {
-        let p = Params { req: &req, params: spade_sdk::script::params_with_defaults(&req, "pg") };
+        let p = Settings::new(&req, "pg");
         let query = spade_sdk::workspace::template_command(&req, &p.params, "query").map_err(|e| p.fail(e))?;
         let insert_into = p.table("insert_into")?;
         let create_table = p.table("create_table")?;
@@ -273,7 +211,7 @@ impl Operator for Pg {
 
 /// Runs `query` in a read-only transaction and downloads or stores its result.
 fn read_only(
-    p: &Params<'_>,
+    p: &Settings<'_>,
     conn: &mut Connection,
     query: &str,
     download_file: Option<&str>,
@@ -342,7 +280,7 @@ fn read_only(
 }
 
 /// Runs `statement` exactly once for this task run (Digdag's strict transaction).
-fn exactly_once(p: &Params<'_>, conn: &mut Connection, statement: &str) -> Result<Outcome> {
+fn exactly_once(p: &Settings<'_>, conn: &mut Connection, statement: &str) -> Result<Outcome> {
     let table = match p.setting("status_table_schema")? {
         Some(schema) => format!(
             "{}.{}",
@@ -429,12 +367,5 @@ mod tests {
         assert_eq!(json_value(&col(1700), Some("NaN")), Value::from("NaN"));
         assert_eq!(json_value(&col(25), Some("x")), Value::from("x"));
         assert_eq!(json_value(&col(25), None), Value::Null);
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(30));
-        assert_eq!(parse_duration("24h"), Some(86_400));
-        assert_eq!(parse_duration("x"), None);
     }
 }

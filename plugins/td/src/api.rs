@@ -163,22 +163,9 @@ pub struct JobRequest {
     pub engine_version: Option<String>,
 }
 
-/// `application/x-www-form-urlencoded` encoding of one value.
-pub fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'*' => out.push(b as char),
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
 /// A path segment (database, table, saved query names).
 pub fn path_encode(s: &str) -> String {
-    form_encode(s).replace('+', "%20")
+    spade_sdk::encode::form_value(s).replace('+', "%20")
 }
 
 impl Client {
@@ -222,8 +209,7 @@ impl Client {
     }
 
     fn post_form(&self, what: &str, path: &str, form: &[(&str, String)]) -> ApiResult<http::Response> {
-        let body =
-            form.iter().map(|(k, v)| format!("{}={}", form_encode(k), form_encode(v))).collect::<Vec<_>>().join("&");
+        let body = spade_sdk::encode::form(form.iter().map(|(k, v)| (*k, v.as_str())));
         let req = http::Request::new("POST", self.url(path))
             .header("Content-Type", "application/x-www-form-urlencoded")
             .body(body.into_bytes());
@@ -460,7 +446,8 @@ impl Client {
     /// The id of the result connection `name` (`GET /v3/connections/lookup?name=`).
     pub fn lookup_connection(&self, name: &str) -> ApiResult<i64> {
         let what = format!("looking up result connection {name}");
-        let body: Value = self.get_json(&what, &format!("/v3/connections/lookup?name={}", form_encode(name)))?;
+        let body: Value =
+            self.get_json(&what, &format!("/v3/connections/lookup?name={}", spade_sdk::encode::form_value(name)))?;
         match body.get("id") {
             Some(Value::Number(n)) if n.as_i64().is_some() => Ok(n.as_i64().unwrap_or_default()),
             Some(Value::String(s)) if s.parse::<i64>().is_ok() => Ok(s.parse().unwrap_or_default()),
@@ -517,7 +504,6 @@ mod tests {
 
     #[test]
     fn encoding() {
-        assert_eq!(form_encode("a b&c=d/é"), "a+b%26c%3Dd%2F%C3%A9");
         assert_eq!(path_encode("my table"), "my%20table");
     }
 }

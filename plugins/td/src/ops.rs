@@ -325,40 +325,13 @@ fn interval(ctx: &Ctx<'_>) -> Result<u32, Halt> {
     };
     let seconds = match value {
         Value::Number(n) => n.as_u64(),
-        Value::String(s) => parse_duration(s),
+        Value::String(s) => spade_sdk::duration::parse_seconds(s).ok().and_then(|s| u64::try_from(s).ok()),
         _ => None,
     };
     match seconds {
         Some(s) if (1..=u64::from(u32::MAX)).contains(&s) => Ok(s as u32),
         _ => Err(ctx.config(format!("'interval' must be a duration such as 30s, 5m or 1h, got {value}"))),
     }
-}
-
-/// Digdag's `DurationParam`: `<number><unit>` parts (`d`, `h`, `m`, `s`), or plain seconds.
-fn parse_duration(text: &str) -> Option<u64> {
-    let text = text.trim();
-    if let Ok(s) = text.parse::<u64>() {
-        return Some(s);
-    }
-    let mut total = 0u64;
-    let mut digits = String::new();
-    for c in text.chars().filter(|c| !c.is_whitespace()) {
-        if c.is_ascii_digit() {
-            digits.push(c);
-            continue;
-        }
-        let n: u64 = digits.parse().ok()?;
-        digits.clear();
-        let unit = match c {
-            'd' => 86_400,
-            'h' => 3_600,
-            'm' => 60,
-            's' => 1,
-            _ => return None,
-        };
-        total = total.checked_add(n.checked_mul(unit)?)?;
-    }
-    digits.is_empty().then_some(total)
 }
 
 /// Digdag's truthiness of td_wait>'s first column: not null, not false, not 0.
@@ -834,16 +807,6 @@ pub fn td_result_export(ctx: &Ctx<'_>, state: &mut State) -> StepResult {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("30s"), Some(30));
-        assert_eq!(parse_duration("1m 30s"), Some(90));
-        assert_eq!(parse_duration("2h"), Some(7200));
-        assert_eq!(parse_duration("45"), Some(45));
-        assert_eq!(parse_duration("3x"), None);
-        assert_eq!(parse_duration("5m3"), None);
-    }
 
     #[test]
     fn truthiness_like_digdag() {

@@ -21,10 +21,12 @@ const END_KEY: &str = "wait_end_time_millis";
 impl Operator for Wait {
     fn run(req: Request) -> Result<Outcome> {
         let at = |m: String| Failure::new(format!("{}: {m}", req.location()));
-        let duration = parse_duration(&req.command_as::<String>()?).map_err(at)?;
+        let duration = spade_sdk::duration::parse_seconds(&req.command_as::<String>()?).map_err(at)?;
         let blocking: bool = req.param_or("blocking", false)?;
         let poll_interval = match req.param::<String>("poll_interval")? {
-            Some(text) => Some(parse_duration(&text).map_err(|m| at(format!("poll_interval: {m}")))?),
+            Some(text) => {
+                Some(spade_sdk::duration::parse_seconds(&text).map_err(|m| at(format!("poll_interval: {m}")))?)
+            }
             None => None,
         };
         if blocking && poll_interval.is_some() {
@@ -61,33 +63,6 @@ fn decide(now: i64, end: i64, poll_interval: Option<i64>) -> Option<u32> {
     Some(u32::try_from(secs.max(1)).unwrap_or(u32::MAX))
 }
 
-/// Digdag's `Durations.parseDuration`: optional `<n>d`, `<n>h`, `<n>m`, `<n>s` parts in
-/// that order, blanks allowed around them, case-insensitive, at least one part. Seconds.
-fn parse_duration(text: &str) -> std::result::Result<i64, String> {
-    let invalid = || format!("invalid duration '{text}' (use e.g. 30s, 10m, 1h, 2d or 1h 30m)");
-    let mut rest = text.trim_start();
-    let mut total: i64 = 0;
-    let mut seen = false;
-    for (unit, secs) in [('d', 86_400i64), ('h', 3_600), ('m', 60), ('s', 1)] {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            continue;
-        }
-        let after = rest[digits..].trim_start();
-        if !after.starts_with([unit, unit.to_ascii_uppercase()]) {
-            continue;
-        }
-        let n: i64 = rest[..digits].parse().map_err(|_| invalid())?;
-        total = n.checked_mul(secs).and_then(|v| total.checked_add(v)).ok_or_else(invalid)?;
-        rest = after[1..].trim_start();
-        seen = true;
-    }
-    if !seen || !rest.is_empty() {
-        return Err(invalid());
-    }
-    Ok(total)
-}
-
 spade_sdk::plugin!(Wait, name = "spade-wait", operators = ["wait"]);
 
 #[cfg(test)]
@@ -95,21 +70,6 @@ mod tests {
     use super::*;
     use spade_sdk::Value;
     use spade_sdk::testing::{MockHost, request};
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Ok(10));
-        assert_eq!(parse_duration("1m"), Ok(60));
-        assert_eq!(parse_duration("1h"), Ok(3600));
-        assert_eq!(parse_duration("2d"), Ok(172_800));
-        assert_eq!(parse_duration(" 1h 30m "), Ok(5400));
-        assert_eq!(parse_duration("1d2h3m4s"), Ok(93_784));
-        assert_eq!(parse_duration("5 M"), Ok(300));
-        assert_eq!(parse_duration("0s"), Ok(0));
-        for bad in ["", "10", "s", "1x", "1s 1m", "1m1m", "-1s", "1.5h", "10 seconds"] {
-            assert!(parse_duration(bad).is_err(), "{bad:?} should be invalid");
-        }
-    }
 
     #[test]
     fn decisions() {
