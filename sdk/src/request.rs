@@ -66,6 +66,21 @@ impl Request {
         }
     }
 
+    /// A key (32 hex digits) unique to this task run and `purpose`, and the same on every
+    /// call of the run (polls, a call repeated after a crash): an idempotency key for work
+    /// the operator starts elsewhere (a TD job's domain key, pg>'s status row). A retry
+    /// (`_retry`) or another attempt gets other keys.
+    pub fn run_key(&self, purpose: &str) -> String {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        for part in [&self.session_uuid, &self.attempt_id.to_string(), &self.task_name, &self.retry_count.to_string()] {
+            h.update(part.as_bytes());
+            h.update([0]);
+        }
+        h.update(purpose.as_bytes());
+        h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    }
+
     /// Where this task is, for error messages: `task +wf+t (echo>)`.
     pub fn location(&self) -> String {
         if self.task_name.is_empty() {

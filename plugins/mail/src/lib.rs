@@ -18,7 +18,6 @@ mod smtp;
 use std::time::Duration;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use spade_sdk::settings::Settings;
 use spade_sdk::{Operator, Outcome, Request, Result, log, secrets};
 
@@ -124,12 +123,8 @@ impl Operator for Mail {
         let tls = p.flag("tls", true)?;
         let username = p.setting("username")?.filter(|u| !u.is_empty());
 
-        let mut id = Sha256::new();
-        for part in [&req.session_uuid, &req.attempt_id.to_string(), &req.task_name, &now().to_string()] {
-            id.update(part.as_bytes());
-            id.update([0]);
-        }
-        let id: String = id.finalize().iter().take(12).map(|b| format!("{b:02x}")).collect();
+        // Unique per sending (a retried call sends again, so the time is part of it).
+        let id = req.run_key(&format!("mail/{}", now()));
         let message = Message {
             from: &from,
             to: &to,

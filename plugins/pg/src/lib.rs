@@ -24,7 +24,6 @@
 mod wire;
 
 use serde_json::{Number, Value};
-use sha2::{Digest, Sha256};
 use spade_sdk::settings::Settings;
 use spade_sdk::{Object, Operator, Outcome, Request, Result, log, secrets};
 
@@ -114,12 +113,7 @@ fn row_map(p: &Settings<'_>, columns: &[Column], row: &[Option<String>]) -> Resu
 /// A query id unique to this task run and the same on every call of it, so that the
 /// status table recognizes a statement a crashed call already committed.
 fn query_id(req: &Request) -> String {
-    let mut h = Sha256::new();
-    for part in [&req.session_uuid, &req.attempt_id.to_string(), &req.task_name, &req.retry_count.to_string()] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    h.finalize().iter().take(16).map(|b| format!("{b:02x}")).collect()
+    req.run_key("pg/status")
 }
 
 impl Operator for Pg {

@@ -95,9 +95,9 @@ fn io(e: std::io::Error) -> PgError {
     PgError::Io(e.to_string())
 }
 
-fn server_error(body: &backend::ErrorResponseBody) -> PgError {
+/// The fields of an ErrorResponse or NoticeResponse.
+fn server_error(mut fields: backend::ErrorFields<'_>) -> PgError {
     let (mut code, mut message, mut detail, mut hint) = (String::new(), String::new(), None, None);
-    let mut fields = body.fields();
     while let Ok(Some(field)) = fields.next() {
         let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
         match field.type_() {
@@ -134,7 +134,7 @@ impl Connection {
         loop {
             match conn.read()? {
                 backend::Message::ReadyForQuery(_) => return Ok(conn),
-                backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+                backend::Message::ErrorResponse(body) => return Err(server_error(body.fields())),
                 _ => {}
             }
         }
@@ -177,7 +177,7 @@ impl Connection {
                         backend::Message::AuthenticationSaslContinue(body) => {
                             sasl.update(body.data()).map_err(|e| PgError::Protocol(e.to_string()))?;
                         }
-                        backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+                        backend::Message::ErrorResponse(body) => return Err(server_error(body.fields())),
                         _ => return Err(PgError::Protocol("expected SASL continue".into())),
                     }
                     let mut out = BytesMut::new();
@@ -187,12 +187,12 @@ impl Connection {
                         backend::Message::AuthenticationSaslFinal(body) => {
                             sasl.finish(body.data()).map_err(|e| PgError::Protocol(e.to_string()))?;
                         }
-                        backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+                        backend::Message::ErrorResponse(body) => return Err(server_error(body.fields())),
                         _ => return Err(PgError::Protocol("expected SASL final".into())),
                     }
                     continue;
                 }
-                backend::Message::ErrorResponse(body) => return Err(server_error(&body)),
+                backend::Message::ErrorResponse(body) => return Err(server_error(body.fields())),
                 _ => {
                     return Err(PgError::Protocol(
                         "unsupported authentication method (use password, md5 or scram-sha-256)".into(),
@@ -214,7 +214,7 @@ impl Connection {
                 backend::Message::parse(&mut self.buf).map_err(|e| PgError::Protocol(e.to_string()))?
             {
                 if let backend::Message::NoticeResponse(body) = &message {
-                    if let PgError::Server { message, .. } = server_error_of_notice(body) {
+                    if let PgError::Server { message, .. } = server_error(body.fields()) {
                         self.notices.push(message);
                     }
                     continue;
@@ -269,7 +269,7 @@ impl Connection {
                     results.push(std::mem::take(&mut current));
                 }
                 backend::Message::EmptyQueryResponse => results.push(std::mem::take(&mut current)),
-                backend::Message::ErrorResponse(body) => error = Some(server_error(&body)),
+                backend::Message::ErrorResponse(body) => error = Some(server_error(body.fields())),
                 backend::Message::ReadyForQuery(_) => {
                     return match error {
                         Some(e) => Err(e),
@@ -290,18 +290,4 @@ impl Connection {
         frontend::terminate(&mut out);
         let _ = self.send(&out);
     }
-}
-
-fn server_error_of_notice(body: &backend::NoticeResponseBody) -> PgError {
-    let (mut code, mut message) = (String::new(), String::new());
-    let mut fields = body.fields();
-    while let Ok(Some(field)) = fields.next() {
-        let value = String::from_utf8_lossy(field.value_bytes()).into_owned();
-        match field.type_() {
-            b'C' => code = value,
-            b'M' => message = value,
-            _ => {}
-        }
-    }
-    PgError::Server { code, message, detail: None, hint: None }
 }

@@ -7,7 +7,6 @@
 //! Everything a later call needs is in [`State`], which the host persists with the poll.
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 use spade_sdk::{Failure, Request};
 
 use crate::api::{ApiError, Client};
@@ -83,21 +82,7 @@ pub enum Step<T> {
 /// A domain key unique to this task run, `purpose` and `round`, and the same on every call
 /// of that run: TD refuses a second job with a key it has seen, naming the first job.
 pub fn domain_key(req: &Request, purpose: &str, round: u32) -> String {
-    let mut h = Sha256::new();
-    for part in [
-        req.session_uuid.as_str(),
-        &req.attempt_id.to_string(),
-        &req.task_name,
-        &req.retry_count.to_string(),
-        purpose,
-        &round.to_string(),
-    ] {
-        h.update(part.as_bytes());
-        h.update([0]);
-    }
-    let digest = h.finalize();
-    let hex: String = digest.iter().take(16).map(|b| format!("{b:02x}")).collect();
-    format!("spade-{hex}")
+    format!("spade-{}", req.run_key(&format!("td/{purpose}/{round}")))
 }
 
 fn backoff(iteration: u32) -> u32 {

@@ -151,10 +151,14 @@ impl HttpAllow {
 
     /// Whether this grant lets the request reach `ip` although it is not public.
     fn names_address(&self, ip: IpAddr) -> bool {
-        self.private
-            || self.host.parse::<IpAddr>().is_ok_and(|a| a == ip)
-            || (self.host == "localhost" && ip.is_loopback())
+        self.private || host_names_address(&self.host, ip)
     }
+}
+
+/// Whether a grant's `host` names `ip` itself (its IP literal, or `localhost` for a loopback
+/// address), which lets it reach `ip` although it is not public (http and tcp grants).
+pub(crate) fn host_names_address(host: &str, ip: IpAddr) -> bool {
+    host.parse::<IpAddr>().is_ok_and(|a| a == ip) || (host == "localhost" && ip.is_loopback())
 }
 
 impl FromStr for HttpAllow {

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::sockets::SocketAddrUse;
 
-use crate::capability::http::is_public;
+use crate::capability::http::{host_names_address, is_public};
 
 /// One entry of a tcp grant: `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -70,7 +70,7 @@ impl TcpAllow {
 
     /// Whether this entry names `ip` itself, which lets it reach a non-public address.
     fn names_address(&self, ip: IpAddr) -> bool {
-        self.host.parse::<IpAddr>().is_ok_and(|a| a == ip) || (self.host == "localhost" && ip.is_loopback())
+        host_names_address(&self.host, ip)
     }
 
     /// Whether `addr` is this entry's destination: its port, and its address, an address its
